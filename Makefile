@@ -1,0 +1,51 @@
+# nightshift — the README's commands. Everything installs into .venv/ from pinned packages.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
+
+.PHONY: install install-test demo test airflow lint format lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"nightshift needs Python 3.11, found {sys.version.split()[0]}; set PYTHON=/path/to/python3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(UV_INSTALL) -r requirements.txt
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(UV_INSTALL) -r requirements.txt -r requirements-test.txt
+	touch $@
+
+## The main command: embedded Postgres (or DATABASE_URL), migrations, settings, feast apply, the pipeline.
+demo: install
+	bin/nightshift demo
+
+## The test command (CI runs exactly this).
+test: install-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+## The full Airflow on the same Postgres, UI on http://localhost:8080.
+airflow: install
+	bin/nightshift airflow
+
+lint: install-test
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: install-test
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
+
+## Re-lock every transitive package after editing requirements*.txt.
+lock: install
+	$(UV) pip compile requirements.txt requirements-test.txt --python-version 3.11 --no-header --no-annotate -o constraints.txt
+
+clean:
+	-bin/nightshift db stop
+	rm -rf .local

