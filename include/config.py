@@ -43,6 +43,7 @@ class Settings:
     """Resolved configuration of one nightshift process."""
 
     home: Path
+    local_dir: Path
     lake_uri: str
     lake_conn_id: str | None
     source: str
@@ -51,11 +52,6 @@ class Settings:
     bootstrap_start: dt.date
     bootstrap_end: dt.date
     row_count_tolerance: float
-
-    @property
-    def local_dir(self) -> Path:
-        """Where embedded state lives: Postgres data, Airflow home, the default lake."""
-        return self.home / ".local"
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -73,7 +69,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     source = env.get("NIGHTSHIFT_SOURCE", "replay")
     if source not in SOURCES:
         raise ConfigError(f"NIGHTSHIFT_SOURCE={source!r}; choose one of {', '.join(SOURCES)}")
-    lake_uri = env.get("NIGHTSHIFT_LAKE", (home / ".local" / "lake").as_uri())
+    # Embedded state: Postgres data, Airflow home, the default lake, the demo summary.
+    local_dir = Path(env.get("NIGHTSHIFT_LOCAL_DIR", str(home / ".local"))).resolve()
+    lake_uri = env.get("NIGHTSHIFT_LAKE", (local_dir / "lake").as_uri())
     if "://" not in lake_uri:
         lake_uri = Path(lake_uri).resolve().as_uri()
     start = _date(env, "NIGHTSHIFT_BOOTSTRAP_START", "2013-01-01")
@@ -82,6 +80,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"NIGHTSHIFT_BOOTSTRAP_END {end} is before NIGHTSHIFT_BOOTSTRAP_START {start}")
     return Settings(
         home=home,
+        local_dir=local_dir,
         lake_uri=lake_uri.rstrip("/"),
         lake_conn_id=env.get("NIGHTSHIFT_LAKE_CONN_ID") or None,
         source=source,

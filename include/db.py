@@ -19,7 +19,6 @@ from include.postgres import sqlalchemy_url
 
 SCHEMA = "nightshift"
 FEAST_ONLINE_SCHEMA = "feast_online"
-FEAST_REGISTRY_SCHEMA = "feast_registry"
 
 metadata = sa.MetaData(schema=SCHEMA)
 

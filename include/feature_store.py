@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from include import lake
 from include.clean import history_window, local_midnight_utc, trailing_history
-from include.db import FEAST_ONLINE_SCHEMA, FEAST_REGISTRY_SCHEMA
+from include.db import FEAST_ONLINE_SCHEMA
 from include.features import (
     EVENT_TIMESTAMP,
     FEATURE_VIEWS,
@@ -21,7 +21,7 @@ from include.features import (
     WEATHER_FEATURES,
     history_features,
 )
-from include.postgres import libpq_host
+from include.runtime import feast_variables
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,27 +31,6 @@ if TYPE_CHECKING:
     from include.config import Settings
 
 FEATURES_ZONE = "features"
-
-
-def feast_variables(database_url: str) -> dict[str, str]:
-    """The `${VAR}`s of `feature_repo/feature_store.yaml`, derived from the one database URL."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    host, port = libpq_host(database_url)
-    query = {k: v for k, v in url.query.items() if k != "host"}
-    registry = url.set(drivername="postgresql+psycopg", query={
-        **query, **({"host": host} if host.startswith("/") else {}),
-        "options": f"-csearch_path={FEAST_REGISTRY_SCHEMA}",
-    })  # fmt: skip
-    return {
-        "FEAST_REGISTRY_URL": registry.render_as_string(hide_password=False),
-        "FEAST_PG_HOST": host,
-        "FEAST_PG_PORT": str(port),
-        "FEAST_PG_DATABASE": url.database or "postgres",
-        "FEAST_PG_USER": url.username or "postgres",
-        "FEAST_PG_PASSWORD": url.password or "",
-    }
 
 
 def open_store(settings: Settings) -> FeatureStore:

@@ -30,6 +30,8 @@ def start_embedded(data_dir: Path) -> str:
     """Start (or reuse) the embedded server and return a `postgresql://` URL to its database."""
     import pgserver
 
+    # pgserver logs every pg_ctl call at INFO, including from an atexit hook after streams close.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode=None)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")

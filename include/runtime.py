@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 from include.config import Settings
-from include.feature_store import feast_variables
-from include.postgres import sqlalchemy_url
+from include.postgres import libpq_host, sqlalchemy_url
 
 UI_USERS = "admin:admin,analyst:user,oncall:op"
+# Schema of Feast's SQL registry; the online store's is set in feature_repo/feature_store.yaml.
+FEAST_REGISTRY_SCHEMA = "feast_registry"
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -29,6 +30,7 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
     env.update(
         {
             "NIGHTSHIFT_HOME": str(settings.home),
+            "NIGHTSHIFT_LOCAL_DIR": str(settings.local_dir),
             "NIGHTSHIFT_DATABASE_URL": database_url,
             "NIGHTSHIFT_LAKE": settings.lake_uri,
             "NIGHTSHIFT_SOURCE": settings.source,
@@ -55,3 +57,24 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
     )
     env.update(feast_variables(database_url))
     return env
+
+
+def feast_variables(database_url: str) -> dict[str, str]:
+    """The `${VAR}`s of `feature_repo/feature_store.yaml`, derived from the one database URL."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    host, port = libpq_host(database_url)
+    query = {k: v for k, v in url.query.items() if k != "host"}
+    registry = url.set(drivername="postgresql+psycopg", query={
+        **query, **({"host": host} if host.startswith("/") else {}),
+        "options": f"-csearch_path={FEAST_REGISTRY_SCHEMA}",
+    })  # fmt: skip
+    return {
+        "FEAST_REGISTRY_URL": registry.render_as_string(hide_password=False),
+        "FEAST_PG_HOST": host,
+        "FEAST_PG_PORT": str(port),
+        "FEAST_PG_DATABASE": url.database or "postgres",
+        "FEAST_PG_USER": url.username or "postgres",
+        "FEAST_PG_PASSWORD": url.password or "",
+    }

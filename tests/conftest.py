@@ -1,0 +1,89 @@
+"""Test session: a real Postgres (embedded, or TEST_DATABASE_URL's server), migrated by the same
+code the demo uses, a throwaway lake and Airflow home, and `feast apply` on them.
+
+The environment is set before anything imports Airflow, which reads its configuration at import.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE = "nightshift_test"
+_state: dict[str, object] = {}
+
+
+def _fresh_database(server_url: str) -> str:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from include.postgres import sqlalchemy_url
+
+    admin = sa.create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {TEST_DATABASE}"))
+    admin.dispose()
+    return make_url(server_url).set(database=TEST_DATABASE).render_as_string(hide_password=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from include.config import load_settings
+    from include.postgres import start_embedded
+    from include.runtime import runtime_env
+
+    work = Path(tempfile.mkdtemp(prefix="nightshift-test-"))
+    _state["work"] = work
+    server = os.environ.get("TEST_DATABASE_URL")
+    if not server:
+        pg_dir = ROOT / ".local" / "test-pg"
+        server = start_embedded(pg_dir)
+        _state["embedded"] = pg_dir
+    url = _fresh_database(server)
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.update(
+        {
+            "NIGHTSHIFT_HOME": str(ROOT),
+            "NIGHTSHIFT_LOCAL_DIR": str(work),
+            "NIGHTSHIFT_SOURCE": "replay",
+        }
+    )
+    settings = load_settings({**os.environ, "NIGHTSHIFT_DATABASE_URL": url})
+    os.environ.update(runtime_env(settings, url))
+
+    from include.cli import prepare
+
+    prepare(load_settings())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from include.postgres import stop_embedded
+
+    if "embedded" in _state:
+        stop_embedded(_state["embedded"])  # type: ignore[arg-type]
+    if "work" in _state:
+        shutil.rmtree(_state["work"], ignore_errors=True)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from include.config import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def db_url(settings) -> str:
+    return settings.require_database_url()
+
+
+@pytest.fixture(scope="session")
+def lake(settings):
+    from include.lake import lake_root
+
+    return lake_root(settings)
