@@ -1,0 +1,80 @@
+"""Configuration from the environment, and airflow_settings.yaml conversion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.airflow_settings import SettingsFileError, convert
+from include.config import ConfigError, load_settings
+from include.ingest import RangeError, days_between, resolve_days
+
+ROOT_SETTINGS = Path(__file__).resolve().parents[2] / "airflow_settings.yaml"
+
+
+def test_defaults_need_nothing_set(tmp_path) -> None:
+    settings = load_settings({"NIGHTSHIFT_HOME": str(tmp_path)})
+    assert settings.source == "replay"
+    assert settings.lake_uri == (tmp_path / ".local" / "lake").as_uri()
+    assert settings.database_url is None
+    assert (settings.bootstrap_end - settings.bootstrap_start).days == 89
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NIGHTSHIFT_SOURCE": "ftp"}, "choose one of replay, landing"),
+        ({"NIGHTSHIFT_BOOTSTRAP_START": "2013-13-01"}, "is not a date"),
+        ({"NIGHTSHIFT_BOOTSTRAP_START": "2013-03-01", "NIGHTSHIFT_BOOTSTRAP_END": "2013-01-01"}, "before"),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(env, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def test_missing_database_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        load_settings({"NIGHTSHIFT_HOME": str(tmp_path)}).require_database_url()
+
+
+def test_date_ranges() -> None:
+    import datetime as dt
+
+    assert resolve_days({"start_date": "2013-01-30", "end_date": "2013-02-02"}, None, None) == [
+        dt.date(2013, 1, 30) + dt.timedelta(days=n) for n in range(4)
+    ]
+    assert resolve_days({"start_date": "2013-01-30", "end_date": None}, None, None) == [dt.date(2013, 1, 30)]
+    with pytest.raises(RangeError, match="before"):
+        days_between(dt.date(2013, 2, 1), dt.date(2013, 1, 1))
+
+
+def test_data_interval_maps_to_new_york_days() -> None:
+    import datetime as dt
+
+    import pendulum
+
+    tz = pendulum.timezone("America/New_York")
+    start = pendulum.datetime(2026, 11, 21, tz=tz)
+    assert resolve_days({}, start, start.add(days=1)) == [dt.date(2026, 11, 21)]
+
+
+def test_repo_settings_file_converts_to_airflow_import_shapes() -> None:
+    converted = convert(yaml.safe_load(ROOT_SETTINGS.read_text()))
+    assert converted["pools"]["feast_materialize"] == {
+        "slots": 1,
+        "description": "One writer at a time into the Feast online store.",
+        "include_deferred": False,
+    }
+    s3 = converted["connections"]["nightshift_lake_s3"]
+    assert s3["conn_type"] == "aws"
+    assert json.loads(s3["extra"])["endpoint_url"].startswith("http://127.0.0.1")
+    assert converted["variables"]["nightshift_oncall_email"]["value"] == "oncall@example.com"
+
+
+def test_settings_file_errors_name_the_entry() -> None:
+    with pytest.raises(SettingsFileError, match="lacks \\['pool_slot'\\]"):
+        convert({"airflow": {"pools": [{"pool_name": "p"}]}})
