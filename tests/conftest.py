@@ -62,8 +62,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    import sys
+
     from include.postgres import stop_embedded
 
+    if "airflow.settings" in sys.modules:  # close Airflow's pool before its server goes away
+        sys.modules["airflow.settings"].dispose_orm()
     if "embedded" in _state:
         stop_embedded(_state["embedded"])  # type: ignore[arg-type]
     if "work" in _state:
@@ -83,7 +87,7 @@ def db_url(settings) -> str:
 
 
 @pytest.fixture(scope="session")
-def lake(settings):
+def lake_dir(settings):
     from include.lake import lake_root
 
     return lake_root(settings)

@@ -17,6 +17,7 @@ from include.clean import (
 )
 from include.collect import replay_flights, replay_weather
 from include.features import LABEL_KEY, SCHEDULED_DEPARTURE_UTC
+from tests.factories import with_bad_rows
 
 DAY = dt.date(2013, 1, 2)
 
@@ -24,39 +25,6 @@ DAY = dt.date(2013, 1, 2)
 @pytest.fixture(scope="module")
 def raw() -> pd.DataFrame:
     return replay_flights(DAY).astype(object)
-
-
-def _with_bad_rows(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    good = raw.iloc[0].copy()
-    bad = []
-
-    def variant(**changes: object) -> pd.Series:
-        row = good.copy()
-        row["flight"] = 9000 + len(bad)  # distinct keys, so only the intended reason applies
-        for key, value in changes.items():
-            row[key] = value
-        return row
-
-    bad.append(variant(carrier=None))  # missing_key
-    bad.append(variant(origin=""))  # missing_key
-    bad.append(variant(distance="far"))  # unparseable
-    bad.append(variant(dep_delay="12min"))  # unparseable
-    bad.append(variant(sched_dep_time=2575))  # out_of_range: not a clock time
-    bad.append(variant(day=3))  # out_of_range: another day in this partition
-    bad.append(variant(arr_delay=5000.0))  # out_of_range
-    bad.append(variant(dest="XXX"))  # unknown_airport
-    bad.append(variant(origin="BOS"))  # unknown_airport: not a NYC origin
-    bad.append(variant(carrier="ZZ"))  # unknown_carrier
-    bad.append(raw.iloc[1].copy())  # duplicate of an existing flight
-    expected = {
-        "missing_key": 2,
-        "unparseable": 2,
-        "out_of_range": 3,
-        "unknown_airport": 2,
-        "unknown_carrier": 1,
-        "duplicate": 1,
-    }
-    return pd.concat([raw, pd.DataFrame(bad)], ignore_index=True), expected
 
 
 def test_real_day_is_all_clean(raw) -> None:
@@ -67,7 +35,7 @@ def test_real_day_is_all_clean(raw) -> None:
 
 
 def test_every_kind_of_bad_row_is_quarantined_with_its_reason(raw) -> None:
-    dirty, expected = _with_bad_rows(raw)
+    dirty, expected = with_bad_rows(raw)
     result = clean_flights(dirty, DAY, None)
     assert result.reasons == expected
     assert set(result.reasons) == set(QUARANTINE_REASONS)

