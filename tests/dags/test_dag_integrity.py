@@ -71,8 +71,10 @@ def test_parsing_imports_no_heavy_library(parse_report) -> None:
 @pytest.mark.parametrize("dag_id", ["nightshift_ingest"])
 def test_dag_is_tagged_retried_and_documented(dagbag, dag_id: str) -> None:
     dag = dagbag.get_dag(dag_id)
-    assert dag.tags and set(dag.tags) <= APPROVED_TAGS
-    assert dag.doc_md and dag.description
+    assert dag.tags
+    assert set(dag.tags) <= APPROVED_TAGS
+    assert dag.doc_md
+    assert dag.description
     assert not dag.catchup
     for task in dag.tasks:
         assert task.retries >= 2, task.task_id
@@ -85,4 +87,5 @@ def test_ingest_form_takes_a_date_range(dagbag) -> None:
         schema = params.get_param(name).schema
         assert schema["format"] == "date"
         assert "null" in schema["type"]
-        assert schema.get("title") and params.get_param(name).description
+        assert schema.get("title")
+        assert params.get_param(name).description

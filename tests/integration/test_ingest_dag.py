@@ -74,7 +74,8 @@ def test_validation_results_are_in_postgres_and_the_lake(bootstrap_run, db_url) 
     assert all(r.success and r.critical_failed == 0 and r.evaluated > 5 for r in rows)
     for row in rows:
         assert Path(row.result_uri.removeprefix("file://")).exists()
-        assert row.docs_uri and Path(row.docs_uri.removeprefix("file://")).exists()
+        assert row.docs_uri
+        assert Path(row.docs_uri.removeprefix("file://")).exists()
 
 
 def test_online_weather_equals_the_source(bootstrap_run, settings) -> None:
@@ -163,7 +164,7 @@ def test_broken_partition_stops_before_materialization(
     run = _run(ingest_dag, day, day)
     states = _task_states(run)
     assert run.state == "failed"
-    assert states["validate"] == "failed" and states["materialize"] == "upstream_failed", states
+    assert (states["validate"], states["materialize"]) == ("failed", "upstream_failed")
     assert not (lake_dir / "features" / "origin_weather_hourly" / f"{day}.parquet").exists()
     with db.engine(db_url).connect() as conn:
         row = conn.execute(
@@ -201,4 +202,5 @@ def test_landing_files_with_bad_rows_are_quarantined(bootstrap_run, ingest_dag, 
         ingested = conn.execute(sa.select(db.ingestion_runs).where(db.ingestion_runs.c.run_id == run.run_id)).one()
     assert counts == expected
     assert ingested.source == "landing"
-    assert ingested.rows_raw == len(dirty) and ingested.rows_quarantined == sum(expected.values())
+    assert ingested.rows_raw == len(dirty)
+    assert ingested.rows_quarantined == sum(expected.values())
