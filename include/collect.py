@@ -143,8 +143,8 @@ def collect_day(root: ObjectStoragePath, source: str, day: dt.date) -> Collected
     weather_sha = lake.write_parquet(weather_path, weather)
     return CollectedDay(
         day=day,
-        flights_uri=str(flights_path),
-        weather_uri=str(weather_path),
+        flights_uri=lake.uri(flights_path),
+        weather_uri=lake.uri(weather_path),
         rows_raw=len(flights),
         weather_rows=len(weather),
         flights_sha256=flights_sha,

@@ -49,7 +49,7 @@ def open_store(settings: Settings) -> FeatureStore:
 def feature_source_uri(settings: Settings, view: str) -> str:
     """Folder of a view's daily files, as Feast's file offline store reads it."""
     folder = lake.lake_root(settings) / FEATURES_ZONE / view.removesuffix("_fv")
-    return folder.path if folder.protocol == "file" else str(folder)
+    return folder.path if folder.protocol == "file" else lake.uri(folder)
 
 
 def _feature_file(root: ObjectStoragePath, view: str, day: dt.date) -> ObjectStoragePath:

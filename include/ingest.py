@@ -105,7 +105,7 @@ def clean(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime
         }
         for dataset, (path, frame) in outputs.items():
             sha = lake.write_parquet(path, frame)
-            db.record_partition(url, dataset, day, str(path), len(frame), sha, run_id, now)
+            db.record_partition(url, dataset, day, lake.uri(path), len(frame), sha, run_id, now)
         db.replace_quarantine_counts(url, day, result.reasons, run_id)
         db.record_ingestion(url, {
             "run_id": run_id, "partition_date": day, "dag_id": DAG_ID, "source": settings.source,
@@ -152,7 +152,7 @@ def validate(settings: Settings, days: list[dt.date], run_id: str, now: dt.datet
             outcome, raw_result = validator.run(suite, frame, day, parameters)
             result_path = root / "reports" / "validation" / suite / f"date={day.isoformat()}" / "result.json"
             lake.write_atomic(result_path, _json_bytes(raw_result))
-            outcome.result_uri = str(result_path)
+            outcome.result_uri = lake.uri(result_path)
             outcomes.append(outcome)
         _progress("validate", index, days, started)
     docs_root = root / "reports" / "data_docs" / run_id.replace(":", "_").replace("+", "_")

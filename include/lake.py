@@ -30,6 +30,11 @@ def lake_root(settings: Settings) -> ObjectStoragePath:
     return ObjectStoragePath(settings.lake_uri + "/")
 
 
+def uri(path: ObjectStoragePath) -> str:
+    """`file:///…` or `s3://bucket/key`: where the object is, without the connection id."""
+    return f"{path.protocol}://{'/' if path.protocol == 'file' else ''}{path.path.lstrip('/')}"
+
+
 def partition_dir(root: ObjectStoragePath, zone: str, dataset: str, day: dt.date) -> ObjectStoragePath:
     """`{root}/{zone}/{dataset}/date=YYYY-MM-DD/`."""
     return root / zone / dataset / f"date={day.isoformat()}"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from include import lake
 from include.config import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -144,5 +145,5 @@ class DayValidator:
                 destination = target / relative
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 destination.write_bytes(path.read_bytes())
-                pages[relative] = str(destination)
+                pages[relative] = lake.uri(destination)
         return pages
