@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test demo test airflow lint format lock clean
+.PHONY: install install-test demo test airflow bench lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -49,3 +49,7 @@ lock: install
 clean:
 	-bin/nightshift db stop
 	rm -rf .local
+
+## Time the ingest DAG for 1 and 90 days (writes .local/bench/ingest.json).
+bench: install
+	PYTHONPATH=. $(PY) -m benchmarks.ingest

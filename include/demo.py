@@ -23,7 +23,7 @@ def summary_path(settings: Settings) -> Path:
     return settings.local_dir / "demo" / "summary.json"
 
 
-def _latest_run(url: str, dag_id: str) -> tuple[str, str] | None:
+def latest_run(url: str, dag_id: str) -> tuple[str, str] | None:
     with db.engine(url).connect() as conn:
         row = conn.execute(
             sa.text("SELECT run_id, state FROM dag_run WHERE dag_id = :d ORDER BY id DESC LIMIT 1"), {"d": dag_id}
@@ -101,7 +101,7 @@ def run_demo(
         print(f"==> running {DAG_ID} for {first} … {last} ({len(days)} days) with `airflow dags test`", flush=True)
         conf = json.dumps({"start_date": first.isoformat(), "end_date": last.isoformat()})
         subprocess.run(["airflow", "dags", "test", DAG_ID, "-c", conf], env=env, check=False)
-        latest = _latest_run(url, DAG_ID)
+        latest = latest_run(url, DAG_ID)
         if latest is None:
             print(f"nightshift: {DAG_ID} produced no run; see the output above")
             return 1
