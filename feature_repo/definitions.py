@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Float64, String
 
 from include.config import load_settings
@@ -64,6 +65,7 @@ def _view(name: str) -> FeatureView:
     source = FileSource(
         name=name.removesuffix("_fv") + "_source",
         path=feature_source_uri(settings, name),
+        file_format=ParquetFormat(),
         timestamp_field=EVENT_TIMESTAMP,
     )
     return FeatureView(

@@ -47,9 +47,9 @@ def open_store(settings: Settings) -> FeatureStore:
 
 
 def feature_source_uri(settings: Settings, view: str) -> str:
-    """Folder of a view's daily files, as Feast's file offline store reads it."""
+    """Glob of a view's daily files, as Feast's DuckDB offline store reads them."""
     folder = lake.lake_root(settings) / FEATURES_ZONE / view.removesuffix("_fv")
-    return folder.path if folder.protocol == "file" else lake.uri(folder)
+    return (folder.path if folder.protocol == "file" else lake.uri(folder)) + "/*.parquet"
 
 
 def _feature_file(root: ObjectStoragePath, view: str, day: dt.date) -> ObjectStoragePath:

@@ -155,7 +155,7 @@ def validate(settings: Settings, days: list[dt.date], run_id: str, now: dt.datet
             outcome.result_uri = lake.uri(result_path)
             outcomes.append(outcome)
         _progress("validate", index, days, started)
-    docs_root = root / "reports" / "data_docs" / run_id.replace(":", "_").replace("+", "_")
+    docs_root = root / "reports" / "data_docs" / lake.safe_name(run_id)
     pages = validator.publish_docs(docs_root)
     for outcome in outcomes:
         outcome.docs_uri = next(

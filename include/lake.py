@@ -35,6 +35,11 @@ def uri(path: ObjectStoragePath) -> str:
     return f"{path.protocol}://{'/' if path.protocol == 'file' else ''}{path.path.lstrip('/')}"
 
 
+def safe_name(text: str) -> str:
+    """A run id or version as one path segment (`manual__2026-…+00:00` → `manual__2026-…_00_00`)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def partition_dir(root: ObjectStoragePath, zone: str, dataset: str, day: dt.date) -> ObjectStoragePath:
     """`{root}/{zone}/{dataset}/date=YYYY-MM-DD/`."""
     return root / zone / dataset / f"date={day.isoformat()}"

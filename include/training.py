@@ -1,0 +1,190 @@
+"""The one training entry point, identical in a GPU pod and in a local subprocess.
+
+    python -m include.training tune --dataset URI --out URI [--tuner hyperband] [--max-trials 6] …
+    python -m include.training evaluate --dataset URI --out URI [--champion URI] [--seed 7]
+
+`tune` searches hyperparameters with keras-tuner on train/validation and retrains the best
+`ensemble_size` configurations as members. `evaluate` fits ensemble weights on validation, exports
+ONE SavedModel, checks it against the in-memory ensemble, scores the test days (and the champion,
+when given, on the same rows), trains the gradient-boosting baseline and writes the report.
+Each prints a one-line JSON summary last, and writes it to `{out}/<command>.json`.
+I/O goes through fsspec, so `file://` and `s3://` both work without Airflow in the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("nightshift.training")
+
+TUNERS = ("hyperband", "bayesian", "random")
+BATCH_SIZE = 512
+
+
+def _fs_and_path(uri: str):
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def read_split(dataset_uri: str, split: str):
+    import pandas as pd
+
+    fs, root = _fs_and_path(dataset_uri)
+    with fs.open(f"{root}/{split}.parquet", "rb") as handle:
+        return pd.read_parquet(handle)
+
+
+def upload_dir(local: Path, uri: str) -> None:
+    """Copy a local folder to `uri` (a no-op move for local paths)."""
+    fs, path = _fs_and_path(uri)
+    fs.makedirs(path, exist_ok=True)
+    fs.put(str(local) + "/", path, recursive=True)
+
+
+def download_dir(uri: str, local: Path) -> Path:
+    fs, path = _fs_and_path(uri)
+    fs.get(path.rstrip("/") + "/", str(local), recursive=True)
+    return local
+
+
+def seed_everything(seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _hyperparameters(hp) -> dict[str, Any]:
+    return {
+        "units": hp.Int("units", 32, 128, step=32),
+        "layers": hp.Int("layers", 1, 3),
+        "dropout": hp.Float("dropout", 0.0, 0.3, step=0.1),
+        "embedding_dim": hp.Choice("embedding_dim", [4, 8, 16]),
+        "learning_rate": hp.Choice("learning_rate", [1e-3, 3e-3, 1e-2]),
+    }
+
+
+def make_tuner(kind: str, stats, max_trials: int, epochs: int, seed: int, directory: Path):
+    import keras_tuner as kt
+
+    from include.model import build_model
+
+    def build(hp):
+        return build_model(stats, _hyperparameters(hp))
+
+    common = {
+        "objective": kt.Objective("val_auc", direction="max"),
+        "seed": seed,
+        "directory": str(directory),
+        "project_name": "search",
+        "overwrite": True,
+    }
+    if kind == "hyperband":
+        return kt.Hyperband(
+            build, max_epochs=epochs, factor=3, hyperband_iterations=1, max_consecutive_failed_trials=2, **common
+        )
+    if kind == "bayesian":
+        return kt.BayesianOptimization(build, max_trials=max_trials, **common)
+    if kind == "random":
+        return kt.RandomSearch(build, max_trials=max_trials, **common)
+    raise SystemExit(f"unknown tuner {kind!r}; choose one of {', '.join(TUNERS)}")
+
+
+def _early_stopping():
+    import keras
+
+    return keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=2, restore_best_weights=True)
+
+
+def tune(args: argparse.Namespace) -> dict[str, Any]:
+    import keras
+    import pandas as pd
+
+    from include.model import FeatureStats, build_model, labels, to_model_inputs
+
+    started = time.monotonic()
+    seed_everything(args.seed)
+    train, validation = read_split(args.dataset, "train"), read_split(args.dataset, "validation")
+    stats = FeatureStats.from_frame(train)
+    x_train, y_train = to_model_inputs(train), labels(train)
+    x_val, y_val = to_model_inputs(validation), labels(validation)
+    work = Path(tempfile.mkdtemp(prefix="nightshift-tune-"))
+    tuner = make_tuner(args.tuner, stats, args.max_trials, args.epochs, args.seed, work / "tuner")
+    tuner.search(
+        x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=BATCH_SIZE,
+        callbacks=[_early_stopping(), keras.callbacks.TensorBoard(str(work / "tensorboard" / "search"))], verbose=0,
+    )  # fmt: skip
+    trials = []
+    for trial in tuner.oracle.trials.values():
+        trials.append({"trial_id": trial.trial_id, "status": str(trial.status), "score": trial.score,
+                       **trial.hyperparameters.values})  # fmt: skip
+    pd.DataFrame(trials).sort_values("score", ascending=False).to_csv(work / "trials.csv", index=False)
+    best = tuner.get_best_hyperparameters(num_trials=args.ensemble_size)
+    members = []
+    for index, hp in enumerate(best):
+        keras.utils.set_random_seed(args.seed + index)
+        params = _hyperparameters(hp)
+        model = build_model(stats, params)
+        history = model.fit(
+            x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=BATCH_SIZE,
+            callbacks=[_early_stopping(), keras.callbacks.TensorBoard(str(work / "tensorboard" / f"member_{index}"))],
+            verbose=0,
+        )  # fmt: skip
+        model.save(work / f"member_{index}.keras")
+        members.append({"index": index, "hyperparameters": params,
+                        "val_auc": round(float(max(history.history["val_auc"])), 6),
+                        "epochs": len(history.history["val_auc"])})  # fmt: skip
+        log.info("member %d: val_auc %.4f with %s", index, members[-1]["val_auc"], params)
+    (work / "stats.json").write_text(json.dumps(stats.to_dict()))
+    summary = {
+        "command": "tune", "tuner": args.tuner, "seed": args.seed, "trials": len(trials),
+        "members": members, "out": args.out, "seconds": round(time.monotonic() - started, 1),
+    }  # fmt: skip
+    (work / "tune.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(work / "tuner", ignore_errors=True)  # checkpoints of every trial: large, not needed
+    upload_dir(work, args.out)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m include.training", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("tune", "evaluate"):
+        cmd = sub.add_parser(name)
+        cmd.add_argument("--dataset", required=True, help="dataset folder URI (with train/validation/test.parquet)")
+        cmd.add_argument("--out", required=True, help="model folder URI for this run")
+        cmd.add_argument("--seed", type=int, default=7)
+    tune_cmd = sub.choices["tune"]
+    tune_cmd.add_argument("--tuner", choices=TUNERS, default="hyperband")
+    tune_cmd.add_argument("--max-trials", type=int, default=6)
+    tune_cmd.add_argument("--epochs", type=int, default=6)
+    tune_cmd.add_argument("--ensemble-size", type=int, default=2)
+    eval_cmd = sub.choices["evaluate"]
+    eval_cmd.add_argument("--champion", default=None, help="SavedModel URI of the production model, if any")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.command == "tune":
+        summary = tune(args)
+    else:
+        from include.evaluation import evaluate
+
+        summary = evaluate(args)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
