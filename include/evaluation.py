@@ -1,0 +1,289 @@
+"""evaluate: ensemble the tuned members, export ONE SavedModel, score it on the test days.
+
+Also trains the gradient-boosting baseline on the same training rows, scores the champion (the
+production model) on the same test rows when there is one, and writes ROC, PR and calibration
+plots and an HTML report. Runs inside the training entry point (`python -m include.training`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.features import LABEL_KEY
+from include.model import CATEGORICAL, NUMERIC
+
+log = logging.getLogger("nightshift.evaluation")
+
+PARITY_TOLERANCE = 1e-5
+SLICES = {"carrier": "carrier", "origin": "origin", "hour_bucket": "hour_bucket"}
+HOUR_BUCKETS = [(0, 6, "night"), (6, 12, "morning"), (12, 18, "afternoon"), (18, 24, "evening")]
+MIN_SLICE_ROWS = 200
+
+
+class ExportMismatch(AssertionError):
+    """The exported SavedModel does not reproduce the in-memory ensemble."""
+
+
+def hour_bucket(hours: pd.Series) -> pd.Series:
+    out = pd.Series("night", index=hours.index)
+    for low, high, name in HOUR_BUCKETS:
+        out[(hours >= low) & (hours < high)] = name
+    return out
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            total += mask.mean() * abs(float(y[mask].mean()) - float(p[mask].mean()))
+    return float(total)
+
+
+def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The probability cut that maximizes F1 on validation."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        log_loss,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    predicted = (p >= threshold).astype(int)
+    return {
+        "auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7))),
+        "brier": float(brier_score_loss(y, p)),
+        "accuracy": float(accuracy_score(y, predicted)),
+        "precision": float(precision_score(y, predicted, zero_division=0)),
+        "recall": float(recall_score(y, predicted, zero_division=0)),
+        "f1": float(f1_score(y, predicted, zero_division=0)),
+        "ece": expected_calibration_error(y, p),
+        "threshold": float(threshold),
+        "predicted_positive_rate": float(predicted.mean()),
+        "mean_prediction": float(p.mean()),
+        "non_finite_predictions": int((~np.isfinite(p)).sum()),
+    }
+
+
+def slice_aucs(frame: pd.DataFrame, p: np.ndarray) -> dict[str, dict[str, float]]:
+    """AUC per carrier, origin and hour-of-day bucket (slices with both classes and enough rows)."""
+    from sklearn.metrics import roc_auc_score
+
+    keyed = frame.assign(hour_bucket=hour_bucket(frame["sched_dep_hour"]), _p=p)
+    out: dict[str, dict[str, float]] = {}
+    for name, column in SLICES.items():
+        out[name] = {}
+        for value, part in keyed.groupby(column):
+            if len(part) >= MIN_SLICE_ROWS and part[LABEL_KEY].nunique() == 2:
+                out[name][str(value)] = float(roc_auc_score(part[LABEL_KEY], part["_p"]))
+    return out
+
+
+def fit_ensemble_weights(y: np.ndarray, member_predictions: np.ndarray) -> list[float]:
+    """Convex weights minimizing validation log loss (softmax-parametrized)."""
+    from scipy.optimize import minimize
+
+    k = member_predictions.shape[1]
+    if k == 1:
+        return [1.0]
+
+    def loss(logits: np.ndarray) -> float:
+        w = np.exp(logits - logits.max())
+        w /= w.sum()
+        p = np.clip(member_predictions @ w, 1e-7, 1 - 1e-7)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+    result = minimize(loss, np.zeros(k), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
+    w = np.exp(result.x - result.x.max())
+    return [round(float(v), 6) for v in w / w.sum()]
+
+
+def gbdt_baseline(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> tuple[float, np.ndarray]:
+    """scikit-learn's HistGradientBoostingClassifier on the same rows and features."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+
+    def encode(frame: pd.DataFrame, categories: dict[str, list[str]]) -> pd.DataFrame:
+        out = frame[NUMERIC].astype("float64").copy()
+        for c in CATEGORICAL:
+            out[c] = pd.Categorical(frame[c].fillna("").astype(str), categories=categories[c])
+        return out
+
+    # Keep the 250 most frequent values per categorical (the estimator's limit is 255).
+    categories = {c: train[c].fillna("").astype(str).value_counts().index[:250].tolist() for c in CATEGORICAL}
+    model = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=seed, max_iter=300,
+                                           early_stopping=True, validation_fraction=0.1)  # fmt: skip
+    model.fit(encode(train, categories), train[LABEL_KEY].astype(int))
+    p = model.predict_proba(encode(test, categories))[:, 1]
+    return float(roc_auc_score(test[LABEL_KEY].astype(int), p)), p
+
+
+def plot_curves(y: np.ndarray, curves: dict[str, np.ndarray], folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    names = []
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, p in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=label)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test days")
+    ax.legend(loc="lower right")
+    fig.savefig(folder / "roc.png", dpi=110, bbox_inches="tight")
+    names.append("roc.png")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, p in curves.items():
+        precision, recall, _ = precision_recall_curve(y, p)
+        ax.plot(recall, precision, label=label)
+    ax.axhline(y.mean(), color="k", linestyle=":", linewidth=0.8)
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall, test days")
+    ax.legend(loc="upper right")
+    fig.savefig(folder / "pr.png", dpi=110, bbox_inches="tight")
+    names.append("pr.png")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    edges = np.linspace(0, 1, 11)
+    for label, p in curves.items():
+        index = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
+        xs = [p[index == b].mean() for b in range(10) if (index == b).any()]
+        ys = [y[index == b].mean() for b in range(10) if (index == b).any()]
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.set(xlabel="mean predicted probability", ylabel="observed delay rate", title="Calibration, test days")
+    ax.legend(loc="upper left")
+    fig.savefig(folder / "calibration.png", dpi=110, bbox_inches="tight")
+    names.append("calibration.png")
+    plt.close("all")
+    return names
+
+
+def write_report(folder: Path, summary: dict[str, Any], plots: list[str]) -> None:
+    def table(rows: dict[str, Any]) -> str:
+        body = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(f'{v:.4f}' if isinstance(v, float) else str(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        return f"<table>{body}</table>"
+
+    metrics = summary["metrics"]
+    slices = "".join(f"<h3>AUC by {html.escape(name)}</h3>{table(values)}" for name, values in summary["slices"].items())
+    images = "".join(f'<img src="{name}" alt="{name}" width="420">' for name in plots)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>nightshift evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:.5em 0}}
+th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{margin:4px}}</style></head><body>
+<h1>Evaluation on the test days</h1>
+<p>Dataset {html.escape(summary["dataset"])} · test rows {summary["test_rows"]} · ensemble of {len(summary["weights"])}
+member(s), weights {html.escape(str(summary["weights"]))}.</p>
+<p><b>Ensemble AUC {metrics["auc"]:.4f}</b> vs gradient boosting {summary["gbdt_auc"]:.4f}:
+auc_ratio {summary["auc_ratio"]:.4f}.</p>
+<h2>Metrics (threshold chosen on validation)</h2>{table(metrics)}
+<h2>Plots</h2>{images}
+<h2>Slices</h2>{slices}
+<h2>Champion on the same rows</h2>{table(summary["champion"]["metrics"]) if summary.get("champion") else "<p>none yet</p>"}
+</body></html>"""
+    (folder / "index.html").write_text(page)
+
+
+def _predict_saved_model(path: Path, x: dict[str, np.ndarray]) -> np.ndarray:
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    tensors = {k: tf.constant(v) for k, v in x.items()}
+    outputs = signature(**tensors)
+    return next(iter(outputs.values())).numpy().reshape(-1)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    import keras
+
+    from include import model as _model  # registers the custom layers before loading
+    from include.model import build_ensemble, labels, to_model_inputs
+    from include.training import download_dir, read_split, seed_everything, upload_dir
+
+    started = time.monotonic()
+    seed_everything(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="nightshift-eval-"))
+    members_dir = download_dir(args.out, work / "members")
+    paths = sorted(members_dir.glob("member_*.keras"))
+    if not paths:
+        raise SystemExit(f"no member_*.keras under {args.out}; run `tune` first")
+    members = [keras.saving.load_model(p, custom_objects={"FillMissing": _model.FillMissing}) for p in paths]
+    for index, member in enumerate(members):
+        member.name = f"member_{index}"  # nested models need distinct names
+    train, validation, test = (read_split(args.dataset, s) for s in ("train", "validation", "test"))
+    x_val, y_val = to_model_inputs(validation), labels(validation)
+    x_test, y_test = to_model_inputs(test), labels(test)
+    member_val = np.column_stack([m.predict(x_val, batch_size=4096, verbose=0).reshape(-1) for m in members])
+    weights = fit_ensemble_weights(y_val, member_val)
+    ensemble = build_ensemble(members, weights)
+    in_memory = ensemble.predict(x_test, batch_size=4096, verbose=0).reshape(-1)
+    export_dir = work / "export" / "saved_model"
+    ensemble.export(str(export_dir), format="tf_saved_model", verbose=False)
+    exported = _predict_saved_model(export_dir, x_test)
+    parity = float(np.max(np.abs(exported - in_memory)))
+    if not parity <= PARITY_TOLERANCE:
+        raise ExportMismatch(f"exported SavedModel differs from the ensemble by {parity:.2e} > {PARITY_TOLERANCE}")
+    threshold = best_threshold(y_val, member_val @ np.array(weights))
+    metrics = classification_metrics(y_test, exported, threshold)
+    gbdt_auc, gbdt_p = gbdt_baseline(train, test, args.seed)
+    champion = None
+    curves = {"ensemble": exported, "gbdt baseline": gbdt_p}
+    if args.champion:
+        champion_dir = download_dir(args.champion, work / "champion")
+        champion_p = _predict_saved_model(champion_dir, x_test)
+        champion = {"uri": args.champion, "metrics": classification_metrics(y_test, champion_p, threshold),
+                    "slices": slice_aucs(test, champion_p)}  # fmt: skip
+        curves["champion"] = champion_p
+    report_dir = work / "export" / "report"
+    report_dir.mkdir(parents=True)
+    summary: dict[str, Any] = {
+        "command": "evaluate",
+        "dataset": args.dataset,
+        "test_rows": len(test),
+        "weights": weights,
+        "members": len(members),
+        "metrics": metrics,
+        "slices": slice_aucs(test, exported),
+        "gbdt_auc": gbdt_auc,
+        "auc_ratio": metrics["auc"] / gbdt_auc,
+        "export_parity_max_abs_diff": parity,
+        "champion": champion,
+        "saved_model": f"{args.out.rstrip('/')}/saved_model",
+        "report": f"{args.out.rstrip('/')}/report/index.html",
+    }
+    plots = plot_curves(y_test, curves, report_dir)
+    write_report(report_dir, summary, plots)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    (work / "export" / "evaluate.json").write_text(json.dumps(summary, indent=2))
+    upload_dir(work / "export", args.out)
+    log.info("ensemble AUC %.4f, GBDT %.4f, ratio %.4f", metrics["auc"], gbdt_auc, summary["auc_ratio"])
+    return summary
