@@ -187,15 +187,18 @@ def plot_curves(y: np.ndarray, curves: dict[str, np.ndarray], folder: Path) -> l
 
 
 def write_report(folder: Path, summary: dict[str, Any], plots: list[str]) -> None:
+    def cell(value: Any) -> str:
+        return html.escape(f"{value:.4f}" if isinstance(value, float) else str(value))
+
     def table(rows: dict[str, Any]) -> str:
-        body = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(f'{v:.4f}' if isinstance(v, float) else str(v))}</td></tr>"
-            for k, v in rows.items()
-        )
+        body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in rows.items())
         return f"<table>{body}</table>"
 
     metrics = summary["metrics"]
-    slices = "".join(f"<h3>AUC by {html.escape(name)}</h3>{table(values)}" for name, values in summary["slices"].items())
+    slices = "".join(
+        f"<h3>AUC by {html.escape(name)}</h3>{table(values)}" for name, values in summary["slices"].items()
+    )
+    champion = table(summary["champion"]["metrics"]) if summary.get("champion") else "<p>none yet</p>"
     images = "".join(f'<img src="{name}" alt="{name}" width="420">' for name in plots)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>nightshift evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:.5em 0}}
@@ -208,7 +211,7 @@ auc_ratio {summary["auc_ratio"]:.4f}.</p>
 <h2>Metrics (threshold chosen on validation)</h2>{table(metrics)}
 <h2>Plots</h2>{images}
 <h2>Slices</h2>{slices}
-<h2>Champion on the same rows</h2>{table(summary["champion"]["metrics"]) if summary.get("champion") else "<p>none yet</p>"}
+<h2>Champion on the same rows</h2>{champion}
 </body></html>"""
     (folder / "index.html").write_text(page)
 

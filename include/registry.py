@@ -1,0 +1,114 @@
+"""The model registry in Postgres: versions, their lineage, status transitions and gate checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, insert
+
+from include.db import SCHEMA, engine, metadata, upsert
+from include.gate import Check
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("dag_id", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("code_version", sa.Text, nullable=False),
+    sa.Column("artifact_uri", sa.Text, nullable=False),
+    sa.Column("report_uri", sa.Text),
+    sa.Column("dataset_uri", sa.Text, nullable=False),
+    sa.Column("dataset_sha256", sa.Text, nullable=False),
+    sa.Column("data_window", JSONB, nullable=False),
+    sa.Column("feature_service", sa.Text, nullable=False),
+    sa.Column("feast_registry_version", sa.Text, nullable=False),
+    sa.Column("ingestion_run_ids", JSONB, nullable=False),
+    sa.Column("validation_run_ids", JSONB, nullable=False),
+    sa.Column("metrics", JSONB, nullable=False),
+    sa.Column("hyperparameters", JSONB, nullable=False),
+    sa.Column("params", JSONB, nullable=False),
+    sa.Column("gate_note", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
+gate_checks = sa.Table(
+    "gate_checks",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("observed", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("detail", sa.Text, nullable=False),
+    schema=SCHEMA,
+)
+
+# Which status may follow which; the deploy issue uses the serving half.
+TRANSITIONS: dict[str, set[str]] = {
+    "candidate": {"blessed", "rejected"},
+    "blessed": {"canary", "production", "archived"},
+    "rejected": set(),
+    "canary": {"production", "rolled_back", "archived"},
+    "production": {"archived", "rolled_back"},
+    "rolled_back": {"production", "archived"},
+    "archived": {"production"},
+}
+
+
+class TransitionError(ValueError):
+    """A status change the lifecycle does not allow (e.g. rejected → production)."""
+
+
+def register_candidate(url: str, record: dict[str, Any], at: dt.datetime) -> int:
+    """Insert a candidate version for `record['run_id']`, or return the one a retry already made."""
+    row = {**record, "status": "candidate", "created_at": at, "updated_at": at}
+    with engine(url).begin() as conn:
+        stmt = insert(model_versions).values(row).on_conflict_do_nothing(index_elements=["run_id"])
+        conn.execute(stmt)
+        return conn.execute(
+            sa.select(model_versions.c.version).where(model_versions.c.run_id == record["run_id"])
+        ).scalar_one()
+
+
+def set_status(url: str, version: int, status: str, at: dt.datetime, note: str | None = None) -> None:
+    with engine(url).begin() as conn:
+        current = conn.execute(
+            sa.select(model_versions.c.status).where(model_versions.c.version == version).with_for_update()
+        ).scalar_one_or_none()
+        if current is None:
+            raise TransitionError(f"model version {version} does not exist")
+        if current != status and status not in TRANSITIONS[current]:
+            raise TransitionError(f"version {version} is {current}; it cannot become {status}")
+        values: dict[str, Any] = {"status": status, "updated_at": at}
+        if note is not None:
+            values["gate_note"] = note
+        conn.execute(sa.update(model_versions).where(model_versions.c.version == version).values(**values))
+
+
+def record_checks(url: str, version: int, checks: list[Check]) -> None:
+    with engine(url).begin() as conn:
+        conn.execute(sa.delete(gate_checks).where(gate_checks.c.version == version))
+        upsert(conn, gate_checks, [{"version": version, **asdict(c)} for c in checks])
+
+
+def production_version(url: str) -> dict[str, Any] | None:
+    """The version serving as `stable` now, if any (the champion)."""
+    with engine(url).connect() as conn:
+        row = conn.execute(
+            sa.select(model_versions).where(model_versions.c.status == "production")
+            .order_by(model_versions.c.updated_at.desc()).limit(1)
+        ).mappings().first()  # fmt: skip
+    return dict(row) if row else None
+
+
+def get_version(url: str, version: int) -> dict[str, Any]:
+    with engine(url).connect() as conn:
+        return dict(conn.execute(sa.select(model_versions).where(model_versions.c.version == version)).mappings().one())
