@@ -5,3 +5,4 @@ from __future__ import annotations
 from airflow.sdk import Asset
 
 FEATURES = Asset(name="features", uri="nightshift://features/flight_delay_v1", group="nightshift")
+MODEL_CANDIDATE = Asset(name="model_candidate", uri="nightshift://models/flight_delay/candidate", group="nightshift")

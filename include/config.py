@@ -90,3 +90,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bootstrap_end=end,
         row_count_tolerance=_int(env, "NIGHTSHIFT_ROW_COUNT_TOLERANCE_PCT", 50) / 100,
     )
+
+
+def deadlines_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """False only for `dag.test()` runs: Airflow 3.3.2's dag.test crashes pruning the deadlines of a
+    successful run (its DAG holds serialized alerts, not their ids), leaving the run `running`."""
+    env = os.environ if env is None else env
+    return env.get("NIGHTSHIFT_DEADLINES", "on") != "off"
+
+
+def train_deadline_hours(env: Mapping[str, str] | None = None) -> float:
+    """Hours after being queued by which a training run must finish (read at DAG parse: cheap)."""
+    env = os.environ if env is None else env
+    raw = env.get("NIGHTSHIFT_TRAIN_DEADLINE_HOURS", "4")
+    try:
+        return float(raw)
+    except ValueError as err:
+        raise ConfigError(f"NIGHTSHIFT_TRAIN_DEADLINE_HOURS={raw!r} is not a number of hours") from err

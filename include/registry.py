@@ -93,6 +93,11 @@ def set_status(url: str, version: int, status: str, at: dt.datetime, note: str |
         conn.execute(sa.update(model_versions).where(model_versions.c.version == version).values(**values))
 
 
+def set_report_uri(url: str, version: int, uri: str) -> None:
+    with engine(url).begin() as conn:
+        conn.execute(sa.update(model_versions).where(model_versions.c.version == version).values(report_uri=uri))
+
+
 def record_checks(url: str, version: int, checks: list[Check]) -> None:
     with engine(url).begin() as conn:
         conn.execute(sa.delete(gate_checks).where(gate_checks.c.version == version))

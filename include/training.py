@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         from include.evaluation import evaluate
 
         summary = evaluate(args)
+    xcom_file = os.environ.get("NIGHTSHIFT_XCOM_FILE")  # the pod backend's XCom sidecar reads this
+    if xcom_file:
+        Path(xcom_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(xcom_file).write_text(json.dumps(summary))
     print(json.dumps(summary), flush=True)
     return 0
 

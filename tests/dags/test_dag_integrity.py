@@ -57,7 +57,7 @@ def dagbag():
 def test_dags_import_without_errors(dagbag, parse_report) -> None:
     assert dagbag.import_errors == {}
     assert parse_report["errors"] == {}
-    assert "nightshift_ingest" in dagbag.dag_ids
+    assert {"nightshift_ingest", "nightshift_train"} <= set(dagbag.dag_ids)
 
 
 def test_parsing_looks_up_no_connection_or_variable(parse_report) -> None:
@@ -68,7 +68,7 @@ def test_parsing_imports_no_heavy_library(parse_report) -> None:
     assert parse_report["heavy"] == []
 
 
-@pytest.mark.parametrize("dag_id", ["nightshift_ingest"])
+@pytest.mark.parametrize("dag_id", ["nightshift_ingest", "nightshift_train"])
 def test_dag_is_tagged_retried_and_documented(dagbag, dag_id: str) -> None:
     dag = dagbag.get_dag(dag_id)
     assert dag.tags
@@ -89,3 +89,19 @@ def test_ingest_form_takes_a_date_range(dagbag) -> None:
         assert "null" in schema["type"]
         assert schema.get("title")
         assert params.get_param(name).description
+
+
+def test_train_dag_has_a_deadline_when_enabled(monkeypatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setenv("NIGHTSHIFT_DEADLINES", "on")
+    sys.path.insert(0, str(DAGS))
+    try:
+        module = importlib.import_module("nightshift_train")
+        importlib.reload(module)
+        deadlines = module.nightshift_train().deadline
+    finally:
+        sys.path.remove(str(DAGS))
+    assert [d.name for d in deadlines] == ["train_finished_in_time"]
+    assert deadlines[0].interval.total_seconds() == 4 * 3600

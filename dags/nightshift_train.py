@@ -1,0 +1,199 @@
+"""Nightly training on Feast features: training set → tune → evaluate + ensemble → gate → register.
+
+Runs when fresh features land (the ingest DAG's `features` Asset) or at 02:00 New York time,
+whichever comes first; analysts can also train on a chosen window and budget from the form.
+
+* **build_dataset** joins the window's flights to the `flight_delay_v1` FeatureService point in
+  time and splits it by time (train, validation, then the last `test_days` as test).
+* **tune** runs keras-tuner through the training entry point, in a GPU pod
+  (`TRAIN_BACKEND=kubernetes`) or as a local subprocess (`TRAIN_BACKEND=local`, the default).
+* **evaluate** ensembles the members into ONE SavedModel, scores the test days against the
+  gradient-boosting baseline and the production model, and writes the report.
+* **gate_and_register** records every check and the version's lineage in Postgres; a blessed
+  version emits the `model_candidate` Asset that deployment listens to.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import (
+    AssetOrTimeSchedule,
+    AsyncCallback,
+    CronTriggerTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    dag,
+    task,
+)
+
+from include.assets import FEATURES, MODEL_CANDIDATE
+from include.config import deadlines_enabled, train_deadline_hours
+from include.deadlines import deadline_missed
+from include.train_backends import training_step
+
+DEFAULT_ARGS = {
+    "owner": "nightshift",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=15),
+}
+DATASET_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['uri'] }}"
+MODELS_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['models_uri'] }}"
+TRAIN_PARAMS = {
+    "train_days": Param(
+        60,
+        type="integer",
+        minimum=7,
+        maximum=365,
+        title="Training days",
+        description="Days of flights before validation and test.",
+        section="Data window",
+    ),
+    "test_days": Param(
+        7,
+        type="integer",
+        minimum=1,
+        maximum=60,
+        title="Test days",
+        description="The most recent days, held out for evaluation.",
+        section="Data window",
+    ),
+    "end_date": Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        title="Last day",
+        description="Last day of the window; empty = the latest validated day.",
+        section="Data window",
+    ),
+    "tuner": Param(
+        "hyperband",
+        type="string",
+        enum=["hyperband", "bayesian", "random"],
+        title="Tuner",
+        description="keras-tuner search strategy.",
+        section="Tuning budget",
+    ),
+    "max_trials": Param(
+        6,
+        type="integer",
+        minimum=1,
+        maximum=200,
+        title="Max trials",
+        description="Trials for bayesian/random search.",
+        section="Tuning budget",
+    ),
+    "epochs": Param(
+        6,
+        type="integer",
+        minimum=1,
+        maximum=200,
+        title="Epochs",
+        description="Max epochs per trial (Hyperband's max_epochs); early stopping applies.",
+        section="Tuning budget",
+    ),
+    "ensemble_size": Param(
+        2,
+        type="integer",
+        minimum=1,
+        maximum=10,
+        title="Ensemble size",
+        description="Best configurations retrained and averaged.",
+        section="Tuning budget",
+    ),
+    "seed": Param(
+        7,
+        type="integer",
+        minimum=0,
+        title="Seed",
+        description="Same data + same seed = same metrics.",
+        section="Tuning budget",
+    ),
+}
+
+
+def _settings_and_params(context: dict[str, Any]):
+    from include.config import load_settings
+
+    return load_settings(), dict(context["params"])
+
+
+@dag(
+    dag_id="nightshift_train",
+    description=__doc__.partition(".")[0],
+    doc_md=__doc__,
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 2 * * *", timezone="America/New_York"), assets=[FEATURES]
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="America/New_York"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["nightshift", "train"],
+    deadline=[
+        DeadlineAlert(
+            reference=DeadlineReference.DAGRUN_QUEUED_AT,
+            interval=timedelta(hours=train_deadline_hours()),
+            callback=AsyncCallback(deadline_missed, kwargs={"what": "nightly training must finish"}),
+            name="train_finished_in_time",
+        )
+    ]
+    if deadlines_enabled()
+    else [],
+    params=TRAIN_PARAMS,
+)
+def nightshift_train() -> None:
+    @task
+    def build_dataset(**context: Any) -> dict[str, Any]:
+        from include.train import build_dataset as build
+
+        settings, params = _settings_and_params(context)
+        return build(settings, params, context["run_id"])
+
+    @task
+    def find_champion() -> str:
+        from include.config import load_settings
+        from include.train import champion_uri
+
+        return champion_uri(load_settings())
+
+    dataset = build_dataset()
+    champion = find_champion()
+    common = ["--dataset", DATASET_URI, "--out", MODELS_URI, "--seed", "{{ params.seed }}"]
+    tune = training_step(
+        "tune",
+        ["tune", *common, "--tuner", "{{ params.tuner }}", "--max-trials", "{{ params.max_trials }}",
+         "--epochs", "{{ params.epochs }}", "--ensemble-size", "{{ params.ensemble_size }}"],
+    )  # fmt: skip
+    evaluate = training_step(
+        "evaluate", ["evaluate", *common, "--champion", "{{ ti.xcom_pull(task_ids='find_champion') }}"]
+    )
+
+    @task
+    def gate_and_register(dataset: dict, tuned: dict, evaluated: dict, **context: Any) -> dict[str, Any]:
+        from include.train import gate_and_register as register
+
+        settings, params = _settings_and_params(context)
+        return register(settings, params, dataset, tuned, evaluated, context["run_id"], context["dag_run"].run_after)
+
+    @task.short_circuit
+    def is_blessed(registered: dict[str, Any]) -> bool:
+        return registered["status"] == "blessed"
+
+    @task(outlets=[MODEL_CANDIDATE])
+    def publish_candidate(registered: dict[str, Any], **context: Any) -> int:
+        context["outlet_events"][MODEL_CANDIDATE].extra = {"version": registered["version"]}
+        return registered["version"]
+
+    dataset >> tune >> evaluate
+    champion >> evaluate
+    registered = gate_and_register(dataset, tune.output, evaluate.output)
+    is_blessed(registered) >> publish_candidate(registered)
+
+
+nightshift_train()

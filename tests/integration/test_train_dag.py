@@ -1,0 +1,136 @@
+"""The train DAG end to end with the local backend, and behavioural tests of the model it makes.
+
+June–July 2013 is ingested first (its own days, apart from the ingest tests' May), then the DAG
+trains on 44 days, validates on 7 and tests on the last 10, with a small budget.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from include import db
+from include.features import MODEL_FEATURES
+
+pytestmark = pytest.mark.integration
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+START, END = dt.date(2013, 6, 1), dt.date(2013, 7, 31)
+CONF = {"end_date": END.isoformat(), "train_days": 44, "test_days": 10, "tuner": "random", "max_trials": 2,
+        "epochs": 4, "ensemble_size": 2, "seed": 11}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+@pytest.fixture(scope="module")
+def trained(dagbag, db_url):
+    ingest = dagbag.get_dag("nightshift_ingest").test(
+        run_conf={"start_date": START.isoformat(), "end_date": END.isoformat()}
+    )
+    assert ingest.state == "success"
+    run = dagbag.get_dag("nightshift_train").test(run_conf=CONF)
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    from include.registry import model_versions
+
+    with db.engine(db_url).connect() as conn:
+        row = conn.execute(sa.select(model_versions).where(model_versions.c.run_id == run.run_id)).mappings().one()
+    return run, dict(row), states
+
+
+def _local(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+def test_registry_row_has_status_checks_and_lineage(trained, db_url) -> None:
+    _, row, states = trained
+    assert row["status"] in ("blessed", "rejected")
+    assert states["publish_candidate"] == ("success" if row["status"] == "blessed" else "skipped")
+    assert row["data_window"]["end"] == END.isoformat()
+    assert row["data_window"]["start"] == START.isoformat()
+    assert row["feature_service"] == "flight_delay_v1"
+    assert row["feast_registry_version"].startswith("flight_delay_v1@")
+    assert len(row["dataset_sha256"]) == 64
+    assert row["ingestion_run_ids"]
+    assert row["validation_run_ids"]
+    assert row["params"]["tuner"] == "random"
+    assert len(row["hyperparameters"]["members"]) == 2
+    assert row["gate_note"].endswith("first model: no champion, value and sanity thresholds only")
+    assert _local(row["report_uri"]).exists()
+    from include.registry import gate_checks
+
+    with db.engine(db_url).connect() as conn:
+        checks = conn.execute(sa.select(gate_checks).where(gate_checks.c.version == row["version"])).mappings().all()
+    assert {c["name"] for c in checks} >= {"auc_floor", "ece_ceiling", "finite_predictions", "champion"}
+    assert all(c["detail"] for c in checks)
+
+
+@pytest.fixture(scope="module")
+def serving(trained):
+    import tensorflow as tf
+
+    _, row, _ = trained
+    return tf.saved_model.load(str(_local(row["artifact_uri"]))).signatures["serving_default"]
+
+
+@pytest.fixture(scope="module")
+def test_split(trained):
+    import pandas as pd
+
+    _, row, _ = trained
+    return pd.read_parquet(_local(row["dataset_uri"]) / "test.parquet")
+
+
+def _predict(signature, frame) -> np.ndarray:
+    import tensorflow as tf
+
+    from include.model import to_model_inputs
+
+    outputs = signature(**{k: tf.constant(v) for k, v in to_model_inputs(frame).items()})
+    return next(iter(outputs.values())).numpy().reshape(-1)
+
+
+def test_saved_model_signature_takes_exactly_the_raw_features(serving) -> None:
+    inputs = serving.structured_input_signature[1]
+    assert sorted(inputs) == sorted(MODEL_FEATURES)
+    assert {spec.dtype.name for name, spec in inputs.items() if name in ("carrier", "origin")} == {"string"}
+
+
+def test_export_matches_the_in_memory_ensemble(trained) -> None:
+    _, row, _ = trained
+    evaluated = json.loads((_local(row["artifact_uri"]).parent / "evaluate.json").read_text())
+    assert evaluated["export_parity_max_abs_diff"] <= 1e-5
+    assert evaluated["metrics"]["auc"] == pytest.approx(row["metrics"]["auc"])
+
+
+def test_minimum_functionality_auc_above_06(trained, serving, test_split) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(test_split["is_delayed"], _predict(serving, test_split))
+    assert auc > 0.6
+    assert auc == pytest.approx(trained[1]["metrics"]["auc"], abs=1e-6)
+
+
+def test_invariance_to_fields_the_model_must_not_use(serving, test_split) -> None:
+    shuffled = test_split.copy()
+    shuffled["flight"] = shuffled["flight"].sample(frac=1.0, random_state=0).to_numpy()
+    shuffled["dep_delay"] = 999.0  # a post-departure column, present or not, must not matter
+    np.testing.assert_array_equal(_predict(serving, test_split), _predict(serving, shuffled))
+
+
+def test_worse_origin_weather_does_not_lower_predicted_risk(serving, test_split) -> None:
+    stormy = test_split.copy()
+    stormy["precip"] = stormy["precip"].fillna(0) + 0.5
+    stormy["visib"] = 0.5
+    stormy["wind_speed"] = stormy["wind_speed"].fillna(0) + 20
+    assert _predict(serving, stormy).mean() >= _predict(serving, test_split).mean()

@@ -1,0 +1,190 @@
+"""Training pieces without a training run: feature contract, preprocessing, splits, gate, pod."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.dataset import SPLITS, Window, split_frame
+from include.features import ALL_FEAST_FEATURES, LABEL_KEY, MODEL_FEATURES, POST_DEPARTURE_COLUMNS
+from include.gate import GateThresholds, run_gate, verdict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_feast_service_training_set_and_model_inputs_share_one_feature_list() -> None:
+    from feature_repo import definitions
+    from include.model import model_inputs
+
+    served = [f.name for p in definitions.flight_delay_v1.feature_view_projections for f in p.features]
+    assert sorted(served) == sorted(ALL_FEAST_FEATURES)
+    assert sorted(model_inputs()) == sorted(MODEL_FEATURES)
+    frame = _frame(days=10)
+    for part in split_frame(frame, Window(dt.date(2013, 1, 10), 6, 2, 2)).values():
+        assert set(MODEL_FEATURES) <= set(part.columns)
+        assert not set(POST_DEPARTURE_COLUMNS) & set(MODEL_FEATURES)
+
+
+def _frame(days: int, rows_per_day: int = 20, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = days * rows_per_day
+    frame = pd.DataFrame({f: rng.normal(size=n) for f in MODEL_FEATURES})
+    for column in ("carrier", "origin", "dest", "tailnum"):
+        frame[column] = rng.choice(["A", "B", "C"], size=n)
+    frame["flight_date"] = [dt.date(2013, 1, 1) + dt.timedelta(days=i // rows_per_day) for i in range(n)]
+    frame[LABEL_KEY] = rng.integers(0, 2, size=n)
+    frame["flight"] = np.arange(n)
+    frame["route"] = frame["origin"] + "-" + frame["dest"]
+    frame["event_timestamp"] = pd.to_datetime(frame["flight_date"]).dt.tz_localize("UTC")
+    return frame
+
+
+def test_split_is_by_time_without_overlap() -> None:
+    window = Window(end=dt.date(2013, 1, 10), train_days=6, validation_days=2, test_days=2)
+    parts = split_frame(_frame(days=10), window)
+    assert set(parts) == set(SPLITS)
+    assert parts["train"]["flight_date"].max() < parts["validation"]["flight_date"].min()
+    assert parts["validation"]["flight_date"].max() < parts["test"]["flight_date"].min()
+    assert sorted(parts["test"]["flight_date"].unique()) == [dt.date(2013, 1, 9), dt.date(2013, 1, 10)]
+    assert window.start == dt.date(2013, 1, 1)
+
+
+def test_preprocessing_handles_unseen_categories_and_missing_values() -> None:
+    from include.model import FeatureStats, build_model, to_model_inputs
+
+    train = _frame(days=3)
+    model = build_model(FeatureStats.from_frame(train), {"units": 8, "layers": 1, "dropout": 0.0,
+                                                         "embedding_dim": 4, "learning_rate": 1e-3})  # fmt: skip
+    odd = train.head(4).copy()
+    odd["carrier"] = ["ZZ", None, "", "A"]  # unseen, missing, empty, known
+    odd["temp"] = np.nan
+    odd["plane_year"] = [np.nan, 0.3, np.nan, -0.2]  # the synthetic features are standard normal
+    predictions = model.predict(to_model_inputs(odd), verbose=0).reshape(-1)
+    assert np.isfinite(predictions).all()
+    assert ((predictions > 0) & (predictions < 1)).all()
+
+
+METRICS = {"auc": 0.70, "ece": 0.05, "non_finite_predictions": 0, "predicted_positive_rate": 0.3}
+
+
+@pytest.mark.parametrize(
+    ("change", "failed"),
+    [
+        ({}, []),
+        ({"auc": 0.55}, ["auc_floor"]),
+        ({"ece": 0.3}, ["ece_ceiling"]),
+        ({"non_finite_predictions": 3}, ["finite_predictions"]),
+        ({"predicted_positive_rate": 0.0}, ["positive_rate_low"]),
+        ({"predicted_positive_rate": 0.99}, ["positive_rate_high"]),
+    ],
+)
+def test_value_and_sanity_checks(change, failed) -> None:
+    checks = run_gate({"metrics": {**METRICS, **change}, "slices": {}}, None, GateThresholds())
+    assert [c.name for c in checks if not c.passed] == failed
+    assert verdict(checks) == ("rejected" if failed else "blessed")
+    assert next(c for c in checks if c.name == "champion").detail.startswith("no production model")
+
+
+def test_change_checks_against_the_champion() -> None:
+    champion = {"metrics": {**METRICS, "auc": 0.72}, "slices": {"origin": {"JFK": 0.70, "EWR": 0.71}}}
+    worse = {"metrics": {**METRICS, "auc": 0.70}, "slices": {"origin": {"JFK": 0.60, "EWR": 0.71}}}
+    checks = {c.name: c for c in run_gate(worse, champion, GateThresholds(auc_tolerance=0.01, slice_tolerance=0.03))}
+    assert not checks["auc_vs_champion"].passed
+    assert checks["auc_vs_champion"].threshold == pytest.approx(0.71)
+    assert not checks["slice_origin_JFK"].passed
+    assert checks["slice_origin_EWR"].passed
+    assert "champion" not in checks
+
+
+def test_thresholds_come_from_the_environment() -> None:
+    assert GateThresholds.from_env({"NIGHTSHIFT_GATE_AUC_FLOOR": "0.7"}).auc_floor == 0.7
+
+
+def test_registry_status_transitions(db_url) -> None:
+    from include.registry import TransitionError, get_version, register_candidate, set_status
+
+    now = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
+    record = {
+        "dag_id": "t", "run_id": "unit_registry", "code_version": "x", "artifact_uri": "file:///m",
+        "dataset_uri": "file:///d", "dataset_sha256": "0" * 64, "data_window": {}, "feature_service": "f",
+        "feast_registry_version": "v", "ingestion_run_ids": [], "validation_run_ids": [], "metrics": {},
+        "hyperparameters": {}, "params": {},
+    }  # fmt: skip
+    version = register_candidate(db_url, record, now)
+    assert register_candidate(db_url, record, now) == version  # a retried task reuses its version
+    later = register_candidate(db_url, {**record, "run_id": "unit_registry_2"}, now)
+    assert later > version
+    set_status(db_url, version, "rejected", now)
+    with pytest.raises(TransitionError, match="rejected; it cannot become production"):
+        set_status(db_url, version, "production", now)
+    set_status(db_url, later, "blessed", now, note="ok")
+    assert get_version(db_url, later)["status"] == "blessed"
+
+
+def test_gpu_pod_renders_and_validates(tmp_path) -> None:
+    import yaml
+    from airflow.sdk import DAG
+    from kubernetes.client import ApiClient
+
+    from include.train_backends import training_step
+
+    with DAG("render_pod", schedule=None):
+        op = training_step("tune", ["tune", "--dataset", "s3://lake/datasets/r", "--out", "s3://lake/models/r"],
+                           backend="kubernetes")  # fmt: skip
+    pod = op.build_pod_request_obj(dry_run=True)
+    container = pod.spec.containers[0]
+    assert container.command == ["python", "-m", "include.training"]
+    assert container.args[:3] == ["tune", "--dataset", "s3://lake/datasets/r"]
+    assert container.resources.limits["nvidia.com/gpu"] == "1"
+    assert container.resources.requests["memory"]
+    assert container.resources.limits["cpu"]
+    assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
+    assert container.env_from[0].secret_ref.name == "nightshift-lake"
+    assert op.deferrable
+    assert op.on_finish_action.value == "delete_pod"
+    assert op.do_xcom_push
+    assert op.startup_timeout_seconds
+    assert op.schedule_timeout_seconds
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(yaml.safe_dump(ApiClient().sanitize_for_serialization(pod)))
+    result = subprocess.run(["kubernetes-validate", "--strict", str(manifest)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_local_backend_runs_the_same_command(monkeypatch) -> None:
+    from include import train_backends
+
+    seen = {}
+
+    def fake_run(command, **kwargs):
+        seen["command"] = command
+        return subprocess.CompletedProcess(command, 0, stdout='log line\n{"command": "tune", "trials": 3}\n')
+
+    monkeypatch.setattr(train_backends.subprocess, "run", fake_run)
+    summary = train_backends.run_training_cli(["tune", "--dataset", "d", "--out", "o"])
+    assert seen["command"][1:] == ["-m", "include.training", "tune", "--dataset", "d", "--out", "o"]
+    assert summary == {"command": "tune", "trials": 3}
+
+
+def test_train_dockerfile_lints_clean() -> None:
+    result = subprocess.run(["hadolint", str(ROOT / "docker" / "train.Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_train_form_rejects_bad_input() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params: ParamsDict = DagBag(dag_folder=str(ROOT / "dags")).get_dag("nightshift_train").params
+    schema = params.get_param("tuner").schema
+    assert schema["enum"] == ["hyperband", "bayesian", "random"]
+    with pytest.raises(ValueError, match="not one of"):
+        params.get_param("tuner").resolve("grid")
+    assert json.loads(json.dumps(params.dump()))["test_days"] == 7
