@@ -33,7 +33,7 @@ from airflow.sdk import (
 from include.assets import FEATURES, MODEL_CANDIDATE
 from include.config import deadlines_enabled, train_deadline_hours
 from include.deadlines import deadline_missed
-from include.train_backends import training_step
+from include.train_backends import training_step, tune_shards
 
 DEFAULT_ARGS = {
     "owner": "nightshift",
@@ -169,9 +169,12 @@ def nightshift_train() -> None:
         "tune",
         ["tune", *common, "--tuner", "{{ params.tuner }}", "--max-trials", "{{ params.max_trials }}",
          "--epochs", "{{ params.epochs }}", "--ensemble-size", "{{ params.ensemble_size }}"],
+        shards=tune_shards(), pool="gpu_training",
     )  # fmt: skip
     evaluate = training_step(
-        "evaluate", ["evaluate", *common, "--champion", "{{ ti.xcom_pull(task_ids='find_champion') }}"]
+        "evaluate",
+        ["evaluate", *common, "--champion", "{{ ti.xcom_pull(task_ids='find_champion') }}"],
+        pool="gpu_training",
     )
 
     @task

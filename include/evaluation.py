@@ -225,6 +225,17 @@ def _predict_saved_model(path: Path, x: dict[str, np.ndarray]) -> np.ndarray:
     return next(iter(outputs.values())).numpy().reshape(-1)
 
 
+def select_members(folder: Path) -> list[Path]:
+    """Members of every tuning shard, the best `ensemble_size` of them by validation AUC."""
+    scored = []
+    for summary_file in sorted(folder.rglob("tune.json")):
+        summary = json.loads(summary_file.read_text())
+        for member in summary["members"]:
+            scored.append((-member["val_auc"], str(summary_file.parent / f"member_{member['index']}.keras")))
+    size = max((len(json.loads(f.read_text())["members"]) for f in folder.rglob("tune.json")), default=0)
+    return [Path(path) for _, path in sorted(scored)[:size]]
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
@@ -236,7 +247,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(args.seed)
     work = Path(tempfile.mkdtemp(prefix="nightshift-eval-"))
     members_dir = download_dir(args.out, work / "members")
-    paths = sorted(members_dir.glob("member_*.keras"))
+    paths = select_members(members_dir)
     if not paths:
         raise SystemExit(f"no member_*.keras under {args.out}; run `tune` first")
     members = [keras.saving.load_model(p, custom_objects={"FillMissing": _model.FillMissing}) for p in paths]

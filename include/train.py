@@ -105,7 +105,7 @@ def gate_and_register(
     settings: Settings,
     params: dict[str, Any],
     dataset: dict[str, Any],
-    tuned: dict[str, Any],
+    tuned: dict[str, Any] | list[dict[str, Any]],
     evaluated: dict[str, Any],
     run_id: str,
     at: dt.datetime,
@@ -115,6 +115,7 @@ def gate_and_register(
     from include.registry import record_checks, register_candidate, set_report_uri, set_status
 
     url = settings.require_database_url()
+    shards = tuned if isinstance(tuned, list) else [tuned]
     record = {
         "dag_id": DAG_ID,
         "run_id": run_id,
@@ -129,8 +130,9 @@ def gate_and_register(
         "validation_run_ids": dataset["validation_run_ids"],
         "metrics": {**evaluated["metrics"], "gbdt_auc": evaluated["gbdt_auc"], "auc_ratio": evaluated["auc_ratio"],
                     "slices": evaluated["slices"], "ensemble_weights": evaluated["weights"]},
-        "hyperparameters": {"tuner": tuned["tuner"], "trials": tuned["trials"],
-                            "members": [m["hyperparameters"] for m in tuned["members"]]},
+        "hyperparameters": {"tuner": shards[0]["tuner"], "shards": len(shards),
+                            "trials": sum(t["trials"] for t in shards),
+                            "members": [m["hyperparameters"] for t in shards for m in t["members"]]},
         "params": params,
     }  # fmt: skip
     version = register_candidate(url, record, at)

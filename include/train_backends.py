@@ -38,6 +38,11 @@ class PodSettings:
         return cls(**{k: env.get(f"NIGHTSHIFT_TRAIN_{k.upper()}", v) for k, v in defaults.__dict__.items()})
 
 
+def tune_shards(env: Mapping[str, str] | None = None) -> int:
+    """How many pods (or subprocesses) tune in parallel; read at parse time, cheap."""
+    return max(1, int((os.environ if env is None else env).get("NIGHTSHIFT_TUNE_SHARDS", "1")))
+
+
 def backend_from_env(env: Mapping[str, str] | None = None) -> str:
     backend = (os.environ if env is None else env).get("TRAIN_BACKEND", "local")
     if backend not in BACKENDS:
@@ -68,22 +73,35 @@ class LocalTrainingOperator(BaseOperator):
         return run_training_cli([str(a) for a in self.arguments])
 
 
-def training_step(task_id: str, arguments: list[str], backend: str | None = None, **kwargs: Any) -> BaseOperator:
-    """The training step for `backend` (default: TRAIN_BACKEND), same command, same arguments."""
+def training_step(
+    task_id: str, arguments: list[str], backend: str | None = None, shards: int = 1, **kwargs: Any
+) -> Any:
+    """The training step for `backend` (default: TRAIN_BACKEND), same command, same arguments.
+
+    With `shards > 1` the step is a mapped task: one pod (or subprocess) per shard, each running
+    `… --shard i --shards n`, so tuning fans out over several GPU nodes.
+    """
     backend = backend or backend_from_env()
+    operator, options = _operator(task_id, backend, **kwargs)
+    if shards <= 1:
+        return operator(arguments=arguments, **options)
+    per_shard = [[*arguments, "--shard", str(i), "--shards", str(shards)] for i in range(shards)]
+    return operator.partial(**options).expand(arguments=per_shard)
+
+
+def _operator(task_id: str, backend: str, **kwargs: Any) -> tuple[type, dict[str, Any]]:
     if backend == "local":
-        return LocalTrainingOperator(task_id=task_id, arguments=arguments, **kwargs)
+        return LocalTrainingOperator, {"task_id": task_id, **kwargs}
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
     pod = PodSettings.from_env()
-    return KubernetesPodOperator(
+    return KubernetesPodOperator, dict(
         task_id=task_id,
         name=f"nightshift-{task_id.replace('_', '-')}",
         namespace=pod.namespace,
         image=pod.image,
         cmds=ENTRY_POINT,
-        arguments=arguments,
         container_resources=k8s.V1ResourceRequirements(
             requests={"cpu": pod.cpu, "memory": pod.memory, "nvidia.com/gpu": pod.gpu},
             limits={"cpu": pod.cpu, "memory": pod.memory, "nvidia.com/gpu": pod.gpu},
@@ -98,6 +116,5 @@ def training_step(task_id: str, arguments: list[str], backend: str | None = None
         schedule_timeout_seconds=1800,
         on_finish_action="delete_pod",
         get_logs=True,
-        pool="gpu_training",
         **kwargs,
     )

@@ -115,13 +115,18 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     from include.model import FeatureStats, build_model, labels, to_model_inputs
 
     started = time.monotonic()
-    seed_everything(args.seed)
+    if not 0 <= args.shard < args.shards:
+        raise SystemExit(f"--shard {args.shard} is outside 0…{args.shards - 1}")
+    # Shards search the same space from different seeds; evaluate pools their members.
+    seed = args.seed + 1000 * args.shard
+    out = f"{args.out.rstrip('/')}/shard_{args.shard}" if args.shards > 1 else args.out
+    seed_everything(seed)
     train, validation = read_split(args.dataset, "train"), read_split(args.dataset, "validation")
     stats = FeatureStats.from_frame(train)
     x_train, y_train = to_model_inputs(train), labels(train)
     x_val, y_val = to_model_inputs(validation), labels(validation)
     work = Path(tempfile.mkdtemp(prefix="nightshift-tune-"))
-    tuner = make_tuner(args.tuner, stats, args.max_trials, args.epochs, args.seed, work / "tuner")
+    tuner = make_tuner(args.tuner, stats, args.max_trials, args.epochs, seed, work / "tuner")
     tuner.search(
         x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=BATCH_SIZE,
         callbacks=[_early_stopping(), keras.callbacks.TensorBoard(str(work / "tensorboard" / "search"))], verbose=0,
@@ -134,7 +139,7 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     best = tuner.get_best_hyperparameters(num_trials=args.ensemble_size)
     members = []
     for index, hp in enumerate(best):
-        keras.utils.set_random_seed(args.seed + index)
+        keras.utils.set_random_seed(seed + index)
         params = _hyperparameters(hp)
         model = build_model(stats, params)
         history = model.fit(
@@ -149,12 +154,12 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
         log.info("member %d: val_auc %.4f with %s", index, members[-1]["val_auc"], params)
     (work / "stats.json").write_text(json.dumps(stats.to_dict()))
     summary = {
-        "command": "tune", "tuner": args.tuner, "seed": args.seed, "trials": len(trials),
-        "members": members, "out": args.out, "seconds": round(time.monotonic() - started, 1),
+        "command": "tune", "tuner": args.tuner, "seed": seed, "shard": args.shard, "shards": args.shards,
+        "trials": len(trials), "members": members, "out": out, "seconds": round(time.monotonic() - started, 1),
     }  # fmt: skip
     (work / "tune.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(work / "tuner", ignore_errors=True)  # checkpoints of every trial: large, not needed
-    upload_dir(work, args.out)
+    upload_dir(work, out)
     return summary
 
 
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_cmd.add_argument("--max-trials", type=int, default=6)
     tune_cmd.add_argument("--epochs", type=int, default=6)
     tune_cmd.add_argument("--ensemble-size", type=int, default=2)
+    tune_cmd.add_argument("--shard", type=int, default=0, help="this pod's share of the search (0-based)")
+    tune_cmd.add_argument("--shards", type=int, default=1, help="pods searching in parallel; each writes shard_<i>/")
     eval_cmd = sub.choices["evaluate"]
     eval_cmd.add_argument("--champion", default=None, help="SavedModel URI of the production model, if any")
     args = parser.parse_args(argv)

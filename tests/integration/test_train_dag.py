@@ -134,3 +134,17 @@ def test_worse_origin_weather_does_not_lower_predicted_risk(serving, test_split)
     stormy["visib"] = 0.5
     stormy["wind_speed"] = stormy["wind_speed"].fillna(0) + 20
     assert _predict(serving, stormy).mean() >= _predict(serving, test_split).mean()
+
+
+def test_same_data_and_seed_give_the_same_metrics(trained, tmp_path) -> None:
+    from include.train_backends import run_training_cli
+
+    _, row, _ = trained
+    first = json.loads((_local(row["artifact_uri"]).parent / "tune.json").read_text())
+    again = run_training_cli([
+        "tune", "--dataset", row["dataset_uri"], "--out", (tmp_path / "again").as_uri(), "--seed", str(CONF["seed"]),
+        "--tuner", CONF["tuner"], "--max-trials", str(CONF["max_trials"]), "--epochs", str(CONF["epochs"]),
+        "--ensemble-size", str(CONF["ensemble_size"]),
+    ])  # fmt: skip
+    assert [m["hyperparameters"] for m in again["members"]] == [m["hyperparameters"] for m in first["members"]]
+    assert [m["val_auc"] for m in again["members"]] == [m["val_auc"] for m in first["members"]]

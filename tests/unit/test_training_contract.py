@@ -188,3 +188,35 @@ def test_train_form_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="not one of"):
         params.get_param("tuner").resolve("grid")
     assert json.loads(json.dumps(params.dump()))["test_days"] == 7
+
+
+def test_tuning_fans_out_over_shards(monkeypatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setenv("NIGHTSHIFT_TUNE_SHARDS", "3")
+    monkeypatch.setenv("TRAIN_BACKEND", "kubernetes")
+    sys.path.insert(0, str(ROOT / "dags"))
+    try:
+        module = importlib.reload(importlib.import_module("nightshift_train"))
+        dag = module.nightshift_train()
+    finally:
+        sys.path.remove(str(ROOT / "dags"))
+    tune = dag.get_task("tune")
+    shards = tune.expand_input.value["arguments"]
+    assert len(shards) == 3
+    assert [a[-4:] for a in shards] == [["--shard", str(i), "--shards", "3"] for i in range(3)]
+    assert tune.operator_class.__name__ == "KubernetesPodOperator"
+    assert not hasattr(dag.get_task("evaluate"), "expand_input")
+
+
+def test_evaluate_pools_the_best_members_of_all_shards(tmp_path) -> None:
+    from include.evaluation import select_members
+
+    for shard, aucs in enumerate([[0.70, 0.64], [0.72, 0.60]]):
+        folder = tmp_path / f"shard_{shard}"
+        folder.mkdir()
+        members = [{"index": i, "val_auc": auc} for i, auc in enumerate(aucs)]
+        (folder / "tune.json").write_text(json.dumps({"members": members}))
+    chosen = select_members(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in chosen] == ["shard_1/member_0.keras", "shard_0/member_0.keras"]
