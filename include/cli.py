@@ -1,6 +1,6 @@
 """`bin/nightshift`: set up and run nightshift on one Postgres (DATABASE_URL or embedded).
 
-Commands: db start|stop|url · prepare · demo · airflow
+Commands: db start|stop|url · prepare · demo · airflow · serve
 """
 
 from __future__ import annotations
@@ -98,6 +98,20 @@ def run_airflow(settings: Settings) -> int:
     return 0 if stopping else 1
 
 
+def run_local_serving(settings: Settings, port: int) -> int:
+    """TF Serving's REST API over `.local/serving/models.config`, until Ctrl-C."""
+    from include.serving.config import write_models_config
+    from include.serving.local_server import main as serve
+
+    config = settings.local_dir / "serving" / "models.config"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if not config.exists():
+        write_models_config(config, [])
+    step(f"local TF Serving REST API on http://127.0.0.1:{port}/v1/models/… (config {config})")
+    serve(["--model_config_file", str(config), "--rest_api_port", str(port)])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nightshift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--end", help="last day (default NIGHTSHIFT_BOOTSTRAP_END)")
     demo.add_argument("--keep-postgres", action="store_true", help="leave the embedded Postgres running")
     sub.add_parser("airflow", help="run the full Airflow with the UI on :8080")
+    serve = sub.add_parser("serve", help="the local TF-Serving-compatible REST server on .local/serving")
+    serve.add_argument("--port", type=int, default=8501)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("pgserver", "alembic"):
@@ -131,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(settings, prepare, args.start, args.end, keep_postgres=args.keep_postgres)
         if args.command == "airflow":
             return run_airflow(settings)
+        if args.command == "serve":
+            return run_local_serving(settings, args.port)
     except ConfigError as err:
         print(f"nightshift: configuration error: {err}", file=sys.stderr)
         return 2

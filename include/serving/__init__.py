@@ -1,0 +1,1 @@
+"""TensorFlow Serving: `models.config`, a local TF-Serving-compatible REST server, one client."""

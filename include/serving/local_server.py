@@ -1,0 +1,300 @@
+"""A local server that implements TensorFlow Serving's REST API on the same base path and config.
+
+TF Serving has no PyPI or Debian package, so the embedded default runs this instead; production
+runs the real `tensorflow/serving` image. Implemented (https://www.tensorflow.org/tfx/serving/api_rest):
+
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}]            model status
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata   signature metadata
+    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict    "instances" (row) or "inputs" (columnar)
+
+Errors come back as `{"error": "..."}` with TF Serving's HTTP codes. `models.config` and the
+version directories are re-read when they change, as with `--model_config_file_poll_wait_seconds`.
+
+    python -m include.serving.local_server --model_config_file PATH [--rest_api_port 8501]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from include.serving.config import ModelEntry, read_models_config
+
+ROUTE = re.compile(
+    r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<suffix>/metadata|:predict|:classify|:regress)?$"
+)
+DTYPE_NAMES = {"string": "DT_STRING", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int64": "DT_INT64",
+               "int32": "DT_INT32", "bool": "DT_BOOL"}  # fmt: skip
+
+
+class ServingError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class LoadedVersion:
+    version: int
+    path: Path
+    state: str = "LOADING"
+    error: str = ""
+    signature: Any = None
+    stamp: float = 0.0
+
+
+@dataclass
+class ServedModel:
+    entry: ModelEntry
+    versions: dict[int, LoadedVersion] = field(default_factory=dict)
+
+
+class ModelManager:
+    """Loads what `models.config` asks for; reloads when the file or version folders change."""
+
+    def __init__(self, config_file: Path) -> None:
+        self.config_file = config_file
+        self.models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+        self._seen: tuple = ()
+
+    def _fingerprint(self) -> tuple:
+        parts: list[Any] = [self.config_file.stat().st_mtime_ns if self.config_file.exists() else 0]
+        for model in self.models.values():
+            base = Path(model.entry.base_path)
+            if base.exists():
+                parts += sorted((p.name, (p / "saved_model.pb").exists()) for p in base.iterdir() if p.is_dir())
+        return tuple(parts)
+
+    def refresh(self) -> None:
+        with self._lock:
+            if self._fingerprint() == self._seen and self.models:
+                return
+            entries = read_models_config(self.config_file) if self.config_file.exists() else []
+            fresh: dict[str, ServedModel] = {}
+            for entry in entries:
+                served = ServedModel(entry, {})
+                previous = self.models.get(entry.name)
+                for version in self._wanted(entry):
+                    path = Path(entry.base_path) / str(version)
+                    old = previous.versions.get(version) if previous else None
+                    stamp = (path / "saved_model.pb").stat().st_mtime if (path / "saved_model.pb").exists() else 0.0
+                    if old and old.state == "AVAILABLE" and old.stamp == stamp:
+                        served.versions[version] = old
+                    else:
+                        served.versions[version] = self._load(version, path, stamp)
+                fresh[entry.name] = served
+            self.models = fresh
+            self._seen = self._fingerprint()
+
+    @staticmethod
+    def _wanted(entry: ModelEntry) -> list[int]:
+        if entry.versions:
+            return sorted(entry.versions)
+        base = Path(entry.base_path)
+        numeric = (
+            sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()) if base.exists() else []
+        )
+        return numeric[-1:]
+
+    @staticmethod
+    def _load(version: int, path: Path, stamp: float) -> LoadedVersion:
+        import tensorflow as tf
+
+        loaded = LoadedVersion(version, path, stamp=stamp)
+        if not (path / "saved_model.pb").exists():
+            loaded.state, loaded.error = (
+                "END",
+                f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}",
+            )
+            return loaded
+        try:
+            loaded.signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+            loaded.state = "AVAILABLE"
+        except Exception as err:  # a corrupt export must never be served
+            loaded.state, loaded.error = "END", f"{type(err).__name__}: {err}"
+        return loaded
+
+    def resolve(self, model: str, version: str | None, label: str | None) -> tuple[ServedModel, LoadedVersion]:
+        self.refresh()
+        served = self.models.get(model)
+        if served is None:
+            raise ServingError(404, f"Servable not found for request: Latest({model})")
+        if label is not None:
+            if label not in served.entry.labels:
+                raise ServingError(404, f"Unrecognized servable version label: {label}")
+            number = served.entry.labels[label]
+        elif version is not None:
+            if not version.isdigit():
+                raise ServingError(400, f"Failed to convert version: {version} to numeric.")
+            number = int(version)
+        else:
+            available = [v for v, lv in served.versions.items() if lv.state == "AVAILABLE"]
+            if not available:
+                raise ServingError(404, f"Servable not found for request: Latest({model})")
+            number = max(available)
+        loaded = served.versions.get(number)
+        if loaded is None:
+            raise ServingError(404, f"Servable not found for request: Specific({model}, {number})")
+        return served, loaded
+
+
+def _status(loaded: LoadedVersion) -> dict[str, Any]:
+    ok = loaded.state == "AVAILABLE" or not loaded.error
+    status = {"error_code": "OK" if ok else "UNKNOWN", "error_message": "" if ok else loaded.error}
+    return {"version": str(loaded.version), "state": loaded.state, "status": status}
+
+
+def _tensor_spec(spec: Any) -> dict[str, Any]:
+    dims = [{"size": str(-1 if d is None else d), "name": ""} for d in spec.shape.as_list()]
+    return {
+        "dtype": DTYPE_NAMES.get(spec.dtype.name, spec.dtype.name),
+        "tensor_shape": {"dim": dims, "unknown_rank": False},
+        "name": f"serving_default_{spec.name}:0",
+    }
+
+
+def signature_metadata(loaded: LoadedVersion) -> dict[str, Any]:
+    inputs = loaded.signature.structured_input_signature[1]
+    outputs = loaded.signature.structured_outputs
+    return {"signature_def": {
+        "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
+        "signature_def": {"serving_default": {
+            "inputs": {name: _tensor_spec(spec) for name, spec in inputs.items()},
+            "outputs": {name: _tensor_spec(spec) for name, spec in outputs.items()},
+            "method_name": "tensorflow/serving/predict",
+        }},
+    }}  # fmt: skip
+
+
+def _as_tensor(name: str, values: list[Any], spec: Any):
+    import tensorflow as tf
+
+    try:
+        if spec.dtype == tf.string:
+            if any(not isinstance(v, str) for v in values):
+                raise TypeError("expected strings")
+            return tf.constant(values, dtype=tf.string)
+        if any(isinstance(v, (str, bool)) or (v is not None and not isinstance(v, (int, float))) for v in values):
+            raise TypeError("expected numbers")
+        return tf.constant([np.nan if v is None else v for v in values], dtype=spec.dtype)
+    except (TypeError, ValueError) as err:
+        message = f"JSON Value for input '{name}' does not match the type {spec.dtype.name}: {err}"
+        raise ServingError(400, f"Failed to process element: {name}. Error: Invalid argument: {message}") from err
+
+
+def predict(loaded: LoadedVersion, body: dict[str, Any]) -> dict[str, Any]:
+    signature_name = body.get("signature_name", "serving_default")
+    if signature_name != "serving_default":
+        raise ServingError(400, f'Serving signature name: "{signature_name}" not found in signature def')
+    specs = loaded.signature.structured_input_signature[1]
+    if ("instances" in body) == ("inputs" in body):
+        raise ServingError(400, "JSON Value: must have exactly one of 'instances' (row format) or 'inputs' (columnar)")
+    if "instances" in body:
+        rows = body["instances"]
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            raise ServingError(400, "JSON Value: 'instances' must be a non-empty list of objects with named inputs")
+        columns = {name: [row.get(name) for row in rows] for name in specs}
+        keys = set().union(*(row.keys() for row in rows))
+    else:
+        columns = body["inputs"]
+        if not isinstance(columns, dict):
+            raise ServingError(400, "JSON Value: 'inputs' must be an object of named input lists")
+        keys = set(columns)
+        columns = {k: v if isinstance(v, list) else [v] for k, v in columns.items()}
+    extra, missing = sorted(keys - set(specs)), sorted(set(specs) - keys)
+    if extra:
+        raise ServingError(
+            400, f"Failed to process input: unknown input '{extra[0]}'; the signature takes {sorted(specs)}"
+        )
+    if missing:
+        raise ServingError(400, f"Failed to process input: missing input '{missing[0]}'")
+    if "instances" in body:
+        absent = [n for n in specs if any(n not in row for row in body["instances"])]
+        if absent:
+            raise ServingError(400, f"Failed to process element: missing input '{absent[0]}' in an instance")
+    if len({len(v) for v in columns.values()}) != 1:
+        raise ServingError(400, "Failed to process input: all inputs must have the same batch size")
+    tensors = {name: _as_tensor(name, columns[name], spec) for name, spec in specs.items()}
+    outputs = {k: v.numpy().tolist() for k, v in loaded.signature(**tensors).items()}
+    single = next(iter(outputs.values())) if len(outputs) == 1 else None
+    if "instances" in body:
+        return {"predictions": single if single is not None else
+                [{k: v[i] for k, v in outputs.items()} for i in range(len(body["instances"]))]}  # fmt: skip
+    return {"outputs": single if single is not None else outputs}
+
+
+def create_app(config_file: Path) -> FastAPI:
+    manager = ModelManager(config_file)
+    app = FastAPI(title="nightshift local TF Serving", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.manager = manager
+
+    @app.exception_handler(ServingError)
+    async def serving_error(_: Request, err: ServingError) -> JSONResponse:
+        return JSONResponse({"error": err.message}, status_code=err.status)
+
+    def _route(rest: str) -> re.Match[str]:
+        match = ROUTE.match(rest)
+        if match is None:
+            raise ServingError(404, f"Malformed request: /v1/models/{rest}")
+        return match
+
+    @app.get("/v1/models/{rest:path}")
+    def get_model(rest: str) -> dict[str, Any]:
+        match = _route(rest)
+        served, loaded = manager.resolve(match["model"], match["version"], match["label"])
+        if match["suffix"] == "/metadata":
+            if loaded.state != "AVAILABLE":
+                raise ServingError(404, f"Servable not available: {loaded.error or loaded.state}")
+            return {"model_spec": {"name": match["model"], "signature_name": "", "version": str(loaded.version)},
+                    "metadata": signature_metadata(loaded)}  # fmt: skip
+        if match["suffix"]:
+            raise ServingError(405, f"Malformed request: GET /v1/models/{rest}")
+        if match["version"] or match["label"]:
+            return {"model_version_status": [_status(loaded)]}
+        return {
+            "model_version_status": [_status(v) for v in sorted(served.versions.values(), key=lambda v: -v.version)]
+        }
+
+    @app.post("/v1/models/{rest:path}")
+    async def post_model(rest: str, request: Request) -> dict[str, Any]:
+        match = _route(rest)
+        if match["suffix"] != ":predict":
+            raise ServingError(400 if match["suffix"] else 404, f"Malformed request: POST /v1/models/{rest}")
+        try:
+            body = await request.json()
+        except ValueError as err:
+            raise ServingError(400, f"JSON Parse error: {err}") from err
+        if not isinstance(body, dict):
+            raise ServingError(400, "JSON Value: request body must be an object")
+        _, loaded = manager.resolve(match["model"], match["version"], match["label"])
+        if loaded.state != "AVAILABLE":
+            raise ServingError(503, f"Servable not available: {loaded.error or loaded.state}")
+        return predict(loaded, body)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_config_file", required=True, type=Path)
+    parser.add_argument("--rest_api_port", type=int, default=8501)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    uvicorn.run(create_app(args.model_config_file), host=args.host, port=args.rest_api_port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""TF Serving REST API contract, written from TF Serving's REST API documentation.
+
+Runs against the local server (started here on a free port over a temporary base path), and
+against a real TF Serving when TF_SERVING_URL points at one serving this test's models.config
+(base path in TF_SERVING_BASE_PATH, polled with --model_config_file_poll_wait_seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.features import MODEL_FEATURES
+from include.serving.client import ServingClient, ServingError
+from include.serving.config import ModelEntry, read_models_config, write_models_config
+
+pytestmark = pytest.mark.integration
+MODEL = "flight_delay"
+
+
+def _export(path: Path, seed: int) -> None:
+    import keras
+
+    from include.model import FeatureStats, build_model
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({f: rng.normal(size=50) for f in MODEL_FEATURES})
+    for column in ("carrier", "origin", "dest", "tailnum"):
+        frame[column] = rng.choice(["UA", "JFK", "LAX", "N1"], size=50)
+    hp = {"units": 8, "layers": 1, "dropout": 0.0, "embedding_dim": 4, "learning_rate": 1e-3}
+    build_model(FeatureStats.from_frame(frame), hp).export(str(path), format="tf_saved_model", verbose=False)
+
+
+def _row(**changes) -> dict:
+    row = {f: 0.5 for f in MODEL_FEATURES}
+    row.update(carrier="UA", origin="JFK", dest="LAX", tailnum="N1")
+    row.update(changes)
+    return row
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    root = Path(os.environ.get("TF_SERVING_BASE_PATH") or tmp_path_factory.mktemp("serving"))
+    for version, seed in ((1, 1), (2, 2)):
+        _export(root / MODEL / str(version), seed)
+    write_models_config(
+        root / "models.config", [ModelEntry(MODEL, str(root / MODEL), [1, 2], {"stable": 1, "canary": 2})]
+    )
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(base) -> str:
+    if os.environ.get("TF_SERVING_URL"):
+        yield os.environ["TF_SERVING_URL"]
+        return
+    import uvicorn
+
+    from include.serving.local_server import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(base / "models.config"), host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(url) -> ServingClient:
+    return ServingClient(url, MODEL, retries=1, backoff=0.1)
+
+
+def test_model_status_lists_every_version_available(client) -> None:
+    states = {s["version"]: s["state"] for s in client.status()}
+    assert states == {"1": "AVAILABLE", "2": "AVAILABLE"}
+    assert client.status(version=2)[0]["status"] == {"error_code": "OK", "error_message": ""}
+
+
+def test_labels_route_to_their_versions(client) -> None:
+    assert client.status(label="stable")[0]["version"] == "1"
+    assert client.status(label="canary")[0]["version"] == "2"
+
+
+def test_metadata_shows_the_serving_signature_over_raw_features(client) -> None:
+    meta = client.metadata(version=1)
+    assert meta["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
+    inputs = client.signature_inputs(version=1)
+    assert sorted(inputs) == sorted(MODEL_FEATURES)
+    assert inputs["carrier"] == "DT_STRING"
+    assert inputs["temp"] == "DT_FLOAT"
+
+
+def test_row_and_columnar_predictions_equal_the_saved_model(client, base) -> None:
+    import tensorflow as tf
+
+    rows = [_row(), _row(carrier="ZZ", temp=None), _row(distance=2500.0)]
+    by_rows = client.predict_rows(rows, version=2)
+    columns = {f: [r[f] for r in rows] for f in MODEL_FEATURES}
+    by_columns = client.predict_columns(columns, label="canary")
+    signature = tf.saved_model.load(str(base / MODEL / "2")).signatures["serving_default"]
+    direct = signature(**{
+        f: tf.constant([r[f] if r[f] is not None else np.nan for r in rows],
+                       dtype=tf.string if isinstance(rows[0][f], str) else tf.float32)
+        for f in MODEL_FEATURES
+    })  # fmt: skip
+    expected = next(iter(direct.values())).numpy()
+    np.testing.assert_allclose(np.array(by_rows), expected, atol=1e-6)
+    np.testing.assert_allclose(np.array(by_columns), expected, atol=1e-6)
+    assert np.array(by_rows).shape == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("instance", "field"),
+    [
+        ({k: v for k, v in _row().items() if k != "distance"}, "distance"),
+        (_row(flight_number=123), "flight_number"),
+        (_row(distance="far"), "distance"),
+        (_row(carrier=7), "carrier"),
+    ],
+    ids=["missing", "extra", "wrong-type-number", "wrong-type-string"],
+)
+def test_bad_requests_get_400_naming_the_field(url, instance, field) -> None:
+    response = httpx.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": [instance]})
+    assert response.status_code == 400
+    assert field in response.json()["error"]
+
+
+def test_errors_have_tf_servings_shape(url) -> None:
+    unknown_model = httpx.get(f"{url}/v1/models/nope")
+    assert unknown_model.status_code == 404
+    assert set(unknown_model.json()) == {"error"}
+    assert httpx.get(f"{url}/v1/models/{MODEL}/versions/9").status_code == 404
+    assert httpx.get(f"{url}/v1/models/{MODEL}/labels/nope").status_code == 404
+    not_json = httpx.post(f"{url}/v1/models/{MODEL}:predict", content=b"{nope")
+    assert not_json.status_code == 400
+    assert "error" in not_json.json()
+
+
+def test_client_raises_the_servers_message(client) -> None:
+    with pytest.raises(ServingError, match="Servable not found") as caught:
+        client.status(version=9)
+    assert caught.value.status == 404
+
+
+def test_client_retries_then_fails_when_serving_is_down() -> None:
+    down = ServingClient(f"http://127.0.0.1:{_free_port()}", MODEL, retries=2, backoff=0.05)
+    started = time.monotonic()
+    with pytest.raises(ServingError, match=r"unreachable.*after 3 attempts"):
+        down.status()
+    assert time.monotonic() - started >= 0.15  # 0.05 + 0.10 of backoff
+
+
+def test_reload_picks_up_new_versions_and_never_serves_a_corrupt_one(client, base) -> None:
+    if os.environ.get("TF_SERVING_URL"):
+        pytest.skip("writes into the served base path")
+    corrupt = base / MODEL / "3"
+    corrupt.mkdir()
+    (corrupt / "saved_model.pb").write_bytes(b"not a protobuf")
+    _export(base / MODEL / "4", 4)
+    entry = read_models_config(base / "models.config")[0]
+    write_models_config(base / "models.config", [ModelEntry(MODEL, entry.base_path, [1, 2, 3, 4], entry.labels)])
+    states = {s["version"]: s for s in client.status()}
+    assert states["4"]["state"] == "AVAILABLE"
+    assert states["3"]["state"] != "AVAILABLE"
+    assert states["3"]["status"]["error_message"]
+    assert not client.is_available(3)
+    with pytest.raises(ServingError) as caught:
+        client.predict_rows([_row()], version=3)
+    assert caught.value.status == 503
+    assert client.status(label="stable")[0]["version"] == "1"  # untouched
