@@ -115,7 +115,8 @@ def gate_and_register(
     from include.registry import record_checks, register_candidate, set_report_uri, set_status
 
     url = settings.require_database_url()
-    shards = tuned if isinstance(tuned, list) else [tuned]
+    # One summary, or one per shard when tuning fanned out (a lazy XCom sequence).
+    shards = [tuned] if isinstance(tuned, dict) else list(tuned)
     record = {
         "dag_id": DAG_ID,
         "run_id": run_id,
