@@ -1,0 +1,53 @@
+"""Container and cluster assets for serving: manifests validate, configs parse, flags are set."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from include.serving.config import ModelEntry, read_models_config, write_models_config
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+
+
+def test_kubernetes_manifests_validate() -> None:
+    result = subprocess.run(["kubernetes-validate", "--strict", str(DOCKER / "k8s" / "tf-serving.yaml")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    kinds = [doc["kind"] for doc in yaml.safe_load_all((DOCKER / "k8s" / "tf-serving.yaml").read_text())]
+    assert kinds == ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"]
+
+
+def test_configmap_holds_a_valid_models_config(tmp_path) -> None:
+    config_map = next(yaml.safe_load_all((DOCKER / "k8s" / "tf-serving.yaml").read_text()))
+    path = tmp_path / "models.config"
+    path.write_text(config_map["data"]["models.config"])
+    [entry] = read_models_config(path)
+    assert (entry.name, entry.versions, entry.labels) == ("flight_delay", [1], {"stable": 1})
+
+
+def test_deployment_is_ready_only_when_the_stable_model_is() -> None:
+    docs = list(yaml.safe_load_all((DOCKER / "k8s" / "tf-serving.yaml").read_text()))
+    container = docs[1]["spec"]["template"]["spec"]["containers"][0]
+    assert "--model_config_file=/config/models.config" in container["args"]
+    assert any(a.startswith("--model_config_file_poll_wait_seconds=") for a in container["args"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/flight_delay/labels/stable"
+
+
+def test_compose_runs_real_tf_serving_with_the_config_file() -> None:
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert set(compose["services"]) == {"postgres", "airflow", "tf-serving"}
+    serving = compose["services"]["tf-serving"]
+    assert serving["image"].startswith("tensorflow/serving:")
+    assert "--model_config_file=/models/models.config" in serving["command"]
+    assert any(c.startswith("--model_config_file_poll_wait_seconds=") for c in serving["command"])
+
+
+def test_models_config_round_trips_through_the_protobuf(tmp_path) -> None:
+    entry = ModelEntry("flight_delay", "/models/flight_delay", [3, 4], {"stable": 3, "canary": 4})
+    text = write_models_config(tmp_path / "models.config", [entry])
+    assert 'version_labels {\n      key: "canary"\n      value: 4' in text
+    assert read_models_config(tmp_path / "models.config") == [entry]
+    assert not list(tmp_path.glob(".*"))  # written atomically, no staging file left
