@@ -11,6 +11,7 @@ import argparse
 import html
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -299,5 +300,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     summary["seconds"] = round(time.monotonic() - started, 1)
     (work / "export" / "evaluate.json").write_text(json.dumps(summary, indent=2))
     upload_dir(work / "export", args.out)
+    shutil.rmtree(work, ignore_errors=True)
     log.info("ensemble AUC %.4f, GBDT %.4f, ratio %.4f", metrics["auc"], gbdt_auc, summary["auc_ratio"])
     return summary

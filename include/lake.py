@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import io
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
@@ -71,6 +71,22 @@ def write_atomic(path: ObjectStoragePath, payload: bytes) -> str:
 
 def write_parquet(path: ObjectStoragePath, frame: pd.DataFrame) -> str:
     return write_atomic(path, parquet_bytes(frame))
+
+
+def copy_tree(source: Any, target: ObjectStoragePath) -> dict[str, str]:
+    """Copy every file under `source` (a local Path or an ObjectStoragePath) to `target`.
+
+    Returns relative path → URI of the copy.
+    """
+    copied = {}
+    for path in sorted(source.rglob("*"), key=str):
+        if path.is_file():
+            relative = str(path.relative_to(source))
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(path.read_bytes())
+            copied[relative] = uri(destination)
+    return copied
 
 
 def read_parquet(path: ObjectStoragePath, columns: list[str] | None = None) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,6 @@ def sqlalchemy_url(url: str, driver: str = "psycopg2") -> str:
     """`postgresql://…` → `postgresql+<driver>://…`, keeping host, socket and options."""
     parsed = make_url(url).set(drivername=f"postgresql+{driver}")
     return parsed.render_as_string(hide_password=False)
-
-
-def connection_parts(url: str) -> URL:
-    """Parsed URL; `.query["host"]` carries a Unix socket directory when there is one."""
-    return make_url(url)
 
 
 def libpq_host(url: str) -> tuple[str, int]:

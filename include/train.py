@@ -93,14 +93,6 @@ def champion_uri(settings: Settings) -> str:
     return champion["artifact_uri"] if champion else ""
 
 
-def _copy_tree(src, target) -> None:
-    for path in src.rglob("*"):
-        if path.is_file():
-            destination = target / str(path.relative_to(src))
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(path.read_bytes())
-
-
 def gate_and_register(
     settings: Settings,
     params: dict[str, Any],
@@ -147,7 +139,7 @@ def gate_and_register(
     set_status(url, version, status, at, note)
     root = lake.lake_root(settings)
     report = root / "reports" / "evaluation" / str(version)
-    _copy_tree(root / "models" / lake.safe_name(run_id) / "report", report)
+    lake.copy_tree(root / "models" / lake.safe_name(run_id) / "report", report)
     set_report_uri(url, version, lake.uri(report / "index.html"))
     log.info("model version %d %s (%s); report %s", version, status, note, lake.uri(report / "index.html"))
     return {"version": version, "status": status, "note": note, "checks": len(checks), "failed_checks": failed,

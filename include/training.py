@@ -160,6 +160,7 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     (work / "tune.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(work / "tuner", ignore_errors=True)  # checkpoints of every trial: large, not needed
     upload_dir(work, out)
+    shutil.rmtree(work, ignore_errors=True)
     return summary
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,13 +138,7 @@ class DayValidator:
         return outcome, validation.to_json_dict()
 
     def publish_docs(self, target: ObjectStoragePath) -> dict[str, str]:
-        """Copy the Data Docs site to the lake; returns relative page path → lake URI."""
-        pages = {}
-        for path in sorted(self.docs_dir.rglob("*")):
-            if path.is_file():
-                relative = path.relative_to(self.docs_dir).as_posix()
-                destination = target / relative
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                destination.write_bytes(path.read_bytes())
-                pages[relative] = lake.uri(destination)
+        """Move the Data Docs site to the lake; returns relative page path → lake URI."""
+        pages = lake.copy_tree(self.docs_dir, target)
+        shutil.rmtree(self.docs_dir, ignore_errors=True)
         return pages

@@ -56,7 +56,7 @@ def test_broken_partition_fails_critically_naming_what_and_observed(validator, c
     failed = {f["expectation"] for f in outcome.critical_failures}
     assert failed == {"expect_column_values_to_be_in_set", "expect_table_row_count_to_be_between"}
     message = outcome.describe_failures()
-    assert "expect_table_row_count_to_be_between(table) observed 900" in message.replace(str(len(clean)), "900")
+    assert f"expect_table_row_count_to_be_between(table) observed {len(clean)}" in message
     assert "XXX" in message
 
 
