@@ -99,11 +99,11 @@ def run_airflow(settings: Settings) -> int:
 
 
 def run_local_serving(settings: Settings, port: int) -> int:
-    """TF Serving's REST API over `.local/serving/models.config`, until Ctrl-C."""
+    """TF Serving's REST API over `models.config` under NIGHTSHIFT_SERVING_DIR, until Ctrl-C."""
     from include.serving.config import write_models_config
     from include.serving.local_server import main as serve
 
-    config = settings.local_dir / "serving" / "models.config"
+    config = settings.models_config
     config.parent.mkdir(parents=True, exist_ok=True)
     if not config.exists():
         write_models_config(config, [])

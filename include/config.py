@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,20 @@ class Settings:
     bootstrap_start: dt.date
     bootstrap_end: dt.date
     row_count_tolerance: float
+    serving_dir: Path
+    serving_url: str
+    model_name: str
+    serving_model_base: str
+
+    @property
+    def models_config(self) -> Path:
+        """The `models.config` TF Serving polls (`--model_config_file`)."""
+        return self.serving_dir / "models.config"
+
+    @property
+    def model_dir(self) -> Path:
+        """Where this process writes `<version>/` SavedModels of the served model."""
+        return self.serving_dir / self.model_name
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -78,6 +92,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     end = _date(env, "NIGHTSHIFT_BOOTSTRAP_END", "2013-03-31")
     if end < start:
         raise ConfigError(f"NIGHTSHIFT_BOOTSTRAP_END {end} is before NIGHTSHIFT_BOOTSTRAP_START {start}")
+    serving_dir = Path(env.get("NIGHTSHIFT_SERVING_DIR", str(local_dir / "serving"))).resolve()
+    model_name = env.get("NIGHTSHIFT_MODEL_NAME", "flight_delay")
+    if not model_name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"NIGHTSHIFT_MODEL_NAME={model_name!r}: use letters, digits, '_' and '-'")
     return Settings(
         home=home,
         local_dir=local_dir,
@@ -89,6 +107,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bootstrap_start=start,
         bootstrap_end=end,
         row_count_tolerance=_int(env, "NIGHTSHIFT_ROW_COUNT_TOLERANCE_PCT", 50) / 100,
+        serving_dir=serving_dir,
+        serving_url=env.get("NIGHTSHIFT_SERVING_URL", "http://127.0.0.1:8501").rstrip("/"),
+        model_name=model_name,
+        # The model's base path as the server sees it (a container mounts serving_dir elsewhere).
+        serving_model_base=env.get("NIGHTSHIFT_SERVING_MODEL_BASE_PATH", str(serving_dir / model_name)),
     )
 
 
@@ -107,3 +130,33 @@ def train_deadline_hours(env: Mapping[str, str] | None = None) -> float:
         return float(raw)
     except ValueError as err:
         raise ConfigError(f"NIGHTSHIFT_TRAIN_DEADLINE_HOURS={raw!r} is not a number of hours") from err
+
+
+@dataclass(frozen=True)
+class DeployPolicy:
+    """How `nightshift_deploy` judges a new version; each field is `NIGHTSHIFT_DEPLOY_<NAME>`."""
+
+    infra_requests: int = 32  # real recent rows replayed against the new version
+    infra_tolerance: float = 1e-4  # max |served - offline| prediction difference
+    warmup_records: int = 8
+    load_timeout_s: float = 120.0  # for a version to become AVAILABLE after models.config changes
+    canary_requests: int = 100  # single-row requests sent to each of canary and stable
+    max_error_rate: float = 0.01
+    max_p99_ratio: float = 3.0  # canary p99 <= ratio * stable p99 + p99_slack_ms
+    p99_slack_ms: float = 25.0
+    max_prediction_shift: float = 0.10  # |mean canary - mean stable| prediction on the same rows
+    grace_hours: float = 24.0  # a replaced version stays loaded this long, for an instant rollback
+    lock_timeout_s: float = 300.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DeployPolicy:
+        env = os.environ if env is None else env
+        values = {}
+        for name, default in asdict(cls()).items():
+            key = f"NIGHTSHIFT_DEPLOY_{name.upper()}"
+            raw = env.get(key)
+            try:
+                values[name] = default if raw is None else type(default)(raw)
+            except ValueError as err:
+                raise ConfigError(f"{key}={raw!r} is not a {type(default).__name__}") from err
+        return cls(**values)

@@ -13,11 +13,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from include import db
-from include.config import Settings
+from include.config import Settings, load_settings
 from include.feature_store import online_row_count
 from include.ingest import DAG_ID, days_between
 from include.postgres import embedded_data_dir, stop_embedded
+from include.serving.process import local_server
 from include.train import DAG_ID as TRAIN_DAG_ID
+
+DEPLOY_DAG_ID = "nightshift_deploy"
+SMOKE_ROWS = 3
 
 # A tuning budget that fits the demo's time limit on 2 CPU cores; on a GPU raise epochs,
 # max_trials (with tuner=bayesian|random) and ensemble_size in the trigger form.
@@ -94,6 +98,31 @@ def train_summary(url: str, run_id: str) -> dict[str, Any]:
     }
 
 
+def deploy_summary(settings: Settings, url: str, run_id: str) -> dict[str, Any]:
+    """Serving as it stands, checked through the same client the pipeline uses."""
+    from include.deploy import client_for, read_state, sample_rows
+    from include.registry import get_version
+
+    state = read_state(settings)
+    validated = _xcom(url, DEPLOY_DAG_ID, run_id, "infra_validate") or {}
+    summary: dict[str, Any] = {
+        "model": settings.model_name,
+        "stable_version": state.stable,
+        "canary_version": state.canary,
+        "serving_url": settings.serving_url,
+        "infra_validation": {k: validated.get(k) for k in ("available", "signature", "requests", "max_abs_diff")},
+    }
+    if state.stable is not None:
+        rows = sample_rows(get_version(url, state.stable)["dataset_uri"], SMOKE_ROWS, seed=1)
+        client = client_for(settings)
+        predictions = client.predict_rows(rows, label="stable")
+        summary["smoke_predictions"] = [
+            {"carrier": r["carrier"], "origin": r["origin"], "dest": r["dest"], "p_delayed": round(float(p[0]), 4)}
+            for r, p in zip(rows, predictions, strict=True)
+        ]
+    return summary
+
+
 def run_dag(env: dict[str, str], dag_id: str, conf: dict[str, Any]) -> tuple[str, str] | None:
     """`airflow dags test` one DAG; returns its (run_id, state) as Airflow recorded them."""
     print(f"==> running {dag_id} with `airflow dags test` {json.dumps(conf)}", flush=True)
@@ -109,8 +138,10 @@ def print_table(summary: dict[str, Any]) -> None:
     for dag_id, state in summary["dag_runs"].items():
         print(f"{dag_id:<30} {state:>14}")
     print("-" * 46)
-    for section in ("ingest", "train"):
+    for section in ("ingest", "train", "deploy"):
         for key, value in summary.get(section, {}).items():
+            if isinstance(value, (dict, list)):
+                continue
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
             print(f"{section}.{key:<{32 - len(section)}} {text:>12}")
     print("-" * 46)
@@ -146,6 +177,15 @@ def run_demo(
                 summary["dag_runs"][TRAIN_DAG_ID] = trained[1]
                 summary["run_ids"][TRAIN_DAG_ID] = trained[0]
                 summary["train"] = train_summary(url, trained[0])
+            if trained is not None and summary["train"]["status"] == "blessed":
+                deploy_settings = load_settings(env)
+                with local_server(deploy_settings, env):
+                    conf = {"version": summary["train"]["version"], "action": "promote"}
+                    deployed = run_dag(env, DEPLOY_DAG_ID, conf)
+                    if deployed is not None:
+                        summary["dag_runs"][DEPLOY_DAG_ID] = deployed[1]
+                        summary["run_ids"][DEPLOY_DAG_ID] = deployed[0]
+                        summary["deploy"] = deploy_summary(deploy_settings, url, deployed[0])
         summary["seconds"] = round(time.monotonic() - began, 1)
         summary["path"] = str(summary_path(settings))
         path = summary_path(settings)

@@ -51,15 +51,35 @@ gate_checks = sa.Table(
     schema=SCHEMA,
 )
 
-# Which status may follow which; the deploy issue uses the serving half.
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("succeeded", sa.Boolean, nullable=False),
+    sa.Column("stable_version", sa.Integer),
+    sa.Column("canary_version", sa.Integer),
+    sa.Column("previous_stable_version", sa.Integer),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("detail", JSONB, nullable=False),
+    sa.Column("dag_id", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
+# Which status may follow which. Training sets the first half; deployment the serving half
+# (a version failing infra validation or its canary is rejected / rolled back with the reason).
 TRANSITIONS: dict[str, set[str]] = {
     "candidate": {"blessed", "rejected"},
-    "blessed": {"canary", "production", "archived"},
+    "blessed": {"canary", "production", "archived", "rejected"},
     "rejected": set(),
     "canary": {"production", "rolled_back", "archived"},
     "production": {"archived", "rolled_back"},
-    "rolled_back": {"production", "archived"},
-    "archived": {"production"},
+    "rolled_back": {"canary", "production", "archived", "rejected"},
+    "archived": {"canary", "production", "rejected"},
 }
 
 
@@ -117,3 +137,37 @@ def production_version(url: str) -> dict[str, Any] | None:
 def get_version(url: str, version: int) -> dict[str, Any]:
     with engine(url).connect() as conn:
         return dict(conn.execute(sa.select(model_versions).where(model_versions.c.version == version)).mappings().one())
+
+
+def record_deployment(url: str, row: dict[str, Any]) -> int:
+    """Append one serving state change; returns its id."""
+    row = {"detail": {}, **row}
+    with engine(url).begin() as conn:
+        return conn.execute(sa.insert(deployments).values(row).returning(deployments.c.id)).scalar_one()
+
+
+def deployment_history(url: str, model: str, limit: int = 50) -> list[dict[str, Any]]:
+    with engine(url).connect() as conn:
+        rows = conn.execute(
+            sa.select(deployments).where(deployments.c.model == model)
+            .order_by(deployments.c.id.desc()).limit(limit)
+        ).mappings().all()  # fmt: skip
+    return [dict(r) for r in rows]
+
+
+def previous_stable(url: str, model: str, version: int) -> int | None:
+    """The version `stable` pointed at before the last successful promotion of `version`."""
+    with engine(url).connect() as conn:
+        return conn.execute(
+            sa.select(deployments.c.previous_stable_version).where(
+                deployments.c.model == model, deployments.c.version == version, deployments.c.succeeded,
+                deployments.c.action == "promote",
+            ).order_by(deployments.c.id.desc()).limit(1)
+        ).scalar()  # fmt: skip
+
+
+def latest_blessed(url: str) -> int | None:
+    with engine(url).connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.max(model_versions.c.version)).where(model_versions.c.status == "blessed")
+        ).scalar()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 
 log = logging.getLogger(__name__)
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class ServingError(RuntimeError):
@@ -47,7 +49,9 @@ class ServingClient:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.request(method, url, json=payload)
+                # TF Serving's JSON takes NaN literals (missing numbers); httpx's json= refuses them.
+                content = None if payload is None else json.dumps(payload, allow_nan=True).encode()
+                response = self._http.request(method, url, content=content, headers=JSON_HEADERS)
             except httpx.TransportError as err:
                 problem, status = f"{url} unreachable: {err}", None
             else:

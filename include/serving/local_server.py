@@ -16,18 +16,22 @@ version directories are re-read when they change, as with `--model_config_file_p
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from include.serving.config import ModelEntry, read_models_config
 
+log = logging.getLogger("nightshift.serving")
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 ROUTE = re.compile(
     r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<suffix>/metadata|:predict|:classify|:regress)?$"
@@ -51,12 +55,14 @@ class LoadedVersion:
     error: str = ""
     signature: Any = None
     stamp: float = 0.0
+    warmed_up: int = 0
 
 
 @dataclass
 class ServedModel:
     entry: ModelEntry
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)  # the labels in force (see `_labels`)
 
 
 class ModelManager:
@@ -93,9 +99,27 @@ class ModelManager:
                         served.versions[version] = old
                     else:
                         served.versions[version] = self._load(version, path, stamp)
+                served.labels = self._labels(entry, served, previous)
                 fresh[entry.name] = served
             self.models = fresh
             self._seen = self._fingerprint()
+
+    @staticmethod
+    def _labels(entry: ModelEntry, served: ServedModel, previous: ServedModel | None) -> dict[str, int]:
+        """TF Serving only lets a label move to a version that was already AVAILABLE: load first,
+        then label, in two config changes. A config breaking that keeps the old labels (as TF
+        Serving keeps its old config when a reload fails). At start-up, loading comes first."""
+        if previous is None:
+            ready = {v for v, lv in served.versions.items() if lv.state == "AVAILABLE"}
+        else:
+            ready = {v for v, lv in previous.versions.items() if lv.state == "AVAILABLE"} & set(served.versions)
+        unready = {label: v for label, v in entry.labels.items() if v not in ready}
+        if not unready:
+            return dict(entry.labels)
+        log.error("models.config for %s rejected: label(s) %s point at versions not yet available; load them "
+                  "first, then move the label", entry.name, unready)  # fmt: skip
+        kept = previous.labels if previous is not None else {}
+        return {label: v for label, v in kept.items() if v in served.versions}
 
     @staticmethod
     def _wanted(entry: ModelEntry) -> list[int]:
@@ -120,8 +144,9 @@ class ModelManager:
             return loaded
         try:
             loaded.signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+            loaded.warmed_up = _warm_up(loaded.signature, path / WARMUP_FILE)
             loaded.state = "AVAILABLE"
-        except Exception as err:  # a corrupt export must never be served
+        except Exception as err:  # a corrupt export (or failing warmup) must never be served
             loaded.state, loaded.error = "END", f"{type(err).__name__}: {err}"
         return loaded
 
@@ -131,9 +156,9 @@ class ModelManager:
         if served is None:
             raise ServingError(404, f"Servable not found for request: Latest({model})")
         if label is not None:
-            if label not in served.entry.labels:
+            if label not in served.labels:
                 raise ServingError(404, f"Unrecognized servable version label: {label}")
-            number = served.entry.labels[label]
+            number = served.labels[label]
         elif version is not None:
             if not version.isdigit():
                 raise ServingError(400, f"Failed to convert version: {version} to numeric.")
@@ -147,6 +172,22 @@ class ModelManager:
         if loaded is None:
             raise ServingError(404, f"Servable not found for request: Specific({model}, {number})")
         return served, loaded
+
+
+def _warm_up(signature: Any, records: Path) -> int:
+    """Replay `assets.extra/tf_serving_warmup_requests` (PredictionLog TFRecords), as TF Serving does."""
+    if not records.exists():
+        return 0
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    count = 0
+    for raw in tf.data.TFRecordDataset(str(records)):
+        entry = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in entry.predict_log.request.inputs.items()}
+        signature(**inputs)
+        count += 1
+    return count
 
 
 def _status(loaded: LoadedVersion) -> dict[str, Any]:
@@ -185,9 +226,13 @@ def _as_tensor(name: str, values: list[Any], spec: Any):
             if any(not isinstance(v, str) for v in values):
                 raise TypeError("expected strings")
             return tf.constant(values, dtype=tf.string)
-        if any(isinstance(v, (str, bool)) or (v is not None and not isinstance(v, (int, float))) for v in values):
-            raise TypeError("expected numbers")
-        return tf.constant([np.nan if v is None else v for v in values], dtype=spec.dtype)
+        # JSON has no NaN: TF Serving takes the NaN/Infinity literals, and rejects null.
+        if any(isinstance(v, (str, bool)) or not isinstance(v, (int, float)) for v in values):
+            raise TypeError(
+                "expected numbers (NaN for missing), got "
+                + json.dumps(next(v for v in values if isinstance(v, (str, bool)) or not isinstance(v, (int, float))))
+            )
+        return tf.constant(values, dtype=spec.dtype)
     except (TypeError, ValueError) as err:
         message = f"JSON Value for input '{name}' does not match the type {spec.dtype.name}: {err}"
         raise ServingError(400, f"Failed to process element: {name}. Error: Invalid argument: {message}") from err
@@ -277,10 +322,10 @@ def create_app(config_file: Path) -> FastAPI:
             raise ServingError(400, f"JSON Parse error: {err}") from err
         if not isinstance(body, dict):
             raise ServingError(400, "JSON Value: request body must be an object")
-        _, loaded = manager.resolve(match["model"], match["version"], match["label"])
+        _, loaded = await run_in_threadpool(manager.resolve, match["model"], match["version"], match["label"])
         if loaded.state != "AVAILABLE":
             raise ServingError(503, f"Servable not available: {loaded.error or loaded.state}")
-        return predict(loaded, body)
+        return await run_in_threadpool(predict, loaded, body)
 
     return app
 

@@ -57,7 +57,7 @@ def dagbag():
 def test_dags_import_without_errors(dagbag, parse_report) -> None:
     assert dagbag.import_errors == {}
     assert parse_report["errors"] == {}
-    assert {"nightshift_ingest", "nightshift_train"} <= set(dagbag.dag_ids)
+    assert {"nightshift_ingest", "nightshift_train", "nightshift_deploy"} <= set(dagbag.dag_ids)
 
 
 def test_parsing_looks_up_no_connection_or_variable(parse_report) -> None:
@@ -68,7 +68,7 @@ def test_parsing_imports_no_heavy_library(parse_report) -> None:
     assert parse_report["heavy"] == []
 
 
-@pytest.mark.parametrize("dag_id", ["nightshift_ingest", "nightshift_train"])
+@pytest.mark.parametrize("dag_id", ["nightshift_ingest", "nightshift_train", "nightshift_deploy"])
 def test_dag_is_tagged_retried_and_documented(dagbag, dag_id: str) -> None:
     dag = dagbag.get_dag(dag_id)
     assert dag.tags
@@ -105,3 +105,15 @@ def test_train_dag_has_a_deadline_when_enabled(monkeypatch) -> None:
         sys.path.remove(str(DAGS))
     assert [d.name for d in deadlines] == ["train_finished_in_time"]
     assert deadlines[0].interval.total_seconds() == 4 * 3600
+
+
+def test_deploy_runs_on_a_blessed_candidate_and_its_form_takes_version_and_action(dagbag) -> None:
+    dag = dagbag.get_dag("nightshift_deploy")
+    assert {asset.name for _, asset in dag.timetable.asset_condition.iter_assets()} == {"model_candidate"}
+    action = dag.params.get_param("action").schema
+    assert action["enum"] == ["canary", "promote", "rollback"]
+    assert dag.params.get_param("version").schema["minimum"] == 1
+    serving = [t for t in dag.tasks if t.task_id in ("infra_validate", "canary", "promote", "rollback", "retire")]
+    assert {t.pool for t in serving} == {"serving_deploy"}
+    outlets = {t.task_id: [o.name for o in t.outlets] for t in dag.tasks}
+    assert outlets["promote"] == ["model_serving"]

@@ -115,7 +115,7 @@ def test_metadata_shows_the_serving_signature_over_raw_features(client) -> None:
 def test_row_and_columnar_predictions_equal_the_saved_model(client, base) -> None:
     import tensorflow as tf
 
-    rows = [_row(), _row(carrier="ZZ", temp=None), _row(distance=2500.0)]
+    rows = [_row(), _row(carrier="ZZ", temp=float("nan")), _row(distance=2500.0)]
     by_rows = client.predict_rows(rows, version=2)
     columns = {f: [r[f] for r in rows] for f in MODEL_FEATURES}
     by_columns = client.predict_columns(columns, label="canary")

@@ -1,12 +1,11 @@
 """The train DAG end to end with the local backend, and behavioural tests of the model it makes.
 
-June–July 2013 is ingested first (its own days, apart from the ingest tests' May), then the DAG
-trains on 44 days, validates on 7 and tests on the last 10, with a small budget.
+The `trained` fixture (conftest.py) ingests June–July 2013, then trains on 44 days, validates on 7
+and tests on the last 10, with a small budget.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -16,36 +15,9 @@ import sqlalchemy as sa
 
 from include import db
 from include.features import MODEL_FEATURES
+from tests.integration.conftest import CONF, END, START
 
 pytestmark = pytest.mark.integration
-
-DAGS = Path(__file__).resolve().parents[2] / "dags"
-START, END = dt.date(2013, 6, 1), dt.date(2013, 7, 31)
-CONF = {"end_date": END.isoformat(), "train_days": 44, "test_days": 10, "tuner": "random", "max_trials": 2,
-        "epochs": 4, "ensemble_size": 2, "seed": 11}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(DAGS))
-
-
-@pytest.fixture(scope="module")
-def trained(dagbag, db_url):
-    ingest = dagbag.get_dag("nightshift_ingest").test(
-        run_conf={"start_date": START.isoformat(), "end_date": END.isoformat()}
-    )
-    assert ingest.state == "success"
-    run = dagbag.get_dag("nightshift_train").test(run_conf=CONF)
-    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    assert run.state == "success", states
-    from include.registry import model_versions
-
-    with db.engine(db_url).connect() as conn:
-        row = conn.execute(sa.select(model_versions).where(model_versions.c.run_id == run.run_id)).mappings().one()
-    return run, dict(row), states
 
 
 def _local(uri: str) -> Path:

@@ -1,0 +1,65 @@
+"""Start and stop the local TF-Serving-compatible server for the commands that need it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+
+from include.config import ConfigError, Settings
+
+
+def is_up(url: str) -> bool:
+    """Anything answering TF Serving's model status route (a 404 for an unknown model counts)."""
+    try:
+        return "error" in httpx.get(f"{url}/v1/models/_health", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def local_server(settings: Settings, env: dict[str, str] | None = None, timeout_s: float = 90) -> Iterator[str]:
+    """Serve `settings.models_config` on `settings.serving_url` for the block's duration.
+
+    If a server already answers there (a real TF Serving, or one started by `bin/nightshift serve`),
+    it is used as it is and left running.
+    """
+    from include.serving.config import write_models_config
+
+    url = settings.serving_url
+    if is_up(url):
+        yield url
+        return
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
+        raise ConfigError(f"NIGHTSHIFT_SERVING_URL={url} does not answer, and a local server can only be started "
+                          "on http://127.0.0.1:<port>")  # fmt: skip
+    settings.serving_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.models_config.exists():
+        write_models_config(settings.models_config, [])
+    log_file = (settings.serving_dir / "server.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "include.serving.local_server", "--model_config_file", str(settings.models_config),
+         "--rest_api_port", str(parts.port), "--host", parts.hostname],
+        env={**(env or os.environ), "PYTHONPATH": str(settings.home)}, stdout=log_file, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not is_up(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the local serving process did not come up on {url}; see {log_file.name}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
