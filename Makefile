@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test demo test airflow bench lint format lock clean
+.PHONY: install install-test demo test airflow bench bench-serving lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -53,3 +53,7 @@ clean:
 ## Time the ingest DAG for 1 and 90 days (writes .local/bench/ingest.json).
 bench: install
 	PYTHONPATH=. $(PY) -m benchmarks.ingest
+
+## Local serving latency and throughput next to direct SavedModel calls (after `make demo`).
+bench-serving: install
+	PYTHONPATH=. $(PY) -m benchmarks.serving

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,13 +151,36 @@ class DeployPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeployPolicy:
-        env = os.environ if env is None else env
-        values = {}
-        for name, default in asdict(cls()).items():
-            key = f"NIGHTSHIFT_DEPLOY_{name.upper()}"
-            raw = env.get(key)
-            try:
-                values[name] = default if raw is None else type(default)(raw)
-            except ValueError as err:
-                raise ConfigError(f"{key}={raw!r} is not a {type(default).__name__}") from err
-        return cls(**values)
+        return cls(**_policy_values(cls(), "NIGHTSHIFT_DEPLOY_", env))
+
+
+def _policy_values(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> dict[str, Any]:
+    """Each field of the `defaults` dataclass, overridden by `<prefix><FIELD>` when set."""
+    env = os.environ if env is None else env
+    values = {}
+    for name, default in asdict(defaults).items():
+        key = f"{prefix}{name.upper()}"
+        raw = env.get(key)
+        try:
+            values[name] = default if raw is None else type(default)(raw)
+        except ValueError as err:
+            raise ConfigError(f"{key}={raw!r} is not a {type(default).__name__}") from err
+    return values
+
+
+@dataclass(frozen=True)
+class MonitorPolicy:
+    """When monitoring alerts and asks for retraining; each field is `NIGHTSHIFT_MONITOR_<NAME>`."""
+
+    max_drift_share: float = 0.3  # share of the model's features drifted on a day
+    feature_drift_threshold: float = 0.1  # per feature: Wasserstein (normed) / Jensen-Shannon distance
+    max_auc_drop: float = 0.05  # the day's ROC-AUC below the version's test AUC
+    max_prediction_rate_shift: float = 0.10  # |mean prediction today - on the reference|
+    persist_days: int = 3  # drift on this many consecutive days requests retraining
+    min_rows: int = 200  # fewer scored flights than this: quality is reported but not judged
+    batch_size: int = 256  # rows per predict request
+    dedup_hours: float = 24.0  # the same alert (kind + key) at most once in this window
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorPolicy:
+        return cls(**_policy_values(cls(), "NIGHTSHIFT_MONITOR_", env))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.features import LABEL_KEY
+from include.features import LABEL_KEY, MODEL_FEATURES
 from include.model import CATEGORICAL, NUMERIC
 
 log = logging.getLogger("nightshift.evaluation")
@@ -278,6 +278,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         champion = {"uri": args.champion, "metrics": classification_metrics(y_test, champion_p, threshold),
                     "slices": slice_aucs(test, champion_p)}  # fmt: skip
         curves["champion"] = champion_p
+    # The monitoring reference: the test days' model inputs, labels and the exported model's predictions.
+    reference = test[[*MODEL_FEATURES, LABEL_KEY, "flight_date"]].assign(prediction=exported)
+    reference.to_parquet(work / "export" / "reference.parquet", index=False)
     report_dir = work / "export" / "report"
     report_dir.mkdir(parents=True)
     summary: dict[str, Any] = {
@@ -294,6 +297,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "champion": champion,
         "saved_model": f"{args.out.rstrip('/')}/saved_model",
         "report": f"{args.out.rstrip('/')}/report/index.html",
+        "reference": f"{args.out.rstrip('/')}/reference.parquet",
     }
     plots = plot_curves(y_test, curves, report_dir)
     write_report(report_dir, summary, plots)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from include.serving.config import ModelEntry, read_models_config
@@ -279,6 +279,20 @@ def predict(loaded: LoadedVersion, body: dict[str, Any]) -> dict[str, Any]:
     return {"outputs": single if single is not None else outputs}
 
 
+def _predict_route(manager: ModelManager, match: re.Match[str], raw: bytes) -> Response:
+    """Parse, resolve and predict in one worker thread; the answer is serialized once, here."""
+    try:
+        body = json.loads(raw)
+    except ValueError as err:
+        raise ServingError(400, f"JSON Parse error: {err}") from err
+    if not isinstance(body, dict):
+        raise ServingError(400, "JSON Value: request body must be an object")
+    _, loaded = manager.resolve(match["model"], match["version"], match["label"])
+    if loaded.state != "AVAILABLE":
+        raise ServingError(503, f"Servable not available: {loaded.error or loaded.state}")
+    return Response(json.dumps(predict(loaded, body)), media_type="application/json")
+
+
 def create_app(config_file: Path) -> FastAPI:
     manager = ModelManager(config_file)
     app = FastAPI(title="nightshift local TF Serving", docs_url=None, redoc_url=None, openapi_url=None)
@@ -312,20 +326,11 @@ def create_app(config_file: Path) -> FastAPI:
         }
 
     @app.post("/v1/models/{rest:path}")
-    async def post_model(rest: str, request: Request) -> dict[str, Any]:
+    async def post_model(rest: str, request: Request) -> Response:
         match = _route(rest)
         if match["suffix"] != ":predict":
             raise ServingError(400 if match["suffix"] else 404, f"Malformed request: POST /v1/models/{rest}")
-        try:
-            body = await request.json()
-        except ValueError as err:
-            raise ServingError(400, f"JSON Parse error: {err}") from err
-        if not isinstance(body, dict):
-            raise ServingError(400, "JSON Value: request body must be an object")
-        _, loaded = await run_in_threadpool(manager.resolve, match["model"], match["version"], match["label"])
-        if loaded.state != "AVAILABLE":
-            raise ServingError(503, f"Servable not available: {loaded.error or loaded.state}")
-        return await run_in_threadpool(predict, loaded, body)
+        return await run_in_threadpool(_predict_route, manager, match, await request.body())
 
     return app
 

@@ -109,7 +109,7 @@ def test_train_dag_has_a_deadline_when_enabled(monkeypatch) -> None:
 
 def test_deploy_runs_on_a_blessed_candidate_and_its_form_takes_version_and_action(dagbag) -> None:
     dag = dagbag.get_dag("nightshift_deploy")
-    assert {asset.name for _, asset in dag.timetable.asset_condition.iter_assets()} == {"model_candidate"}
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["model_candidate"]
     action = dag.params.get_param("action").schema
     assert action["enum"] == ["canary", "promote", "rollback"]
     assert dag.params.get_param("version").schema["minimum"] == 1

@@ -138,8 +138,9 @@ def test_row_and_columnar_predictions_equal_the_saved_model(client, base) -> Non
         (_row(flight_number=123), "flight_number"),
         (_row(distance="far"), "distance"),
         (_row(carrier=7), "carrier"),
+        (_row(temp=None), "temp"),
     ],
-    ids=["missing", "extra", "wrong-type-number", "wrong-type-string"],
+    ids=["missing", "extra", "wrong-type-number", "wrong-type-string", "null-number"],
 )
 def test_bad_requests_get_400_naming_the_field(url, instance, field) -> None:
     response = httpx.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": [instance]})
@@ -190,3 +191,34 @@ def test_reload_picks_up_new_versions_and_never_serves_a_corrupt_one(client, bas
         client.predict_rows([_row()], version=3)
     assert caught.value.status == 503
     assert client.status(label="stable")[0]["version"] == "1"  # untouched
+
+
+def test_a_label_only_moves_to_a_version_already_available(client, base) -> None:
+    """TF Serving: load the version first, then point the label at it, in two config changes."""
+    if os.environ.get("TF_SERVING_URL"):
+        pytest.skip("writes into the served base path")
+    _export(base / MODEL / "5", 5)
+    entry = read_models_config(base / "models.config")[0]
+    at_once = ModelEntry(MODEL, entry.base_path, [*entry.versions, 5], {**entry.labels, "canary": 5})
+    write_models_config(base / "models.config", [at_once])
+    assert client.is_available(5)
+    assert client.status(label="canary")[0]["version"] == "2"  # the premature move was refused
+    write_models_config(base / "models.config", [at_once])  # second step, now that 5 is AVAILABLE
+    (base / "models.config").touch()
+    os.utime(base / "models.config", ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert client.status(label="canary")[0]["version"] == "5"
+
+
+def test_warmup_records_are_replayed_on_load(client, base) -> None:
+    if os.environ.get("TF_SERVING_URL"):
+        pytest.skip("reads the local server's state")
+    from include.deploy import WARMUP_FILE, write_warmup
+
+    _export(base / MODEL / "6", 6)
+    assert write_warmup(base / MODEL / "6", MODEL, [_row(), _row(carrier="AA")], records=3) == 3
+    assert (base / MODEL / "6" / WARMUP_FILE).stat().st_size > 0
+    entry = read_models_config(base / "models.config")[0]
+    write_models_config(base / "models.config", [ModelEntry(MODEL, entry.base_path, [*entry.versions, 6],
+                                                            entry.labels)])  # fmt: skip
+    assert client.is_available(6)
+    assert client.predict_rows([_row()], version=6)
