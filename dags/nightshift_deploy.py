@@ -21,7 +21,9 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from include.alerts import on_task_failure
 from include.assets import MODEL_CANDIDATE, MODEL_SERVING
+from include.deadlines import nightly_deadlines
 
 DEFAULT_ARGS = {
     "owner": "nightshift",
@@ -29,6 +31,7 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=20),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=5),
+    "on_failure_callback": on_task_failure,
 }
 
 
@@ -58,6 +61,7 @@ def _step(name: str, *args: Any) -> Any:
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["nightshift", "deploy"],
+    deadline=nightly_deadlines("the nightly deploy must finish"),
     params={
         "version": Param(
             None,

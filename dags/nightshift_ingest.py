@@ -22,7 +22,9 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
+from include.alerts import on_task_failure
 from include.assets import FEATURES
+from include.deadlines import ingest_deadlines
 
 DEFAULT_ARGS = {
     "owner": "nightshift",
@@ -30,6 +32,7 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
+    "on_failure_callback": on_task_failure,
 }
 
 
@@ -51,6 +54,7 @@ def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["nightshift", "ingest"],
+    deadline=ingest_deadlines(),
     params={
         "start_date": Param(
             None,
@@ -93,8 +97,14 @@ def nightshift_ingest() -> None:
     def materialize(validated: dict[str, Any], **context: Any) -> dict[str, Any]:
         from include import ingest
 
-        summary = ingest.materialize(*_run_window(context))
-        context["outlet_events"][FEATURES].extra = {"days": summary["days"], "window": summary["window"]}
+        settings, days, run_id, now = _run_window(context)
+        summary = ingest.materialize(settings, days, run_id, now)
+        context["outlet_events"][FEATURES].extra = {
+            "days": summary["days"],
+            "window": summary["window"],
+            "first_day": days[0].isoformat(),
+            "last_day": days[-1].isoformat(),
+        }
         return summary
 
     materialize(validate(clean(collect())))

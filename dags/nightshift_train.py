@@ -19,20 +19,11 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import (
-    AssetOrTimeSchedule,
-    AsyncCallback,
-    CronTriggerTimetable,
-    DeadlineAlert,
-    DeadlineReference,
-    Param,
-    dag,
-    task,
-)
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from include.assets import FEATURES, MODEL_CANDIDATE
-from include.config import deadlines_enabled, train_deadline_hours
-from include.deadlines import deadline_missed
+from include.alerts import on_task_failure
+from include.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED
+from include.deadlines import nightly_deadlines
 from include.train_backends import training_step, tune_shards
 
 DEFAULT_ARGS = {
@@ -41,6 +32,7 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=15),
+    "on_failure_callback": on_task_failure,
 }
 DATASET_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['uri'] }}"
 MODELS_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['models_uri'] }}"
@@ -128,23 +120,15 @@ def _settings_and_params(context: dict[str, Any]):
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 2 * * *", timezone="America/New_York"), assets=[FEATURES]
+        timetable=CronTriggerTimetable("0 2 * * *", timezone="America/New_York"),
+        assets=(FEATURES | RETRAIN_REQUESTED),
     ),
     start_date=pendulum.datetime(2026, 1, 1, tz="America/New_York"),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["nightshift", "train"],
-    deadline=[
-        DeadlineAlert(
-            reference=DeadlineReference.DAGRUN_QUEUED_AT,
-            interval=timedelta(hours=train_deadline_hours()),
-            callback=AsyncCallback(deadline_missed, kwargs={"what": "nightly training must finish"}),
-            name="train_finished_in_time",
-        )
-    ]
-    if deadlines_enabled()
-    else [],
+    deadline=nightly_deadlines("nightly training must finish"),
     params=TRAIN_PARAMS,
 )
 def nightshift_train() -> None:

@@ -7,3 +7,4 @@ from airflow.sdk import Asset
 FEATURES = Asset(name="features", uri="nightshift://features/flight_delay_v1", group="nightshift")
 MODEL_CANDIDATE = Asset(name="model_candidate", uri="nightshift://models/flight_delay/candidate", group="nightshift")
 MODEL_SERVING = Asset(name="model_serving", uri="nightshift://serving/flight_delay/stable", group="nightshift")
+RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="nightshift://models/flight_delay/retrain", group="nightshift")

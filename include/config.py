@@ -123,16 +123,6 @@ def deadlines_enabled(env: Mapping[str, str] | None = None) -> bool:
     return env.get("NIGHTSHIFT_DEADLINES", "on") != "off"
 
 
-def train_deadline_hours(env: Mapping[str, str] | None = None) -> float:
-    """Hours after being queued by which a training run must finish (read at DAG parse: cheap)."""
-    env = os.environ if env is None else env
-    raw = env.get("NIGHTSHIFT_TRAIN_DEADLINE_HOURS", "4")
-    try:
-        return float(raw)
-    except ValueError as err:
-        raise ConfigError(f"NIGHTSHIFT_TRAIN_DEADLINE_HOURS={raw!r} is not a number of hours") from err
-
-
 @dataclass(frozen=True)
 class DeployPolicy:
     """How `nightshift_deploy` judges a new version; each field is `NIGHTSHIFT_DEPLOY_<NAME>`."""

@@ -24,6 +24,7 @@ Order of a deploy, after TFX's InfraValidator and a plain canary:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -40,6 +41,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from include import lake
+from include.alerts import Alert, send
 from include.config import DeployPolicy, Settings
 from include.db import engine
 from include.features import MODEL_FEATURES, SCHEDULE_CATEGORICAL
@@ -260,7 +262,26 @@ def _fail(settings: Settings, run_id: str, version: int, action: str, reason: st
     if reject:
         _set_status(settings, version, reject, f"{action} failed: {reason}")
     log.error("%s of version %d failed: %s", action, version, reason)
+    _alert(settings, run_id, action, version, Alert(
+        kind="deploy_failed", key=f"{settings.model_name}:{version}:{action}", severity="critical",
+        title=f"Deploy of {settings.model_name} version {version} failed at {action.replace('_', ' ')}",
+        impact=f"version {version} does not serve; stable stays on version {state.stable}, untouched"
+        + (f"; the version is now {reject}" if reject else ""),
+        details=[reason], next_step="read the reason; a model problem needs a new training run, a serving "
+        "problem (unreachable, slow) needs the server fixed, then re-run nightshift_deploy from the form",
+    ))  # fmt: skip
     return DeployError(f"{action} of {settings.model_name} version {version} failed: {reason}")
+
+
+TASK_OF_ACTION = {"infra_validation": "infra_validate"}
+
+
+def _alert(settings: Settings, run_id: str, action: str, version: int, alert: Alert) -> None:
+    from include.registry import get_version
+
+    report = get_version(settings.require_database_url(), version).get("report_uri")
+    send(settings.require_database_url(), dataclasses.replace(
+        alert, link=report, dag_id=DAG_ID, task_id=TASK_OF_ACTION.get(action, action), run_id=run_id))  # fmt: skip
 
 
 # -- the steps -----------------------------------------------------------------------------------
@@ -528,6 +549,14 @@ def rollback(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run
             _set_status(settings, state.canary, "rolled_back", f"canary dropped by the rollback to {target}")
         _set_status(settings, target, "production")
         _record(settings, run_id, target, "rollback", True, f"stable {current} → {target}", rolled, current)
+        _alert(settings, run_id, "rollback", target, Alert(
+            kind="rollback", key=f"{settings.model_name}:{current}->{target}:{run_id}", severity="warning",
+            title=f"{settings.model_name} rolled back: stable {current} → {target}",
+            impact=f"production now serves version {target}; version {current} is rolled_back and stays loaded "
+            f"for {policy.grace_hours:g} h for investigation",
+            details=[f"requested by run {run_id}"],
+            next_step=f"find out what was wrong with version {current} (its evaluation report, the drift reports)",
+        ))  # fmt: skip
     return {"version": target, "stable": target, "rolled_back": current}
 
 

@@ -174,6 +174,7 @@ def validate(settings: Settings, days: list[dt.date], run_id: str, now: dt.datet
     failed = [o for o in outcomes if not o.success]
     if failed:
         detail = " | ".join(f"{o.suite} {o.day}: {o.describe_failures()}" for o in failed[:10])
+        _alert_validation(url, failed, run_id, pages.get("index.html"))
         raise ValidationFailed(
             f"{len(failed)} suite run(s) failed critical expectations; features not published. {detail}. "
             f"Data Docs: {pages.get('index.html')}"
@@ -183,6 +184,20 @@ def validate(settings: Settings, days: list[dt.date], run_id: str, now: dt.datet
     )
     return {"days": len(days), "success": True, "suite_runs": len(outcomes), "warnings": warnings,
             "data_docs": pages.get("index.html")}  # fmt: skip
+
+
+def _alert_validation(url: str, failed: list, run_id: str, docs: str | None) -> None:
+    from include.alerts import Alert, send
+
+    days = sorted({o.day for o in failed})
+    send(url, Alert(
+        kind="validation_failed", key=",".join(d.isoformat() for d in days), severity="critical",
+        title=f"Validation failed for {days[0]}" + (f" … {days[-1]} ({len(days)} days)" if len(days) > 1 else ""),
+        impact="the day's features were NOT published: training and monitoring skip it until it is fixed",
+        details=[f"{o.suite} {o.day}: {o.describe_failures()}" for o in failed],
+        next_step="open the Data Docs, fix the source (or quarantine rules), then re-ingest the day from the form",
+        link=next((o.docs_uri for o in failed if o.docs_uri), docs), dag_id=DAG_ID, task_id="validate", run_id=run_id,
+    ))  # fmt: skip
 
 
 def _json_bytes(payload: dict[str, Any]) -> bytes:

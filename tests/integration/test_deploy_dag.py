@@ -129,7 +129,7 @@ def test_first_deploy_validates_then_promotes(dagbag, serving, versions, db_url)
     assert (folder / "saved_model.pb").exists()
     assert (folder / WARMUP_FILE).stat().st_size > 0
     assert not [p for p in serving.model_dir.iterdir() if p.name.startswith(".staging")]
-    validated = next(ti for ti in run.get_task_instances() if ti.task_id == "infra_validate").xcom_pull()
+    validated = run.get_task_instance("infra_validate").xcom_pull(task_ids="infra_validate")
     assert validated["available"]
     assert validated["signature"]
     assert validated["requests"] == DeployPolicy().infra_requests

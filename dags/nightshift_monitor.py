@@ -1,0 +1,120 @@
+"""Daily monitoring of the serving model: score the new day → Evidently drift and quality → alert → retrain.
+
+Runs when ingestion publishes features (the `features` Asset), for the days it ingested; on-call
+can re-monitor a range from the form.
+
+* **score** sends the day's flights to the `stable` model through the serving client, in batches,
+  and logs the predictions with the model version to `{lake}/predictions/date=…/`.
+* **report** compares the day with the reference the training run saved: data drift per model
+  input and as a share, prediction drift, and classification quality (labels are known once the
+  day's flights have landed). HTML in `{lake}/reports/drift/date=…/`, metrics in `drift_reports`.
+* **judge** applies the thresholds in config and raises one alert per day that crosses one.
+* **request_retraining** emits the `retrain_requested` Asset that `nightshift_train` listens to,
+  when drift persisted or quality dropped (at most once a day; the alert says so).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from include.alerts import on_task_failure
+from include.assets import FEATURES, RETRAIN_REQUESTED
+from include.deadlines import nightly_deadlines
+
+DEFAULT_ARGS = {
+    "owner": "nightshift",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+    "on_failure_callback": on_task_failure,
+}
+
+
+def _context(context: dict[str, Any]):
+    from include.config import MonitorPolicy, load_settings
+
+    return load_settings(), MonitorPolicy.from_env(), context["run_id"]
+
+
+@dag(
+    dag_id="nightshift_monitor",
+    description=__doc__.partition(".")[0],
+    doc_md=__doc__,
+    schedule=[FEATURES],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["nightshift", "monitor"],
+    deadline=nightly_deadlines("nightly monitoring must finish"),
+    params={
+        "start_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="First day to monitor",
+            description="New York calendar day (YYYY-MM-DD), already ingested. Empty: the days the "
+            "triggering ingestion published.",
+            section="Days",
+        ),
+        "end_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Last day to monitor",
+            description="Inclusive. Empty for a single day.",
+            section="Days",
+        ),
+    },
+)
+def nightshift_monitor() -> None:
+    @task
+    def days(**context: Any) -> list[str]:
+        from include.monitor import resolve_days
+
+        events = (context.get("triggering_asset_events") or {}).get(FEATURES, [])
+        windows = [[e.extra["first_day"], e.extra["last_day"]] for e in events if (e.extra or {}).get("first_day")]
+        return [d.isoformat() for d in resolve_days(dict(context["params"]), windows)]
+
+    @task
+    def score(days: list[str], **context: Any) -> list[dict[str, Any]]:
+        import datetime as dt
+
+        from include.monitor import score_day
+
+        settings, policy, run_id = _context(context)
+        return [score_day(settings, policy, dt.date.fromisoformat(d), run_id) for d in days]
+
+    @task
+    def report(scored: list[dict[str, Any]], **context: Any) -> list[dict[str, Any]]:
+        from include.monitor import report_day
+
+        settings, policy, run_id = _context(context)
+        return [report_day(settings, policy, s, run_id) for s in scored]
+
+    @task
+    def judge(reports: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
+        from include.monitor import judge as apply_policy
+
+        settings, policy, run_id = _context(context)
+        return apply_policy(settings, policy, reports, run_id)
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def wants_retraining(verdict: dict[str, Any]) -> bool:
+        return verdict["retrain"]
+
+    @task(outlets=[RETRAIN_REQUESTED])
+    def request_retraining(verdict: dict[str, Any], **context: Any) -> str:
+        context["outlet_events"][RETRAIN_REQUESTED].extra = {"reason": verdict["retrain_reason"]}
+        return verdict["retrain_reason"]
+
+    verdict = judge(report(score(days())))
+    wants_retraining(verdict) >> request_retraining(verdict)
+
+
+nightshift_monitor()

@@ -1,0 +1,362 @@
+"""The steps of `nightshift_monitor`: score the new days with the stable model, compare them with
+the reference the training run saved (Evidently), judge against the policy, alert, ask for retraining.
+
+* **score**: the day's flights (labels are known once they have landed) joined point in time to
+  the `flight_delay_v1` features, scored by the `stable` serving model through the serving client
+  in batches, logged to `{lake}/predictions/date=…/` with the model version.
+* **report**: Evidently data drift of every model input (per feature and as a share), prediction
+  drift, and classification quality (ROC-AUC, precision, recall, log loss; Brier and calibration
+  error next to them). HTML to `{lake}/reports/drift/date=…/index.html`; one `drift_reports` row
+  per day and metric.
+* **judge**: every threshold in `MonitorPolicy`; a crossing raises one alert for the day. Drift on
+  `persist_days` consecutive days, or a quality drop, requests retraining, at most once a day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from include import lake
+from include.alerts import Alert, send
+from include.config import MonitorPolicy, Settings
+from include.db import SCHEMA, engine, metadata, upsert
+from include.features import LABEL_KEY, MODEL_FEATURES, SCHEDULE_CATEGORICAL
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "nightshift_monitor"
+PREDICTION = "prediction"
+KEY_COLUMNS = ["flight_date", "carrier", "flight", "origin"]
+
+drift_reports = sa.Table(
+    "drift_reports",
+    metadata,
+    sa.Column("partition_date", sa.Date, primary_key=True),
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("feature", sa.Text, primary_key=True),
+    sa.Column("value", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("crossed", sa.Boolean, nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("report_uri", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
+
+class MonitorError(RuntimeError):
+    """Monitoring cannot run (no stable model, no data for the day); the message says what to do."""
+
+
+# -- score -----------------------------------------------------------------------------------------
+
+
+def day_frame(settings: Settings, day: dt.date) -> pd.DataFrame:
+    """The day's labelled flights with their point-in-time features (as training built them)."""
+    from include.dataset import DatasetError, Window, entity_frame, join_features
+
+    try:
+        entities = entity_frame(lake.lake_root(settings), Window(end=day, train_days=1, validation_days=0,
+                                                                 test_days=0))  # fmt: skip
+    except DatasetError as err:
+        raise MonitorError(f"{day}: {err}") from err
+    joined, _ = join_features(settings, entities)
+    return joined
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, list[Any]]:
+    from include.model import to_model_inputs
+
+    arrays = to_model_inputs(frame)
+    return {f: arrays[f].tolist() if f in SCHEDULE_CATEGORICAL else [float(v) for v in arrays[f]]
+            for f in MODEL_FEATURES}  # fmt: skip
+
+
+def predictions_file(settings: Settings, day: dt.date):
+    """`{lake}/predictions/date=YYYY-MM-DD/part-0.parquet`: the day's flights, predictions and model version."""
+    return lake.lake_root(settings) / "predictions" / f"date={day.isoformat()}" / lake.PARTITION_FILE
+
+
+def score_day(settings: Settings, policy: MonitorPolicy, day: dt.date, run_id: str) -> dict[str, Any]:
+    from include.deploy import client_for
+
+    client = client_for(settings)
+    version = int(client.status(label="stable")[0]["version"])
+    frame = day_frame(settings, day)
+    predictions: list[float] = []
+    for start in range(0, len(frame), policy.batch_size):
+        batch = frame.iloc[start : start + policy.batch_size]
+        predictions += [float(p) for p in np.ravel(client.predict_columns(_columns(batch), label="stable"))]
+    scored = frame[[*KEY_COLUMNS, *MODEL_FEATURES, LABEL_KEY]].assign(
+        **{PREDICTION: predictions, "model_version": version}
+    )
+    target = predictions_file(settings, day)
+    lake.write_parquet(target, scored)
+    log.info("%s: %d flights scored by version %d → %s", day, len(scored), version, lake.uri(target))
+    return {"day": day.isoformat(), "rows": len(scored), "model_version": version, "uri": lake.uri(target)}
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def reference_for(url: str, version: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The reference the version's training run saved next to its SavedModel, and the version's row."""
+    from airflow.sdk import ObjectStoragePath
+
+    from include.registry import get_version
+
+    row = get_version(url, version)
+    uri = row["artifact_uri"].rstrip("/").rsplit("/", 1)[0] + "/reference.parquet"
+    path = ObjectStoragePath(uri)
+    if not path.exists():
+        raise MonitorError(f"version {version} has no monitoring reference at {uri}; retrain it with this release")
+    return lake.read_parquet(path), row
+
+
+def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, policy: MonitorPolicy):
+    """Data drift of every model input, prediction drift and classification quality, in one report."""
+    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import ClassificationPreset, DataDriftPreset
+
+    numeric = [f for f in MODEL_FEATURES if f not in SCHEDULE_CATEGORICAL]
+    definition = DataDefinition(
+        numerical_columns=[*numeric, PREDICTION], categorical_columns=SCHEDULE_CATEGORICAL,
+        classification=[BinaryClassification(target=LABEL_KEY, prediction_probas=PREDICTION)],
+    )  # fmt: skip
+    columns = [*MODEL_FEATURES, LABEL_KEY, PREDICTION]
+
+    def dataset(frame: pd.DataFrame):
+        frame = frame[columns].copy()
+        frame[LABEL_KEY] = frame[LABEL_KEY].astype(int)
+        return Dataset.from_pandas(frame, data_definition=definition)
+
+    report = Report(
+        [
+            DataDriftPreset(columns=MODEL_FEATURES, drift_share=policy.max_drift_share, num_method="wasserstein",
+                            cat_method="jensenshannon", threshold=policy.feature_drift_threshold),
+            ValueDrift(column=PREDICTION, method="wasserstein", threshold=policy.feature_drift_threshold),
+            ClassificationPreset(),
+        ],
+        include_tests=True,
+    )  # fmt: skip
+    return report.run(dataset(current), dataset(reference))
+
+
+def read_metrics(snapshot: Any) -> dict[str, Any]:
+    """Per-column drift scores and the classification metrics, out of the snapshot's dict."""
+    result = snapshot.dict()
+    drift: dict[str, float] = {}
+    quality: dict[str, float] = {}
+    for metric in result["metrics"]:
+        config = metric["config"]
+        if config["type"] == "evidently:metric_v2:ValueDrift":
+            drift[config["column"]] = float(metric["value"])
+        elif config.get("classification_name") == "default" and not isinstance(metric["value"], dict):
+            quality[metric["metric_name"].split("(")[0]] = float(metric["value"])
+    return {"drift": drift, "quality": quality}
+
+
+def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any], run_id: str) -> dict[str, Any]:
+    from sklearn.metrics import brier_score_loss
+
+    from include.evaluation import expected_calibration_error
+
+    url = settings.require_database_url()
+    day = dt.date.fromisoformat(scored["day"])
+    began = time.monotonic()
+    current = lake.read_parquet(predictions_file(settings, day))
+    reference, version = reference_for(url, scored["model_version"])
+    snapshot = evidently_report(reference, current, policy)
+    metrics = read_metrics(snapshot)
+    folder = lake.lake_root(settings) / "reports" / "drift" / f"date={day.isoformat()}"
+    with tempfile.TemporaryDirectory(prefix="nightshift-drift-") as tmp:
+        snapshot.save_html(str(Path(tmp) / "index.html"))
+        lake.write_atomic(folder / "index.html", (Path(tmp) / "index.html").read_bytes())
+    report_uri = lake.uri(folder / "index.html")
+    y, p = current[LABEL_KEY].astype(int).to_numpy(), current[PREDICTION].to_numpy()
+    feature_drift = {f: metrics["drift"][f] for f in MODEL_FEATURES if f in metrics["drift"]}
+    drifted = sorted((f for f, s in feature_drift.items() if s >= policy.feature_drift_threshold),
+                     key=lambda f: -feature_drift[f])  # fmt: skip
+    test_auc = float(version["metrics"]["auc"])
+    auc = metrics["quality"].get("RocAuc")
+    judged = len(current) >= policy.min_rows and auc is not None
+    summary = {
+        "day": day.isoformat(),
+        "rows": len(current),
+        "model_version": scored["model_version"],
+        "drift_share": len(drifted) / len(MODEL_FEATURES),
+        "drifted_features": drifted,
+        "feature_drift": feature_drift,
+        "prediction_drift": metrics["drift"].get(PREDICTION),
+        "prediction_rate": float(p.mean()),
+        "reference_prediction_rate": float(reference[PREDICTION].mean()),
+        "positive_rate": float(y.mean()),
+        "auc": auc,
+        "test_auc": test_auc,
+        "precision": metrics["quality"].get("Precision"),
+        "recall": metrics["quality"].get("Recall"),
+        "log_loss": metrics["quality"].get("LogLoss"),
+        "brier": float(brier_score_loss(y, p)),
+        "ece": expected_calibration_error(y, p),
+        "quality_judged": judged,
+        "report": report_uri,
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    summary["prediction_rate_shift"] = abs(summary["prediction_rate"] - summary["reference_prediction_rate"])
+    summary["auc_drop"] = (test_auc - auc) if judged else None
+    record_metrics(url, summary, policy, run_id)
+    log.info("%s: drift share %.2f (%s), AUC %s vs test %.3f; report %s", day, summary["drift_share"],
+             ", ".join(drifted) or "none", f"{auc:.3f}" if auc else "n/a", test_auc, report_uri)  # fmt: skip
+    return summary
+
+
+def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run_id: str) -> None:
+    """One row per day and metric (and per feature for feature drift), replacing a re-run's."""
+    day = dt.date.fromisoformat(summary["day"])
+    rows: list[dict[str, Any]] = []
+
+    def add(metric: str, value: float | None, threshold: float | None = None, crossed: bool = False,
+            feature: str = "") -> None:  # fmt: skip
+        rows.append({"partition_date": day, "metric": metric, "feature": feature, "value": value,
+                     "threshold": threshold, "crossed": crossed})  # fmt: skip
+
+    for feature, score in summary["feature_drift"].items():
+        add("feature_drift", score, policy.feature_drift_threshold, score >= policy.feature_drift_threshold, feature)
+    add("drift_share", summary["drift_share"], policy.max_drift_share, summary["drift_share"] > policy.max_drift_share)
+    add("prediction_drift", summary["prediction_drift"], policy.feature_drift_threshold,
+        (summary["prediction_drift"] or 0) >= policy.feature_drift_threshold)  # fmt: skip
+    add("prediction_rate", summary["prediction_rate"])
+    add("prediction_rate_shift", summary["prediction_rate_shift"], policy.max_prediction_rate_shift,
+        summary["prediction_rate_shift"] > policy.max_prediction_rate_shift)  # fmt: skip
+    add("positive_rate", summary["positive_rate"])
+    for name in ("auc", "precision", "recall", "log_loss", "brier", "ece"):
+        add(name, summary[name])
+    if summary["auc_drop"] is not None:
+        add("auc_drop", summary["auc_drop"], policy.max_auc_drop, summary["auc_drop"] > policy.max_auc_drop)
+    now = dt.datetime.now(dt.UTC)
+    common = {"model_version": summary["model_version"], "rows": summary["rows"], "report_uri": summary["report"],
+              "run_id": run_id, "computed_at": now}  # fmt: skip
+    with engine(url).begin() as conn:
+        conn.execute(sa.delete(drift_reports).where(drift_reports.c.partition_date == day,
+                                                    drift_reports.c.metric != "retrain_requested"))  # fmt: skip
+        upsert(conn, drift_reports, [{**r, **common} for r in rows])
+
+
+# -- judge -----------------------------------------------------------------------------------------
+
+
+def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
+    found = []
+    if summary["drift_share"] > policy.max_drift_share:
+        found.append(f"{summary['drift_share']:.0%} of the model's inputs drifted (limit {policy.max_drift_share:.0%})")
+    for feature in summary["drifted_features"]:
+        found.append(f"{feature}: drift {summary['feature_drift'][feature]:.3f} ≥ {policy.feature_drift_threshold}")
+    if summary["auc_drop"] is not None and summary["auc_drop"] > policy.max_auc_drop:
+        found.append(f"ROC-AUC {summary['auc']:.3f}, {summary['auc_drop']:.3f} below the test AUC "
+                     f"{summary['test_auc']:.3f} (limit {policy.max_auc_drop})")  # fmt: skip
+    if summary["prediction_rate_shift"] > policy.max_prediction_rate_shift:
+        found.append(f"mean predicted risk {summary['prediction_rate']:.3f} vs "
+                     f"{summary['reference_prediction_rate']:.3f} on the reference "
+                     f"(limit ±{policy.max_prediction_rate_shift})")  # fmt: skip
+    return found
+
+
+def drift_streak(url: str, day: dt.date, policy: MonitorPolicy) -> int:
+    """Consecutive days up to `day` whose drift share crossed the limit."""
+    with engine(url).connect() as conn:
+        rows = dict(conn.execute(
+            sa.select(drift_reports.c.partition_date, drift_reports.c.crossed).where(
+                drift_reports.c.metric == "drift_share", drift_reports.c.partition_date <= day,
+                drift_reports.c.partition_date > day - dt.timedelta(days=policy.persist_days + 1))
+        ).all())  # fmt: skip
+    streak = 0
+    while rows.get(day - dt.timedelta(days=streak)):
+        streak += 1
+    return streak
+
+
+def _retrain_requested_today(url: str, at: dt.datetime) -> bool:
+    with engine(url).connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(drift_reports).where(
+                drift_reports.c.metric == "retrain_requested", drift_reports.c.computed_at >= at.replace(
+                    hour=0, minute=0, second=0, microsecond=0))
+        ).scalar_one() > 0  # fmt: skip
+
+
+def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, Any]], run_id: str,
+          task_id: str = "judge") -> dict[str, Any]:  # fmt: skip
+    """One alert per day that crossed a threshold; retraining when drift persists or quality drops."""
+    url = settings.require_database_url()
+    now = dt.datetime.now(dt.UTC)
+    retrain_reason = None
+    alerted = []
+    for summary in summaries:
+        day = dt.date.fromisoformat(summary["day"])
+        found = crossings(summary, policy)
+        if not found:
+            continue
+        streak = drift_streak(url, day, policy)
+        quality = summary["auc_drop"] is not None and summary["auc_drop"] > policy.max_auc_drop
+        wants = quality or streak >= policy.persist_days
+        if wants and retrain_reason is None and not _retrain_requested_today(url, now):
+            retrain_reason = (f"ROC-AUC dropped on {day}" if quality
+                              else f"drift persisted {streak} days up to {day}")  # fmt: skip
+            upsert_retrain(url, day, summary, retrain_reason, run_id, now)
+        if retrain_reason and wants:
+            next_step = f"retraining was requested ({retrain_reason}); check the new candidate in nightshift_train"
+        elif wants:
+            next_step = "retraining was already requested today; check nightshift_train"
+        else:
+            next_step = (f"drift for {streak} of {policy.persist_days} days; retraining is requested when it persists."
+                         " Check the drifted features upstream (source data, weather feed)")  # fmt: skip
+        alert_id = send(url, Alert(
+            kind="quality_drop" if quality else "drift", key=day.isoformat(),
+            severity="critical" if quality else "warning",
+            title=f"{'Model quality dropped' if quality else 'Data drift'} on {day} (model version "
+                  f"{summary['model_version']}, {summary['rows']} flights)",
+            impact="predictions for these flights are less reliable than at training time" if quality else
+                   "the model sees inputs unlike its training data; its predictions may be off",
+            details=found, next_step=next_step, link=summary["report"],
+            dag_id=DAG_ID, task_id=task_id, run_id=run_id,
+        ))  # fmt: skip
+        alerted.append({"day": day.isoformat(), "alert_id": alert_id, "crossings": len(found)})
+    return {"alerts": alerted, "retrain": retrain_reason is not None, "retrain_reason": retrain_reason}
+
+
+def upsert_retrain(url: str, day: dt.date, summary: dict[str, Any], reason: str, run_id: str, at: dt.datetime) -> None:
+    with engine(url).begin() as conn:
+        upsert(conn, drift_reports, [{
+            "partition_date": day, "metric": "retrain_requested", "feature": reason[:200], "value": 1.0,
+            "threshold": None, "crossed": True, "model_version": summary["model_version"], "rows": summary["rows"],
+            "report_uri": summary["report"], "run_id": run_id, "computed_at": at,
+        }])  # fmt: skip
+
+
+def resolve_days(params: dict[str, Any], windows: list[list[str]]) -> list[dt.date]:
+    """The form's range, else the days the triggering ingestion published."""
+    from include.ingest import days_between
+
+    start, end = params.get("start_date"), params.get("end_date")
+    if start or end:
+        first, last = dt.date.fromisoformat(start or end), dt.date.fromisoformat(end or start)
+        if last < first:
+            raise MonitorError(f"end_date {last} is before start_date {first}")
+        return days_between(first, last)
+    if not windows:
+        raise MonitorError("no days to monitor: give start_date/end_date, or run after nightshift_ingest")
+    days = sorted({d for first, last in windows for d in days_between(dt.date.fromisoformat(first),
+                                                                       dt.date.fromisoformat(last))})  # fmt: skip
+    return days
