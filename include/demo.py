@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 
-from include import db
+from include import db, lake
 from include.config import Settings, load_settings
 from include.feature_store import online_row_count
 from include.ingest import DAG_ID, days_between
@@ -21,6 +22,8 @@ from include.serving.process import local_server
 from include.train import DAG_ID as TRAIN_DAG_ID
 
 DEPLOY_DAG_ID = "nightshift_deploy"
+MONITOR_DAG_ID = "nightshift_monitor"
+MONITOR_DAYS = 7
 SMOKE_ROWS = 3
 
 # A tuning budget that fits the demo's time limit on 2 CPU cores; on a GPU raise epochs,
@@ -123,6 +126,64 @@ def deploy_summary(settings: Settings, url: str, run_id: str) -> dict[str, Any]:
     return summary
 
 
+def _record(summary: dict[str, Any], label: str, result: tuple[str, str] | None) -> bool:
+    if result is None:
+        return False
+    summary["dag_runs"][label], summary["run_ids"][label] = result[1], result[0]
+    return result[1] == "success"
+
+
+def deploy_and_monitor(env: dict[str, str], settings: Settings, summary: dict[str, Any], last: dt.date) -> None:
+    """Deploy the blessed version, then ingest and monitor the week after the training window."""
+    url = env["NIGHTSHIFT_DATABASE_URL"]
+    deployed = run_dag(env, DEPLOY_DAG_ID, {"version": summary["train"]["version"], "action": "promote"})
+    if not _record(summary, DEPLOY_DAG_ID, deployed):
+        return
+    summary["deploy"] = deploy_summary(settings, url, deployed[0])
+    week = [last + dt.timedelta(days=n) for n in range(1, MONITOR_DAYS + 1)]
+    conf = {"start_date": week[0].isoformat(), "end_date": week[-1].isoformat()}
+    if not _record(summary, f"{DAG_ID} (monitored week)", run_dag(env, DAG_ID, conf)):
+        return
+    monitored = run_dag(env, MONITOR_DAG_ID, conf)
+    _record(summary, MONITOR_DAG_ID, monitored)
+    if monitored is not None:
+        summary["monitor"] = monitor_summary(settings, url, monitored[0])
+
+
+def monitor_summary(settings: Settings, url: str, run_id: str) -> dict[str, Any]:
+    from sklearn.metrics import roc_auc_score
+
+    from include.alerts import alerts
+
+    reports = _xcom(url, MONITOR_DAG_ID, run_id, "report") or []
+    if not reports:
+        return {"days": 0}
+    with db.engine(url).connect() as conn:
+        raised = conn.execute(
+            sa.select(alerts.c.kind, alerts.c.severity, alerts.c.title).where(alerts.c.run_id == run_id)
+        ).all()
+    from include.monitor import predictions_file
+
+    # The pooled AUC of the week, from the logged predictions.
+    frames = [lake.read_parquet(predictions_file(settings, dt.date.fromisoformat(r["day"]))) for r in reports]
+    pooled = pd.concat(frames)
+    return {
+        "days": len(reports),
+        "first_day": reports[0]["day"],
+        "last_day": reports[-1]["day"],
+        "rows": int(sum(r["rows"] for r in reports)),
+        "drift_share": round(sum(r["drift_share"] for r in reports) / len(reports), 4),
+        "drift_share_max": max(r["drift_share"] for r in reports),
+        "drifted_features": sorted({f for r in reports for f in r["drifted_features"]}),
+        "auc_current": round(float(roc_auc_score(pooled["is_delayed"], pooled["prediction"])), 4),
+        "auc_test": reports[-1]["test_auc"],
+        "alerts": len(raised),
+        "alert_titles": [f"[{severity}] {title}" for _, severity, title in raised],
+        "report": reports[-1]["report"],
+        "seconds_per_day": round(sum(r["seconds"] for r in reports) / len(reports), 1),
+    }
+
+
 def run_dag(env: dict[str, str], dag_id: str, conf: dict[str, Any]) -> tuple[str, str] | None:
     """`airflow dags test` one DAG; returns its (run_id, state) as Airflow recorded them."""
     print(f"==> running {dag_id} with `airflow dags test` {json.dumps(conf)}", flush=True)
@@ -138,7 +199,7 @@ def print_table(summary: dict[str, Any]) -> None:
     for dag_id, state in summary["dag_runs"].items():
         print(f"{dag_id:<30} {state:>14}")
     print("-" * 46)
-    for section in ("ingest", "train", "deploy"):
+    for section in ("ingest", "train", "deploy", "monitor"):
         for key, value in summary.get(section, {}).items():
             if isinstance(value, (dict, list)):
                 continue
@@ -178,14 +239,9 @@ def run_demo(
                 summary["run_ids"][TRAIN_DAG_ID] = trained[0]
                 summary["train"] = train_summary(url, trained[0])
             if trained is not None and summary["train"]["status"] == "blessed":
-                deploy_settings = load_settings(env)
-                with local_server(deploy_settings, env):
-                    conf = {"version": summary["train"]["version"], "action": "promote"}
-                    deployed = run_dag(env, DEPLOY_DAG_ID, conf)
-                    if deployed is not None:
-                        summary["dag_runs"][DEPLOY_DAG_ID] = deployed[1]
-                        summary["run_ids"][DEPLOY_DAG_ID] = deployed[0]
-                        summary["deploy"] = deploy_summary(deploy_settings, url, deployed[0])
+                serving_settings = load_settings(env)
+                with local_server(serving_settings, env):
+                    deploy_and_monitor(env, serving_settings, summary, last)
         summary["seconds"] = round(time.monotonic() - began, 1)
         summary["path"] = str(summary_path(settings))
         path = summary_path(settings)

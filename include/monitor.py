@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from airflow.exceptions import AirflowFailException
 
 from include import lake
 from include.alerts import Alert, send
@@ -55,8 +56,10 @@ drift_reports = sa.Table(
 )
 
 
-class MonitorError(RuntimeError):
-    """Monitoring cannot run (no stable model, no data for the day); the message says what to do."""
+class MonitorError(AirflowFailException):
+    """Monitoring cannot run (no data for the day, no reference); the message says what to do.
+
+    Deterministic for the data at hand, so the task fails at once instead of retrying."""
 
 
 # -- score -----------------------------------------------------------------------------------------

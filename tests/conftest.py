@@ -93,3 +93,54 @@ def lake_dir(settings):
     from include.lake import lake_root
 
     return lake_root(settings)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def alert_receivers():
+    """A real SMTP server (aiosmtpd) and a real HTTP webhook receiver, wired in as the Airflow
+    connections the alerts module sends through (env-var connections win over the database)."""
+    import http.server
+    import json
+    import socket
+    import threading
+
+    from aiosmtpd.controller import Controller
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    received: dict[str, list] = {"mails": [], "posts": []}
+
+    class Mailbox:
+        async def handle_DATA(self, server, session, envelope):
+            received["mails"].append(envelope.content.decode("utf-8", errors="replace"))
+            return "250 Message accepted"
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received["posts"].append({"path": self.path, "json": json.loads(body)})
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    smtp = Controller(Mailbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": smtp.port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 5, "retry_limit": 1},
+    })  # fmt: skip
+    os.environ["AIRFLOW_CONN_NIGHTSHIFT_ALERT_WEBHOOK"] = json.dumps({
+        "conn_type": "http", "host": "127.0.0.1", "port": web.server_address[1], "schema": "http",
+        "extra": {"path": "/hooks/nightshift"},
+    })  # fmt: skip
+    yield received
+    smtp.stop()
+    web.shutdown()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
+DAG_IDS = ["nightshift_ingest", "nightshift_train", "nightshift_deploy", "nightshift_monitor"]
 APPROVED_TAGS = {"nightshift", "ingest", "train", "deploy", "monitor"}
 HEAVY_MODULES = ["tensorflow", "keras", "pandas", "great_expectations", "feast", "evidently", "sklearn"]
 
@@ -57,7 +58,7 @@ def dagbag():
 def test_dags_import_without_errors(dagbag, parse_report) -> None:
     assert dagbag.import_errors == {}
     assert parse_report["errors"] == {}
-    assert {"nightshift_ingest", "nightshift_train", "nightshift_deploy"} <= set(dagbag.dag_ids)
+    assert set(DAG_IDS) <= set(dagbag.dag_ids)
 
 
 def test_parsing_looks_up_no_connection_or_variable(parse_report) -> None:
@@ -68,7 +69,7 @@ def test_parsing_imports_no_heavy_library(parse_report) -> None:
     assert parse_report["heavy"] == []
 
 
-@pytest.mark.parametrize("dag_id", ["nightshift_ingest", "nightshift_train", "nightshift_deploy"])
+@pytest.mark.parametrize("dag_id", DAG_IDS)
 def test_dag_is_tagged_retried_and_documented(dagbag, dag_id: str) -> None:
     dag = dagbag.get_dag(dag_id)
     assert dag.tags
@@ -91,20 +92,51 @@ def test_ingest_form_takes_a_date_range(dagbag) -> None:
         assert params.get_param(name).description
 
 
-def test_train_dag_has_a_deadline_when_enabled(monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("dag_id", "deadline"),
+    [("nightshift_ingest", "ingest_within_hours_of_queued"), ("nightshift_train", "nightly_chain_by_cutoff"),
+     ("nightshift_deploy", "nightly_chain_by_cutoff"), ("nightshift_monitor", "nightly_chain_by_cutoff")],
+)  # fmt: skip
+def test_dags_have_deadline_alerts_when_enabled(monkeypatch, dag_id: str, deadline: str) -> None:
     import importlib
     import sys
 
     monkeypatch.setenv("NIGHTSHIFT_DEADLINES", "on")
     sys.path.insert(0, str(DAGS))
     try:
-        module = importlib.import_module("nightshift_train")
+        module = importlib.import_module(dag_id)
         importlib.reload(module)
-        deadlines = module.nightshift_train().deadline
+        alerts = getattr(module, dag_id)().deadline
     finally:
         sys.path.remove(str(DAGS))
-    assert [d.name for d in deadlines] == ["train_finished_in_time"]
-    assert deadlines[0].interval.total_seconds() == 4 * 3600
+    assert [d.name for d in alerts] == [deadline]
+    assert alerts[0].callback.path == "include.deadlines.deadline_missed"
+    if deadline == "ingest_within_hours_of_queued":
+        assert alerts[0].interval.total_seconds() == 2 * 3600
+    else:
+        assert type(alerts[0].reference).__name__ == "DailyUtcDeadline"
+        assert (alerts[0].reference.hour, alerts[0].reference.minute) == (6, 0)
+
+
+def test_the_nightly_cutoff_is_the_next_0600_utc_after_queuing() -> None:
+    import datetime as dt
+
+    from nightshift_deadlines import next_cutoff
+
+    utc = dt.UTC
+    assert next_cutoff(dt.datetime(2026, 11, 22, 2, 0, tzinfo=utc), 6, 0) == dt.datetime(2026, 11, 22, 6, 0, tzinfo=utc)
+    assert next_cutoff(dt.datetime(2026, 11, 22, 7, 0, tzinfo=utc), 6, 0) == dt.datetime(2026, 11, 23, 6, 0, tzinfo=utc)
+    new_york = dt.timezone(dt.timedelta(hours=-5))
+    assert next_cutoff(dt.datetime(2026, 11, 21, 22, 0, tzinfo=new_york), 6, 0) == dt.datetime(
+        2026, 11, 22, 6, 0, tzinfo=utc
+    )
+
+
+def test_the_deadline_reference_is_registered_by_a_plugin() -> None:
+    from airflow import plugins_manager
+
+    registered = plugins_manager.get_deadline_references_plugins()
+    assert "nightshift_deadlines.DailyUtcDeadline" in registered
 
 
 def test_deploy_runs_on_a_blessed_candidate_and_its_form_takes_version_and_action(dagbag) -> None:

@@ -7,12 +7,15 @@ DAG trains on 44 days, validates on 7 and tests on the last 10, with a small bud
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from include import db
+from include.config import load_settings
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 START, END = dt.date(2013, 6, 1), dt.date(2013, 7, 31)
@@ -41,3 +44,44 @@ def trained(dagbag, db_url):
     with db.engine(db_url).connect() as conn:
         row = conn.execute(sa.select(model_versions).where(model_versions.c.run_id == run.run_id)).mappings().one()
     return run, dict(row), states
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serving(tmp_path_factory):
+    """The local server on a free port over a fresh serving dir, configured through the environment."""
+    from include.serving.process import local_server
+
+    saved = {k: os.environ.get(k) for k in ("NIGHTSHIFT_SERVING_DIR", "NIGHTSHIFT_SERVING_URL")}
+    os.environ["NIGHTSHIFT_SERVING_DIR"] = str(tmp_path_factory.mktemp("serving"))
+    os.environ["NIGHTSHIFT_SERVING_URL"] = f"http://127.0.0.1:{free_port()}"
+    os.environ["NIGHTSHIFT_DEPLOY_CANARY_REQUESTS"] = "20"
+    settings = load_settings()
+    try:
+        with local_server(settings):
+            yield settings
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.environ.pop("NIGHTSHIFT_DEPLOY_CANARY_REQUESTS", None)
+
+
+@pytest.fixture(scope="session")
+def stable_model(dagbag, serving, trained) -> int:
+    """The trained model serving as `stable` (deployed here unless the deploy tests left one)."""
+    from include.deploy import read_state
+
+    state = read_state(serving)
+    if state.stable is None:
+        run = dagbag.get_dag("nightshift_deploy").test(run_conf={"version": trained[1]["version"], "action": "promote"})
+        assert run.state == "success"
+        state = read_state(serving)
+    return state.stable

@@ -11,14 +11,14 @@ import dataclasses
 import datetime as dt
 import os
 import shutil
-import socket
 import threading
 
 import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.config import DeployPolicy, load_settings
+from include.alerts import alerts
+from include.config import DeployPolicy
 from include.deploy import (
     WARMUP_FILE,
     DeployConflict,
@@ -33,39 +33,12 @@ from include.deploy import (
     serving_lock,
 )
 from include.registry import deployments, get_version, register_candidate, set_status
+from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
 COPIED = ("dag_id", "code_version", "dataset_uri", "dataset_sha256", "data_window", "feature_service",
           "feast_registry_version", "ingestion_run_ids", "validation_run_ids", "metrics", "hyperparameters",
           "params")  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def serving(tmp_path_factory):
-    """The local server on a free port over a fresh serving dir, configured through the environment."""
-    from include.serving.process import local_server
-
-    saved = {k: os.environ.get(k) for k in ("NIGHTSHIFT_SERVING_DIR", "NIGHTSHIFT_SERVING_URL")}
-    os.environ["NIGHTSHIFT_SERVING_DIR"] = str(tmp_path_factory.mktemp("serving"))
-    os.environ["NIGHTSHIFT_SERVING_URL"] = f"http://127.0.0.1:{_free_port()}"
-    os.environ["NIGHTSHIFT_DEPLOY_CANARY_REQUESTS"] = "20"
-    settings = load_settings()
-    try:
-        with local_server(settings):
-            yield settings
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        os.environ.pop("NIGHTSHIFT_DEPLOY_CANARY_REQUESTS", None)
 
 
 def _register(db_url: str, base: dict, artifact_uri: str, tag: str) -> int:
@@ -100,7 +73,8 @@ def versions(trained, db_url, tmp_path_factory) -> dict[str, int]:
 
 
 def _deploy(dagbag, **conf):
-    run = dagbag.get_dag("nightshift_deploy").test(run_conf=conf)
+    # Every param, every time: dag.test() keeps the previous run's conf on the (shared) DAG's params.
+    run = dagbag.get_dag("nightshift_deploy").test(run_conf={"version": None, **conf})
     return run, {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
@@ -175,7 +149,7 @@ def test_promote_moves_stable_and_keeps_the_old_version_loaded(dagbag, serving, 
     assert get_version(db_url, b)["status"] == "production"
 
 
-def test_rollback_returns_stable_to_the_previous_version(dagbag, serving, versions, db_url) -> None:
+def test_rollback_returns_stable_to_the_previous_version(dagbag, serving, versions, db_url, alert_receivers) -> None:
     a, b = versions["a"], versions["b"]
     run, states = _deploy(dagbag, action="rollback")
     assert run.state == "success", states
@@ -185,6 +159,12 @@ def test_rollback_returns_stable_to_the_previous_version(dagbag, serving, versio
     assert get_version(db_url, a)["status"] == "production"
     assert get_version(db_url, b)["status"] == "rolled_back"
     assert _history(db_url, a)[-1] == ("rollback", True, f"stable {b} → {a}")
+    with db.engine(db_url).connect() as conn:
+        alerted = conn.execute(sa.select(alerts).where(alerts.c.kind == "rollback")).mappings().all()
+    assert len(alerted) == 1
+    assert alerted[0]["severity"] == "warning"
+    assert alerted[0]["deliveries"]["webhook"].startswith("posted to")
+    assert sum(alerted[0]["title"] in m for m in alert_receivers["mails"]) == 1
 
 
 def test_a_corrupt_saved_model_never_gets_a_label(dagbag, serving, versions, db_url) -> None:
@@ -223,7 +203,7 @@ def test_serving_down_fails_the_deploy_and_leaves_stable_untouched(serving, vers
     planned = plan(serving, {"version": spare, "action": "promote"}, [])
     pushed = push(serving, DeployPolicy(), planned, "down-test")
     before = read_state(serving)
-    down = dataclasses.replace(serving, serving_url=f"http://127.0.0.1:{_free_port()}")
+    down = dataclasses.replace(serving, serving_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(Exception, match="unreachable"):
         infra_validate(down, DeployPolicy(load_timeout_s=5), planned, pushed, "down-test")
     assert read_state(serving) == before

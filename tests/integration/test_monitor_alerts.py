@@ -1,0 +1,192 @@
+"""Monitoring with Evidently and alerts to real receivers (aiosmtpd and an HTTP hook, see conftest).
+
+The stable model is the one trained on June–July 2013; the monitored days are the first days of
+August, ingested here. Each alert source must give exactly one alert, through mail, webhook and
+the `alerts` table, with the right severity and link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from airflow.sdk import ObjectStoragePath
+
+from include import db, lake
+from include.alerts import Alert, alerts, send
+from include.config import ConfigError, MonitorPolicy
+from include.monitor import drift_reports, judge, predictions_file, report_day
+
+pytestmark = pytest.mark.integration
+DAY = dt.date(2013, 8, 1)
+DRIFT_DAY = dt.date(2013, 8, 2)
+
+
+def _alerts(db_url: str, kind: str) -> list[dict]:
+    with db.engine(db_url).connect() as conn:
+        rows = conn.execute(sa.select(alerts).where(alerts.c.kind == kind).order_by(alerts.c.id)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def _delivered(receivers, title: str) -> tuple[int, int]:
+    mails = sum(title in m for m in receivers["mails"])
+    posts = sum(p["json"]["text"].endswith(title) for p in receivers["posts"])
+    return mails, posts
+
+
+def _assert_one(db_url: str, receivers, kind: str, severity: str) -> dict:
+    rows = _alerts(db_url, kind)
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["severity"] == severity
+    assert row["deliveries"]["email"].startswith("sent to"), row["deliveries"]
+    assert row["deliveries"]["webhook"].startswith("posted to"), row["deliveries"]
+    assert _delivered(receivers, row["title"]) == (1, 1)
+    return row
+
+
+@pytest.fixture(scope="module")
+def monitored(dagbag, stable_model, db_url):
+    ingest = dagbag.get_dag("nightshift_ingest").test(
+        run_conf={"start_date": DAY.isoformat(), "end_date": DRIFT_DAY.isoformat()}
+    )
+    assert ingest.state == "success"
+    run = dagbag.get_dag("nightshift_monitor").test(run_conf={"start_date": DAY.isoformat(), "end_date": None})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    report = run.get_task_instance("report").xcom_pull(task_ids="report")[0]
+    return run, report
+
+
+def test_a_day_is_scored_by_the_stable_model_and_logged(monitored, stable_model, settings) -> None:
+    _, report = monitored
+    scored = lake.read_parquet(predictions_file(settings, DAY))
+    assert len(scored) == report["rows"] > 500
+    assert set(scored["model_version"]) == {stable_model}
+    assert scored["prediction"].between(0, 1).all()
+
+
+def test_drift_and_quality_metrics_are_a_time_series_in_postgres(monitored, db_url) -> None:
+    _, report = monitored
+    with db.engine(db_url).connect() as conn:
+        rows = pd.read_sql(sa.select(drift_reports).where(drift_reports.c.partition_date == DAY), conn)
+    metrics = set(rows["metric"])
+    assert {"feature_drift", "drift_share", "prediction_drift", "auc", "precision", "recall", "brier", "ece"} <= metrics
+    assert len(rows[rows["metric"] == "feature_drift"]) == 23
+    auc = rows.loc[rows["metric"] == "auc", "value"].item()
+    assert auc == pytest.approx(report["auc"])
+    assert 0.5 < auc < 1
+
+
+def test_the_drift_report_opens_and_names_the_features(monitored) -> None:
+    _, report = monitored
+    html = ObjectStoragePath(report["report"]).read_text()
+    assert "<html" in html.lower()
+    for feature in ("temp", "wind_speed", "carrier", "prediction"):
+        assert f'"{feature}"' in html
+
+
+def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model, settings, db_url,
+                                                        alert_receivers) -> None:  # fmt: skip
+    """The next day replayed with its weather far outside the reference, scored by the real server."""
+    from include.deploy import client_for
+    from include.monitor import _columns, day_frame
+
+    frame = day_frame(settings, DRIFT_DAY)
+    frame["temp"] = frame["temp"] + 60.0
+    frame["wind_speed"] = frame["wind_speed"] * 4 + 20
+    frame["pressure"] = frame["pressure"] - 80.0
+    frame["visib"] = 0.5
+    client = client_for(settings)
+    predictions = np.ravel(client.predict_columns(_columns(frame), label="stable"))
+    scored = frame.assign(prediction=predictions, model_version=stable_model)
+    lake.write_parquet(predictions_file(settings, DRIFT_DAY), scored)
+    policy = MonitorPolicy.from_env()
+    summary = report_day(settings, policy, {"day": DRIFT_DAY.isoformat(), "model_version": stable_model}, "drift-test")
+    assert {"temp", "wind_speed", "pressure", "visib"} <= set(summary["drifted_features"])
+    verdict = judge(settings, policy, [summary], "drift-test")
+    verdict_again = judge(settings, policy, [summary], "drift-test")  # a retry: deduplicated
+    assert len(verdict["alerts"]) == 1
+    assert verdict_again["alerts"][0]["alert_id"] is None
+    kind = "quality_drop" if summary["auc_drop"] and summary["auc_drop"] > policy.max_auc_drop else "drift"
+    row = _assert_one(db_url, alert_receivers, kind, "critical" if kind == "quality_drop" else "warning")
+    assert row["link"] == summary["report"]
+    assert "temp" in row["message"]
+    assert "Next:" in row["message"]
+    html = ObjectStoragePath(summary["report"]).read_text()
+    assert '"temp"' in html
+    assert "Detected" in html
+
+
+def test_a_failing_task_gives_exactly_one_alert(dagbag, stable_model, db_url, alert_receivers) -> None:
+    run = dagbag.get_dag("nightshift_monitor").test(run_conf={"start_date": "2013-12-30", "end_date": None})  # not ingested
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["score"] == "failed"
+    row = _assert_one(db_url, alert_receivers, "task_failed", "critical")
+    assert (row["dag_id"], row["task_id"], row["run_id"]) == ("nightshift_monitor", "score", run.run_id)
+    assert "/dags/nightshift_monitor/runs/" in row["link"]
+    assert "/tasks/score" in row["link"]
+    assert "2013-12-30" in row["message"]
+
+
+def test_a_failed_validation_gives_exactly_one_alert(dagbag, db_url, alert_receivers) -> None:
+    os.environ["NIGHTSHIFT_ROW_COUNT_TOLERANCE_PCT"] = "0"  # the day's row count is outside [mean, mean+1]
+    try:
+        run = dagbag.get_dag("nightshift_ingest").test(run_conf={"start_date": "2013-08-03", "end_date": None})
+    finally:
+        os.environ.pop("NIGHTSHIFT_ROW_COUNT_TOLERANCE_PCT")
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["validate"] == "failed"
+    row = _assert_one(db_url, alert_receivers, "validation_failed", "critical")
+    assert row["run_id"] == run.run_id
+    assert row["link"].endswith(".html")
+    assert "2013-08-03" in row["title"]
+    assert [r for r in _alerts(db_url, "task_failed") if r["run_id"] == run.run_id] == []  # no second alert
+
+
+def test_a_missed_deadline_gives_exactly_one_alert(db_url, alert_receivers) -> None:
+    """The AsyncCallback, called as the triggerer calls it (context shape of Airflow 3.3's Deadline.handle_miss)."""
+    from include.deadlines import deadline_missed
+
+    context = {
+        "dag_run": {"dag_id": "nightshift_train", "dag_run_id": "scheduled__2026-11-22T07:00:00+00:00",
+                    "state": "running", "queued_at": "2026-11-22T07:00:02Z", "start_date": "2026-11-22T07:00:05Z"},
+        "deadline": {"id": "0199", "deadline_time": dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.UTC)},
+    }  # fmt: skip
+    asyncio.run(deadline_missed(context, what="nightly training must finish by 06:00 UTC"))
+    asyncio.run(deadline_missed(context, what="nightly training must finish by 06:00 UTC"))
+    row = _assert_one(db_url, alert_receivers, "deadline_missed", "critical")
+    assert "/dags/nightshift_train/runs/scheduled__2026-11-22T07%3A00%3A00%2B00%3A00" in row["link"]
+    assert "06:00" in row["title"]
+
+
+def test_the_same_alert_within_the_window_is_sent_once(db_url) -> None:
+    alert = Alert(kind="unit_dedup", key="k1", severity="info", title="dedup probe", impact="none")
+    first = send(db_url, alert)
+    assert first is not None
+    assert send(db_url, alert) is None
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=MonitorPolicy().dedup_hours + 1)
+    assert send(db_url, alert, at=later) is not None
+
+
+def test_an_unreachable_channel_loses_nothing(db_url, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_NIGHTSHIFT_ALERT_WEBHOOK", '{"conn_type": "http", "host": "127.0.0.1", '
+                       '"port": 9, "schema": "http"}')  # fmt: skip
+    alert_id = send(db_url, Alert(kind="unit_down", key="k", severity="warning", title="down probe", impact="x"))
+    row = next(r for r in _alerts(db_url, "unit_down") if r["id"] == alert_id)
+    assert row["deliveries"]["webhook"].startswith("failed: ConnectError")
+    assert row["deliveries"]["email"].startswith("sent to")
+
+
+def test_monitoring_thresholds_come_from_config() -> None:
+    policy = MonitorPolicy.from_env(
+        {"NIGHTSHIFT_MONITOR_MAX_DRIFT_SHARE": "0.5", "NIGHTSHIFT_MONITOR_PERSIST_DAYS": "2"}
+    )
+    assert (policy.max_drift_share, policy.persist_days) == (0.5, 2)
+    with pytest.raises(ConfigError, match="NIGHTSHIFT_MONITOR_MIN_ROWS"):
+        MonitorPolicy.from_env({"NIGHTSHIFT_MONITOR_MIN_ROWS": "many"})
