@@ -124,7 +124,8 @@ def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model,
 
 
 def test_a_failing_task_gives_exactly_one_alert(dagbag, stable_model, db_url, alert_receivers) -> None:
-    run = dagbag.get_dag("nightshift_monitor").test(run_conf={"start_date": "2013-12-30", "end_date": None})  # not ingested
+    never_ingested = {"start_date": "2013-12-30", "end_date": None}
+    run = dagbag.get_dag("nightshift_monitor").test(run_conf=never_ingested)
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert states["score"] == "failed"
     row = _assert_one(db_url, alert_receivers, "task_failed", "critical")
