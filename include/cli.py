@@ -71,11 +71,12 @@ def ensure_passwords(settings: Settings) -> Path:
 
 
 def run_airflow(settings: Settings) -> int:
-    """The full Airflow (api-server, scheduler, dag-processor, triggerer) until Ctrl-C."""
+    """The full Airflow (api-server, scheduler, dag-processor, triggerer) and local serving, until Ctrl-C."""
+    from include.serving.process import local_server
+
     env = prepare(settings)
     passwords = ensure_passwords(settings)
     step(f"UI on {env['AIRFLOW__API__BASE_URL']} — users admin, analyst (user), oncall (op); passwords in {passwords}")
-    procs = [subprocess.Popen(["airflow", c], env=env) for c in AIRFLOW_COMPONENTS]
     stopping = False
 
     def stop(*_: object) -> None:
@@ -84,15 +85,21 @@ def run_airflow(settings: Settings) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    serving_settings = load_settings(env)
     try:
-        while not stopping and all(p.poll() is None for p in procs):
-            time.sleep(1)
+        with local_server(serving_settings, env) as url:
+            step(f"TF Serving REST API (local, or the one already answering) on {url}")
+            procs = [subprocess.Popen(["airflow", c], env=env) for c in AIRFLOW_COMPONENTS]
+            try:
+                while not stopping and all(p.poll() is None for p in procs):
+                    time.sleep(1)
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                for p in procs:
+                    p.wait(timeout=60)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait(timeout=60)
         if not settings.database_url:
             stop_embedded(embedded_data_dir(settings.local_dir))
     return 0 if stopping else 1

@@ -99,6 +99,8 @@ def lake_dir(settings):
 def alert_receivers():
     """A real SMTP server (aiosmtpd) and a real HTTP webhook receiver, wired in as the Airflow
     connections the alerts module sends through (env-var connections win over the database)."""
+    import email
+    import email.policy
     import http.server
     import json
     import socket
@@ -115,7 +117,10 @@ def alert_receivers():
 
     class Mailbox:
         async def handle_DATA(self, server, session, envelope):
-            received["mails"].append(envelope.content.decode("utf-8", errors="replace"))
+            message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            body = message.get_body(preferencelist=("html", "plain"))
+            received["mails"].append({"to": envelope.rcpt_tos, "subject": str(message["subject"]),
+                                      "body": body.get_content() if body else ""})  # fmt: skip
             return "250 Message accepted"
 
     class Hook(http.server.BaseHTTPRequestHandler):

@@ -164,7 +164,7 @@ def test_rollback_returns_stable_to_the_previous_version(dagbag, serving, versio
     assert len(alerted) == 1
     assert alerted[0]["severity"] == "warning"
     assert alerted[0]["deliveries"]["webhook"].startswith("posted to")
-    assert sum(alerted[0]["title"] in m for m in alert_receivers["mails"]) == 1
+    assert sum(alerted[0]["title"] in m["subject"] for m in alert_receivers["mails"]) == 1
 
 
 def test_a_corrupt_saved_model_never_gets_a_label(dagbag, serving, versions, db_url) -> None:

@@ -34,9 +34,12 @@ def _alerts(db_url: str, kind: str) -> list[dict]:
 
 
 def _delivered(receivers, title: str) -> tuple[int, int]:
-    mails = sum(title in m for m in receivers["mails"])
-    posts = sum(p["json"]["text"].endswith(title) for p in receivers["posts"])
-    return mails, posts
+    mails = [m for m in receivers["mails"] if title in m["subject"]]
+    posts = [p["json"] for p in receivers["posts"] if p["json"]["text"].endswith(title)]
+    if mails:
+        assert "How bad:" in mails[0]["body"]
+        assert mails[0]["to"] == ["oncall@example.com"]
+    return len(mails), len(posts)
 
 
 def _assert_one(db_url: str, receivers, kind: str, severity: str) -> dict:
