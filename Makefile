@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test demo test airflow bench bench-serving lint format lock clean
+.PHONY: install install-test demo test airflow bench bench-serving bench-monitor lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -57,3 +57,7 @@ bench: install
 ## Local serving latency and throughput next to direct SavedModel calls (after `make demo`).
 bench-serving: install
 	PYTHONPATH=. $(PY) -m benchmarks.serving
+
+## Evidently report time for 1k, 10k, 100k and 1M rows (after `make demo`).
+bench-monitor: install
+	PYTHONPATH=. $(PY) -m benchmarks.monitor

@@ -101,7 +101,7 @@ def score_day(settings: Settings, policy: MonitorPolicy, day: dt.date, run_id: s
     for start in range(0, len(frame), policy.batch_size):
         batch = frame.iloc[start : start + policy.batch_size]
         predictions += [float(p) for p in np.ravel(client.predict_columns(_columns(batch), label="stable"))]
-    scored = frame[[*KEY_COLUMNS, *MODEL_FEATURES, LABEL_KEY]].assign(
+    scored = frame[list(dict.fromkeys([*KEY_COLUMNS, *MODEL_FEATURES, LABEL_KEY]))].assign(
         **{PREDICTION: predictions, "model_version": version}
     )
     target = predictions_file(settings, day)
