@@ -1,4 +1,4 @@
-"""Evidently report time against rows, with the model's 23 features, the label and the prediction.
+"""Evidently report time against rows, with the model's 27 features, the label and the prediction.
 
 Rows are resampled from the monitoring reference `make demo`'s training run saved (real test
 days with the model's predictions); the current data is the same resample with the weather shifted,
@@ -22,6 +22,7 @@ import pandas as pd
 
 def main(argv: list[str] | None = None) -> int:
     from include.config import MonitorPolicy, load_settings
+    from include.features import MODEL_FEATURES
     from include.monitor import evidently_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"rows": size, "report_s": round(run_s, 2), "save_html_s": round(html_s, 2)})
         print(json.dumps(results[-1]), flush=True)
     out = settings.local_dir / "bench" / "monitor.json"
-    out.write_text(json.dumps({"features": 23, "results": results}, indent=2) + "\n")
+    out.write_text(json.dumps({"features": len(MODEL_FEATURES), "results": results}, indent=2) + "\n")
     print(f"written to {out}")
     return 0
 

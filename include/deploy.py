@@ -32,7 +32,7 @@ import shutil
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -475,6 +475,17 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
     return {"version": version, "labels": labelled.labels, **result}
 
 
+def _change(settings: Settings, run_id: str, action: str, version: int, before: ServingState,
+            after: ServingState, applied: Callable[[], None]) -> None:  # fmt: skip
+    """Write `after`, wait until the server `applied` it; if it does not, put `before` back and fail."""
+    write_state(settings, after)
+    try:
+        applied()
+    except (DeployError, ServingError) as err:
+        write_state(settings, before)
+        raise _fail(settings, run_id, version, action, str(err), before) from err
+
+
 def wait_label(client: ServingClient, label: str, version: int, timeout_s: float) -> None:
     """Wait until the server routes `label` to `version` (TF Serving applies the config when it polls)."""
     deadline = time.monotonic() + timeout_s
@@ -502,12 +513,8 @@ def promote(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_
         if state.canary != version:
             raise DeployConflict(f"version {version} is not the canary (labels {state.labels}); run the canary first")
         promoted = ServingState(state.versions, {"stable": version})
-        write_state(settings, promoted)
-        try:
-            wait_label(client, "stable", version, policy.load_timeout_s)
-        except (DeployError, ServingError) as err:
-            write_state(settings, state)
-            raise _fail(settings, run_id, version, "promote", str(err), state) from err
+        _change(settings, run_id, "promote", version, state, promoted,
+                lambda: wait_label(client, "stable", version, policy.load_timeout_s))  # fmt: skip
         _set_status(settings, version, "production")
         if previous is not None:
             _set_status(settings, previous, "archived", f"replaced by version {version}")
@@ -531,19 +538,11 @@ def rollback(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run
                         f"version {current}; give one in the form", state)  # fmt: skip
         target = int(target)
         if target not in state.versions:  # retired after its grace period: load first, then label
-            write_state(settings, ServingState([*state.versions, target], state.labels))
-            try:
-                wait_available(client, target, policy.load_timeout_s)
-            except (DeployError, ServingError) as err:
-                write_state(settings, state)
-                raise _fail(settings, run_id, target, "rollback", str(err), state) from err
+            _change(settings, run_id, "rollback", target, state, ServingState([*state.versions, target], state.labels),
+                    lambda: wait_available(client, target, policy.load_timeout_s))  # fmt: skip
         rolled = ServingState(sorted({*state.versions, target}), {"stable": target})
-        write_state(settings, rolled)
-        try:
-            wait_label(client, "stable", target, policy.load_timeout_s)
-        except (DeployError, ServingError) as err:
-            write_state(settings, state)
-            raise _fail(settings, run_id, target, "rollback", str(err), state) from err
+        _change(settings, run_id, "rollback", target, state, rolled,
+                lambda: wait_label(client, "stable", target, policy.load_timeout_s))  # fmt: skip
         _set_status(settings, current, "rolled_back", f"rolled back to version {target}")
         if state.canary is not None and state.canary not in (current, target):
             _set_status(settings, state.canary, "rolled_back", f"canary dropped by the rollback to {target}")
