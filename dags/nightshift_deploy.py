@@ -21,18 +21,11 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.alerts import on_task_failure
 from include.assets import MODEL_CANDIDATE, MODEL_SERVING
+from include.dag_defaults import default_args
 from include.deadlines import nightly_deadlines
 
-DEFAULT_ARGS = {
-    "owner": "nightshift",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=5),
-    "on_failure_callback": on_task_failure,
-}
+DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=20), max_retry_delay=timedelta(minutes=5))
 
 
 def _step(name: str, *args: Any) -> Any:

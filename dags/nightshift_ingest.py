@@ -20,20 +20,13 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from include.alerts import on_task_failure
 from include.assets import FEATURES
+from include.dag_defaults import date_range_params, default_args
 from include.deadlines import ingest_deadlines
 
-DEFAULT_ARGS = {
-    "owner": "nightshift",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-    "on_failure_callback": on_task_failure,
-}
+DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10))
 
 
 def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
@@ -55,24 +48,7 @@ def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
     default_args=DEFAULT_ARGS,
     tags=["nightshift", "ingest"],
     deadline=ingest_deadlines(),
-    params={
-        "start_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="First day to re-ingest",
-            description="New York calendar day (YYYY-MM-DD). Leave empty to ingest the run's data interval.",
-            section="Date range",
-        ),
-        "end_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Last day to re-ingest",
-            description="Inclusive. Leave empty for a single day.",
-            section="Date range",
-        ),
-    },
+    params=date_range_params("re-ingest", "ingest the run's data interval"),
 )
 def nightshift_ingest() -> None:
     @task

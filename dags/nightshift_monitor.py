@@ -19,20 +19,13 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
-from include.alerts import on_task_failure
 from include.assets import FEATURES, RETRAIN_REQUESTED
+from include.dag_defaults import date_range_params, default_args
 from include.deadlines import nightly_deadlines
 
-DEFAULT_ARGS = {
-    "owner": "nightshift",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-    "on_failure_callback": on_task_failure,
-}
+DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10))
 
 
 def _context(context: dict[str, Any]):
@@ -52,25 +45,7 @@ def _context(context: dict[str, Any]):
     default_args=DEFAULT_ARGS,
     tags=["nightshift", "monitor"],
     deadline=nightly_deadlines("nightly monitoring must finish"),
-    params={
-        "start_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="First day to monitor",
-            description="New York calendar day (YYYY-MM-DD), already ingested. Empty: the days the "
-            "triggering ingestion published.",
-            section="Days",
-        ),
-        "end_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Last day to monitor",
-            description="Inclusive. Empty for a single day.",
-            section="Days",
-        ),
-    },
+    params=date_range_params("monitor", "monitor the days the triggering ingestion published"),
 )
 def nightshift_monitor() -> None:
     @task

@@ -21,19 +21,12 @@ from typing import Any
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from include.alerts import on_task_failure
 from include.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED
+from include.dag_defaults import default_args
 from include.deadlines import nightly_deadlines
 from include.train_backends import training_step, tune_shards
 
-DEFAULT_ARGS = {
-    "owner": "nightshift",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=15),
-    "on_failure_callback": on_task_failure,
-}
+DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15))
 DATASET_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['uri'] }}"
 MODELS_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['models_uri'] }}"
 TRAIN_PARAMS = {
