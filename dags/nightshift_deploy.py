@@ -30,7 +30,7 @@ DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=20), max_retry_delay=t
 
 def _step(name: str, *args: Any) -> Any:
     """Run `include.deploy.<name>`; a refusal (DeployError) fails at once, an unreachable server retries."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     from include import deploy
     from include.config import DeployPolicy, load_settings
@@ -104,7 +104,7 @@ def nightshift_deploy() -> None:
 
     @task(pool="serving_deploy", outlets=[MODEL_SERVING])
     def promote(planned: dict[str, Any], tried: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         if planned["action"] != "promote":
             raise AirflowSkipException("action=canary: the canary stays; promote it from the form when ready")

@@ -170,6 +170,12 @@ class MonitorPolicy:
     min_rows: int = 200  # fewer scored flights than this: quality is reported but not judged
     batch_size: int = 256  # rows per predict request
     dedup_hours: float = 24.0  # the same alert (kind + key) at most once in this window
+    # Reported but never alerted on: one day's calendar is always unlike a multi-day reference.
+    drift_exempt: str = "day_of_week,month"
+
+    @property
+    def exempt_features(self) -> set[str]:
+        return {f.strip() for f in self.drift_exempt.split(",") if f.strip()}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorPolicy:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from airflow.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
 from include import lake
 from include.alerts import Alert, send
@@ -190,7 +190,8 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
     report_uri = lake.uri(folder / "index.html")
     y, p = current[LABEL_KEY].astype(int).to_numpy(), current[PREDICTION].to_numpy()
     feature_drift = {f: metrics["drift"][f] for f in MODEL_FEATURES if f in metrics["drift"]}
-    drifted = sorted((f for f, s in feature_drift.items() if s >= policy.feature_drift_threshold),
+    watched = [f for f in MODEL_FEATURES if f not in policy.exempt_features]
+    drifted = sorted((f for f in watched if feature_drift.get(f, 0.0) >= policy.feature_drift_threshold),
                      key=lambda f: -feature_drift[f])  # fmt: skip
     test_auc = float(version["metrics"]["auc"])
     auc = metrics["quality"].get("RocAuc")
@@ -199,7 +200,7 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
         "day": day.isoformat(),
         "rows": len(current),
         "model_version": scored["model_version"],
-        "drift_share": len(drifted) / len(MODEL_FEATURES),
+        "drift_share": len(drifted) / len(watched),
         "drifted_features": drifted,
         "feature_drift": feature_drift,
         "prediction_drift": metrics["drift"].get(PREDICTION),
@@ -236,7 +237,7 @@ def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run
                      "threshold": threshold, "crossed": crossed})  # fmt: skip
 
     for feature, score in summary["feature_drift"].items():
-        add("feature_drift", score, policy.feature_drift_threshold, score >= policy.feature_drift_threshold, feature)
+        add("feature_drift", score, policy.feature_drift_threshold, feature in summary["drifted_features"], feature)
     add("drift_share", summary["drift_share"], policy.max_drift_share, summary["drift_share"] > policy.max_drift_share)
     add("prediction_drift", summary["prediction_drift"], policy.feature_drift_threshold,
         (summary["prediction_drift"] or 0) >= policy.feature_drift_threshold)  # fmt: skip
