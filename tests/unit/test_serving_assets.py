@@ -45,6 +45,18 @@ def test_compose_runs_real_tf_serving_with_the_config_file() -> None:
     assert any(c.startswith("--model_config_file_poll_wait_seconds=") for c in serving["command"])
 
 
+def test_compose_airflow_deploys_to_the_tf_serving_service() -> None:
+    from include.config import load_settings
+
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    env = compose["services"]["airflow"]["environment"]
+    settings = load_settings({k: str(v) for k, v in env.items()})
+    assert settings.serving_url == "http://tf-serving:8501"
+    serving_cmd = compose["services"]["tf-serving"]["command"]
+    assert f"--model_config_file={settings.models_config}" in serving_cmd  # the file the deploy DAG writes
+    assert settings.serving_model_base.startswith("/models/")  # as TF Serving sees it: the shared volume
+
+
 def test_models_config_round_trips_through_the_protobuf(tmp_path) -> None:
     entry = ModelEntry("flight_delay", "/models/flight_delay", [3, 4], {"stable": 3, "canary": 4})
     text = write_models_config(tmp_path / "models.config", [entry])
