@@ -11,6 +11,7 @@ A message answers, in one screen: what happened, how bad it is, where to look.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import logging
 import zlib
@@ -149,7 +150,7 @@ def _email(alert: Alert) -> str:
     if _connection(SMTP_CONN_ID) is None:
         return f"skipped: no {SMTP_CONN_ID} connection"
     to = Variable.get(ONCALL_EMAIL_VARIABLE, default="oncall@example.com")
-    body = f"<pre style='font-family:monospace'>{_escape(alert.text())}</pre>"
+    body = f"<pre style='font-family:monospace'>{html.escape(alert.text())}</pre>"
     with SmtpHook(smtp_conn_id=SMTP_CONN_ID) as hook:
         hook.send_email_smtp(to=to, from_email="nightshift@localhost", html_content=body,
                              subject=f"[nightshift {alert.severity}] {alert.title}")  # fmt: skip
@@ -168,12 +169,6 @@ def _webhook(alert: Alert) -> str:
                           headers={"Content-Type": "application/json"})  # fmt: skip
     response.raise_for_status()
     return f"posted to {url} ({response.status_code})"
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
 
 
 def already_alerted(url: str, dag_id: str, run_id: str, task_id: str) -> bool:

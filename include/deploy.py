@@ -583,9 +583,3 @@ def retire(settings: Settings, policy: DeployPolicy, run_id: str, at: dt.datetim
                 _record(settings, run_id, version, "retire", True,
                         f"unloaded: unlabelled for over {policy.grace_hours:g} h", kept)  # fmt: skip
     return expired
-
-
-def serving_summary(settings: Settings) -> dict[str, Any]:
-    state = read_state(settings)
-    return {"model": settings.model_name, "stable_version": state.stable, "canary_version": state.canary,
-            "loaded_versions": state.versions, "serving_url": settings.serving_url}  # fmt: skip
