@@ -13,7 +13,7 @@ from pathlib import Path
 from include.config import Settings
 from include.postgres import libpq_host, sqlalchemy_url
 
-UI_USERS = "admin:admin,analyst:user,oncall:op"
+UI_USERS = "admin:admin,analyst:user,oncall:op,viewer:viewer"
 # Schema of Feast's SQL registry; the online store's is set in feature_repo/feature_store.yaml.
 FEAST_REGISTRY_SCHEMA = "feast_registry"
 
