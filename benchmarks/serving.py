@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,12 +26,6 @@ from typing import Any
 import numpy as np
 
 CONCURRENCY = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -76,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from include.config import load_settings
-    from include.deploy import _columns, read_state
+    from include.deploy import read_state
+    from include.inputs import rows_to_arrays
     from include.serving.client import ServingClient
-    from include.serving.process import local_server
+    from include.serving.process import free_port, local_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
@@ -96,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def direct(selected: list[dict[str, Any]]) -> Callable[[], Any]:
         """What an in-process caller does with the same rows: build tensors, call, read the output."""
-        return lambda: next(iter(signature(**{k: tf.constant(v) for k, v in _columns(selected).items()}).values()))
+        return lambda: next(
+            iter(signature(**{k: tf.constant(v) for k, v in rows_to_arrays(selected).items()}).values())
+        )
 
     # A private server on a free port, so a running `bin/nightshift serve` is not disturbed.
-    private = dataclasses.replace(settings, serving_url=f"http://127.0.0.1:{_free_port()}")
+    private = dataclasses.replace(settings, serving_url=f"http://127.0.0.1:{free_port()}")
     results: dict[str, Any] = {"version": state.stable, "cpu_count": os.cpu_count(), "concurrency": CONCURRENCY}
     with local_server(private):
         client = ServingClient(private.serving_url, settings.model_name, retries=0)

@@ -123,6 +123,27 @@ def deadlines_enabled(env: Mapping[str, str] | None = None) -> bool:
     return env.get("NIGHTSHIFT_DEADLINES", "on") != "off"
 
 
+def chain_cutoff(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    env = os.environ if env is None else env
+    raw = env.get("NIGHTSHIFT_CHAIN_DEADLINE_UTC", "06:00")
+    try:
+        hour, minute = (int(part) for part in raw.split(":"))
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError
+    except ValueError as err:
+        raise ConfigError(f"NIGHTSHIFT_CHAIN_DEADLINE_UTC={raw!r} is not an HH:MM time of day") from err
+    return hour, minute
+
+
+def ingest_deadline_hours(env: Mapping[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    raw = env.get("NIGHTSHIFT_INGEST_DEADLINE_HOURS", "2")
+    try:
+        return float(raw)
+    except ValueError as err:
+        raise ConfigError(f"NIGHTSHIFT_INGEST_DEADLINE_HOURS={raw!r} is not a number of hours") from err
+
+
 @dataclass(frozen=True)
 class DeployPolicy:
     """How `nightshift_deploy` judges a new version; each field is `NIGHTSHIFT_DEPLOY_<NAME>`."""
@@ -141,10 +162,10 @@ class DeployPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeployPolicy:
-        return cls(**_policy_values(cls(), "NIGHTSHIFT_DEPLOY_", env))
+        return cls(**env_overrides(cls(), "NIGHTSHIFT_DEPLOY_", env))
 
 
-def _policy_values(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> dict[str, Any]:
+def env_overrides(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> dict[str, Any]:
     """Each field of the `defaults` dataclass, overridden by `<prefix><FIELD>` when set."""
     env = os.environ if env is None else env
     values = {}
@@ -179,4 +200,4 @@ class MonitorPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorPolicy:
-        return cls(**_policy_values(cls(), "NIGHTSHIFT_MONITOR_", env))
+        return cls(**env_overrides(cls(), "NIGHTSHIFT_MONITOR_", env))

@@ -13,34 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from include.config import ConfigError, deadlines_enabled
+from include.config import chain_cutoff, deadlines_enabled, ingest_deadline_hours
 
 log = logging.getLogger("nightshift.deadlines")
-
-
-def chain_cutoff(env: Mapping[str, str] | None = None) -> tuple[int, int]:
-    env = os.environ if env is None else env
-    raw = env.get("NIGHTSHIFT_CHAIN_DEADLINE_UTC", "06:00")
-    try:
-        hour, minute = (int(part) for part in raw.split(":"))
-        if not (0 <= hour < 24 and 0 <= minute < 60):
-            raise ValueError
-    except ValueError as err:
-        raise ConfigError(f"NIGHTSHIFT_CHAIN_DEADLINE_UTC={raw!r} is not an HH:MM time of day") from err
-    return hour, minute
-
-
-def ingest_deadline_hours(env: Mapping[str, str] | None = None) -> float:
-    env = os.environ if env is None else env
-    raw = env.get("NIGHTSHIFT_INGEST_DEADLINE_HOURS", "2")
-    try:
-        return float(raw)
-    except ValueError as err:
-        raise ConfigError(f"NIGHTSHIFT_INGEST_DEADLINE_HOURS={raw!r} is not a number of hours") from err
 
 
 def nightly_deadlines(what: str) -> list:

@@ -45,6 +45,7 @@ from include.alerts import Alert, send
 from include.config import DeployPolicy, Settings
 from include.db import engine
 from include.features import MODEL_FEATURES, SCHEDULE_CATEGORICAL
+from include.inputs import rows_to_arrays, serving_rows
 from include.serving.client import ServingClient, ServingError
 from include.serving.config import ModelEntry, read_models_config, write_models_config
 
@@ -163,24 +164,12 @@ def wait_available(client: ServingClient, version: int, timeout_s: float) -> Non
 
 def sample_rows(dataset_uri: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """`n` real rows of the most recent day of the version's test split, as TF Serving instances."""
-    from include.model import to_model_inputs
     from include.training import read_split
 
     test = read_split(dataset_uri, "test")
     recent = test[test["flight_date"] == test["flight_date"].max()]
     picked = recent.sample(n=min(n, len(recent)), random_state=seed).sort_values("event_timestamp")
-    arrays = to_model_inputs(picked)
-    return [
-        {f: (str(arrays[f][i]) if f in SCHEDULE_CATEGORICAL else float(arrays[f][i])) for f in MODEL_FEATURES}
-        for i in range(len(picked))
-    ]
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {
-        f: np.array([r[f] for r in rows], dtype=object if f in SCHEDULE_CATEGORICAL else np.float32)
-        for f in MODEL_FEATURES
-    }
+    return serving_rows(picked)
 
 
 def offline_predictions(export_dir: Path, rows: list[dict[str, Any]]) -> list[float]:
@@ -198,7 +187,7 @@ def offline_predictions(export_dir: Path, rows: list[dict[str, Any]]) -> list[fl
     got = {name: ("DT_STRING" if spec.dtype == tf.string else "DT_FLOAT") for name, spec in specs.items()}
     if got != EXPECTED_DTYPES:
         raise DeployError(f"serving signature differs from the feature list: {_signature_diff(got)}")
-    outputs = signature(**{k: tf.constant(v) for k, v in _columns(rows).items()})
+    outputs = signature(**{k: tf.constant(v) for k, v in rows_to_arrays(rows).items()})
     return [float(p) for p in next(iter(outputs.values())).numpy().reshape(-1)]
 
 
@@ -222,7 +211,7 @@ def write_warmup(export_dir: Path, model: str, rows: list[dict[str, Any]], recor
             batch = (rows * (size // len(rows) + 1))[:size]
             request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
                 name=model, signature_name="serving_default"))  # fmt: skip
-            for name, values in _columns(batch).items():
+            for name, values in rows_to_arrays(batch).items():
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(values.astype(bytes) if values.dtype == object
                                                                    else values))  # fmt: skip
             log_entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))

@@ -241,7 +241,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
     from include import model as _model  # registers the custom layers before loading
-    from include.model import build_ensemble, labels, to_model_inputs
+    from include.inputs import to_model_inputs
+    from include.model import build_ensemble, labels
     from include.training import download_dir, read_split, seed_everything, upload_dir
 
     started = time.monotonic()

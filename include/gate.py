@@ -6,9 +6,8 @@ can show exactly why a version was blessed or rejected.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 IMPORTANT_SLICES = ("origin", "hour_bucket")
@@ -25,12 +24,9 @@ class GateThresholds:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GateThresholds:
-        env = os.environ if env is None else env
-        defaults = cls()
-        return cls(**{
-            name: float(env.get(f"NIGHTSHIFT_GATE_{name.upper()}", getattr(defaults, name)))
-            for name in asdict(defaults)
-        })  # fmt: skip
+        from include.config import env_overrides
+
+        return cls(**env_overrides(cls(), "NIGHTSHIFT_GATE_", env))
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 import keras
 from keras import layers, ops
 
-from include.features import LABEL_KEY, MODEL_FEATURES, SCHEDULE_CATEGORICAL
+from include.features import LABEL_KEY
+from include.inputs import CATEGORICAL, NUMERIC
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-CATEGORICAL = SCHEDULE_CATEGORICAL
-NUMERIC = [f for f in MODEL_FEATURES if f not in CATEGORICAL]
 MIN_CATEGORY_COUNT = 5
 
 
@@ -136,15 +135,6 @@ def build_ensemble(members: list[keras.Model], weights: list[float]) -> keras.Mo
     outputs = [member(inputs) for member in members]
     averaged = WeightedAverage(weights, name="ensemble")(outputs) if len(outputs) > 1 else outputs[0]
     return keras.Model(inputs=inputs, outputs=averaged, name="flight_delay_ensemble")
-
-
-def to_model_inputs(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Raw columns → the arrays the model (and the serving signature) take."""
-    import numpy as np
-
-    arrays = {c: frame[c].fillna("").astype(str).to_numpy(dtype=object) for c in CATEGORICAL}
-    arrays |= {n: frame[n].astype("float32").to_numpy(dtype=np.float32) for n in NUMERIC}
-    return arrays
 
 
 def labels(frame: pd.DataFrame) -> np.ndarray:

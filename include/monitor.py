@@ -31,6 +31,7 @@ from include.alerts import Alert, send
 from include.config import MonitorPolicy, Settings
 from include.db import SCHEMA, engine, metadata, upsert
 from include.features import LABEL_KEY, MODEL_FEATURES, SCHEDULE_CATEGORICAL
+from include.inputs import serving_columns
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ def day_frame(settings: Settings, day: dt.date) -> pd.DataFrame:
     return joined
 
 
-def _columns(frame: pd.DataFrame) -> dict[str, list[Any]]:
-    from include.model import to_model_inputs
-
-    arrays = to_model_inputs(frame)
-    return {f: arrays[f].tolist() if f in SCHEDULE_CATEGORICAL else [float(v) for v in arrays[f]]
-            for f in MODEL_FEATURES}  # fmt: skip
-
-
 def predictions_file(settings: Settings, day: dt.date):
     """`{lake}/predictions/date=YYYY-MM-DD/part-0.parquet`: the day's flights, predictions and model version."""
     return lake.lake_root(settings) / "predictions" / f"date={day.isoformat()}" / lake.PARTITION_FILE
@@ -100,7 +93,7 @@ def score_day(settings: Settings, policy: MonitorPolicy, day: dt.date, run_id: s
     predictions: list[float] = []
     for start in range(0, len(frame), policy.batch_size):
         batch = frame.iloc[start : start + policy.batch_size]
-        predictions += [float(p) for p in np.ravel(client.predict_columns(_columns(batch), label="stable"))]
+        predictions += [float(p) for p in np.ravel(client.predict_columns(serving_columns(batch), label="stable"))]
     scored = frame[list(dict.fromkeys([*KEY_COLUMNS, *MODEL_FEATURES, LABEL_KEY]))].assign(
         **{PREDICTION: predictions, "model_version": version}
     )
@@ -361,6 +354,5 @@ def resolve_days(params: dict[str, Any], windows: list[list[str]]) -> list[dt.da
         return days_between(first, last)
     if not windows:
         raise MonitorError("no days to monitor: give start_date/end_date, or run after nightshift_ingest")
-    days = sorted({d for first, last in windows for d in days_between(dt.date.fromisoformat(first),
+    return sorted({d for first, last in windows for d in days_between(dt.date.fromisoformat(first),
                                                                        dt.date.fromisoformat(last))})  # fmt: skip
-    return days

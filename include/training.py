@@ -112,7 +112,8 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import pandas as pd
 
-    from include.model import FeatureStats, build_model, labels, to_model_inputs
+    from include.inputs import to_model_inputs
+    from include.model import FeatureStats, build_model, labels
 
     started = time.monotonic()
     if not 0 <= args.shard < args.shards:

@@ -103,15 +103,11 @@ def alert_receivers():
     import email.policy
     import http.server
     import json
-    import socket
     import threading
 
     from aiosmtpd.controller import Controller
 
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
+    from include.serving.process import free_port
 
     received: dict[str, list] = {"mails": [], "posts": []}
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 
 from include import db
 from include.config import load_settings
+from include.serving.process import free_port
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 START, END = dt.date(2013, 6, 1), dt.date(2013, 7, 31)
@@ -44,12 +44,6 @@ def trained(dagbag, db_url):
     with db.engine(db_url).connect() as conn:
         row = conn.execute(sa.select(model_versions).where(model_versions.c.run_id == run.run_id)).mappings().one()
     return run, dict(row), states
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

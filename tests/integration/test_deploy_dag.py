@@ -33,7 +33,7 @@ from include.deploy import (
     serving_lock,
 )
 from include.registry import deployments, get_version, register_candidate, set_status
-from tests.integration.conftest import free_port
+from include.serving.process import free_port
 
 pytestmark = pytest.mark.integration
 COPIED = ("dag_id", "code_version", "dataset_uri", "dataset_sha256", "data_window", "feature_service",

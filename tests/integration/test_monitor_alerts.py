@@ -100,7 +100,8 @@ def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model,
                                                         alert_receivers) -> None:  # fmt: skip
     """The next day replayed with its weather far outside the reference, scored by the real server."""
     from include.deploy import client_for
-    from include.monitor import _columns, day_frame
+    from include.inputs import serving_columns
+    from include.monitor import day_frame
 
     frame = day_frame(settings, DRIFT_DAY)
     frame["temp"] = frame["temp"] + 60.0
@@ -108,7 +109,7 @@ def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model,
     frame["pressure"] = frame["pressure"] - 80.0
     frame["visib"] = 0.5
     client = client_for(settings)
-    predictions = np.ravel(client.predict_columns(_columns(frame), label="stable"))
+    predictions = np.ravel(client.predict_columns(serving_columns(frame), label="stable"))
     scored = frame.assign(prediction=predictions, model_version=stable_model)
     lake.write_parquet(predictions_file(settings, DRIFT_DAY), scored)
     policy = MonitorPolicy.from_env()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 
 import boto3
 import pytest
 import sqlalchemy as sa
 
 from include import db
+from include.serving.process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -23,17 +23,11 @@ CONN_ID = "test_s3_lake"
 DAYS = [dt.date(2013, 6, 10), dt.date(2013, 6, 11)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

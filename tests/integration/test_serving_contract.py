@@ -8,7 +8,6 @@ against a real TF Serving when TF_SERVING_URL points at one serving this test's 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from include.features import MODEL_FEATURES
 from include.serving.client import ServingClient, ServingError
 from include.serving.config import ModelEntry, read_models_config, write_models_config
+from include.serving.process import free_port
 
 pytestmark = pytest.mark.integration
 MODEL = "flight_delay"
@@ -58,12 +58,6 @@ def base(tmp_path_factory) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url(base) -> str:
     if os.environ.get("TF_SERVING_URL"):
@@ -73,7 +67,7 @@ def url(base) -> str:
 
     from include.serving.local_server import create_app
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(base / "models.config"), host="127.0.0.1", port=port,
                                            log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
@@ -166,7 +160,7 @@ def test_client_raises_the_servers_message(client) -> None:
 
 
 def test_client_retries_then_fails_when_serving_is_down() -> None:
-    down = ServingClient(f"http://127.0.0.1:{_free_port()}", MODEL, retries=2, backoff=0.05)
+    down = ServingClient(f"http://127.0.0.1:{free_port()}", MODEL, retries=2, backoff=0.05)
     started = time.monotonic()
     with pytest.raises(ServingError, match=r"unreachable.*after 3 attempts"):
         down.status()

@@ -66,7 +66,7 @@ def test_split(trained):
 def _predict(signature, frame) -> np.ndarray:
     import tensorflow as tf
 
-    from include.model import to_model_inputs
+    from include.inputs import to_model_inputs
 
     outputs = signature(**{k: tf.constant(v) for k, v in to_model_inputs(frame).items()})
     return next(iter(outputs.values())).numpy().reshape(-1)

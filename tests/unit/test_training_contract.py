@@ -56,7 +56,8 @@ def test_split_is_by_time_without_overlap() -> None:
 
 
 def test_preprocessing_handles_unseen_categories_and_missing_values() -> None:
-    from include.model import FeatureStats, build_model, to_model_inputs
+    from include.inputs import to_model_inputs
+    from include.model import FeatureStats, build_model
 
     train = _frame(days=3)
     model = build_model(FeatureStats.from_frame(train), {"units": 8, "layers": 1, "dropout": 0.0,
