@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from include.features import LABEL_KEY, MODEL_FEATURES
-from include.model import CATEGORICAL, NUMERIC
+from include.inputs import CATEGORICAL, NUMERIC
 
 log = logging.getLogger("nightshift.evaluation")
 
