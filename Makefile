@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test demo test airflow bench bench-serving bench-monitor lint format lock clean
+.PHONY: install install-test chromium demo test airflow bench bench-serving bench-monitor lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -16,11 +16,18 @@ $(VENV)/.installed: requirements.txt constraints.txt
 	$(UV_INSTALL) -r requirements.txt
 	touch $@
 
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test chromium
 
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(UV_INSTALL) -r requirements.txt -r requirements-test.txt
 	touch $@
+
+## The browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
+CHROMIUM ?= /usr/bin/chromium
+APT := DEBIAN_FRONTEND=noninteractive apt-get -y -q
+chromium:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && { $(APT) install chromium || { $(APT) update && $(APT) install chromium; }; } >/dev/null; } \
+	  || { echo "make: the browser tests need Debian's chromium: sudo apt-get install chromium (or set CHROMIUM=/path)"; exit 1; }
 
 ## The main command: embedded Postgres (or DATABASE_URL), migrations, settings, feast apply, the pipeline.
 demo: install
@@ -30,7 +37,7 @@ demo: install
 test: install-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest
+	NIGHTSHIFT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 ## The full Airflow on the same Postgres, UI on http://localhost:8080.
 airflow: install

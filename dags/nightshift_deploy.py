@@ -82,6 +82,9 @@ def _step(name: str, *args: Any) -> Any:
 def nightshift_deploy() -> None:
     @task
     def plan(**context: Any) -> dict[str, Any]:
+        from include.lineage import require_known_conf
+
+        require_known_conf(context)
         events = (context.get("triggering_asset_events") or {}).get(MODEL_CANDIDATE, [])
         versions = [int(e.extra["version"]) for e in events if (e.extra or {}).get("version")]
         return _step("plan", dict(context["params"]), versions)

@@ -54,6 +54,9 @@ def nightshift_ingest() -> None:
     @task
     def collect(**context: Any) -> dict[str, Any]:
         from include import ingest
+        from include.lineage import require_known_conf
+
+        require_known_conf(context)
 
         return ingest.collect(*_run_window(context))
 

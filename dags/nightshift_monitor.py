@@ -50,7 +50,10 @@ def _context(context: dict[str, Any]):
 def nightshift_monitor() -> None:
     @task
     def days(**context: Any) -> list[str]:
+        from include.lineage import require_known_conf
         from include.monitor import resolve_days
+
+        require_known_conf(context)
 
         events = (context.get("triggering_asset_events") or {}).get(FEATURES, [])
         windows = [[e.extra["first_day"], e.extra["last_day"]] for e in events if (e.extra or {}).get("first_day")]

@@ -60,6 +60,11 @@ TRAIN_PARAMS = {
         "hyperband",
         type="string",
         enum=["hyperband", "bayesian", "random"],
+        values_display={
+            "hyperband": "Hyperband: many short trials, the best trained longer",
+            "bayesian": "Bayesian optimisation: each trial learns from the last (uses Max trials)",
+            "random": "Random search (uses Max trials)",
+        },
         title="Tuner",
         description="keras-tuner search strategy.",
         section="Tuning budget",
@@ -95,6 +100,7 @@ TRAIN_PARAMS = {
         7,
         type="integer",
         minimum=0,
+        maximum=2**31 - 1,
         title="Seed",
         description="Same data + same seed = same metrics.",
         section="Tuning budget",
@@ -127,8 +133,10 @@ def _settings_and_params(context: dict[str, Any]):
 def nightshift_train() -> None:
     @task
     def build_dataset(**context: Any) -> dict[str, Any]:
+        from include.lineage import require_known_conf
         from include.train import build_dataset as build
 
+        require_known_conf(context)
         settings, params = _settings_and_params(context)
         return build(settings, params, context["run_id"])
 

@@ -1,4 +1,4 @@
-"""What every nightshift DAG shares: retries with backoff, the failure alert, the date-range form."""
+"""What every nightshift DAG shares: retries with backoff, lineage, the failure alert, the date-range form."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ from datetime import timedelta
 from typing import Any
 
 from include.alerts import on_task_failure
+from include.lineage import record_run
 
 
 def default_args(retry_delay: timedelta, max_retry_delay: timedelta) -> dict[str, Any]:
-    """Two retries with exponential backoff; after the last one, on-call gets an alert."""
+    """Two retries with exponential backoff; after the last one, on-call gets an alert.
+
+    Every task first records its run's Params and trigger (`include.lineage`), for lineage.
+    """
     return {
         "owner": "nightshift",
         "retries": 2,
         "retry_delay": retry_delay,
         "retry_exponential_backoff": True,
         "max_retry_delay": max_retry_delay,
+        "on_execute_callback": record_run,
         "on_failure_callback": on_task_failure,
     }
 

@@ -1,15 +1,16 @@
-"""The ML Ops view: model versions, deployments, validations, drift and alerts, inside the Airflow UI.
+"""The ML Ops view: runs, model versions, deployments, validations, drift and alerts, inside the Airflow UI.
 
 A FastAPI app mounted by Airflow's API server at `/mlops`, behind Airflow's own auth: no token
 gives 401; any role that may view plugins can read; promote and rollback need the right to
 manage the `serving_deploy` pool (op and admin), and they only ever trigger `nightshift_deploy`
 through Airflow's REST API with the caller's own token — the view writes no state itself.
+Linked as "ML Ops" in the navigation, and as a tab on every DAG (that DAG's runs and products).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
+import mimetypes
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -17,114 +18,186 @@ from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_view
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 PREFIX = "/mlops"
 DEPLOY_DAG = "nightshift_deploy"
+ACTIONS = ("promote", "rollback")
 
 app = FastAPI(title="nightshift ML Ops", dependencies=[Depends(requires_access_view(AccessView.PLUGINS))],
               docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
 
 
-def _url() -> str:
+def _settings():
     from include.config import load_settings
 
-    return load_settings().require_database_url()
+    return load_settings()
 
 
-def _base_url() -> str:
-    return os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
+def _url() -> str:
+    return _settings().require_database_url()
+
+
+def can_operate(user) -> bool:
+    """op and admin may promote and roll back: SimpleAuthManager lets them edit pools, user and viewer not."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager().is_authorized_pool(method="PUT", details=PoolDetails(name="serving_deploy"), user=user)
 
 
 def requires_serving_operator(request: Request, user: GetUserDep) -> None:
-    from airflow.api_fastapi.app import get_auth_manager
-
-    allowed = get_auth_manager().is_authorized_pool(method="PUT", details=PoolDetails(name="serving_deploy"), user=user)
-    if not allowed:
+    if not can_operate(user):
         raise HTTPException(403, "promote and rollback need the op or admin role")
     origin = request.headers.get("origin") or request.headers.get("referer") or ""
     if origin and urlsplit(origin).netloc != request.url.netloc:
         raise HTTPException(403, "cross-site request refused")
 
 
-@app.get("/", response_class=HTMLResponse)
+def _html(body: str) -> HTMLResponse:
+    return HTMLResponse(body, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+@app.get("/")
 def overview() -> RedirectResponse:
     return RedirectResponse(f"{PREFIX}/deployments")
 
 
-@app.get("/versions", response_class=HTMLResponse)
-def versions_page() -> str:
+ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="currentColor" '
+    'stroke-width="2"><path d="M3 3v18h18"/><path d="M7 15l4-4 3 3 5-6"/></svg>'
+)
+
+
+@app.get("/icon.svg")
+def icon() -> Response:
+    return Response(ICON, media_type="image/svg+xml")
+
+
+@app.get("/runs", response_class=HTMLResponse)
+def runs_page(dag_id: str | None = None) -> HTMLResponse:
     from include import mlops
 
-    rows = mlops.versions(_url(), _base_url())
-    return mlops.page("Model versions", mlops.table(mlops.VERSION_HEADERS, rows), PREFIX)
+    dag_id = dag_id or None
+    title = f"Runs of {dag_id}" if dag_id else "Runs"
+    subtitle = ("Each run's form values (Params) and what it produced: the lineage from an analyst's input to "
+                "every partition, validation, model version, deployment, drift report and alert.")  # fmt: skip
+    return _html(mlops.page(title, mlops.table(mlops.RUN_HEADERS, mlops.runs(_url(), dag_id)), "runs", subtitle))
+
+
+@app.get("/versions", response_class=HTMLResponse)
+def versions_page() -> HTMLResponse:
+    from include import mlops
+    from include.deploy import read_state
+
+    rows = mlops.versions(_url(), read_state(_settings()))
+    return _html(mlops.page("Model versions", mlops.table(mlops.VERSION_HEADERS, rows), "versions"))
+
+
+@app.get("/versions/{version}", response_class=HTMLResponse)
+def version_page(version: int) -> HTMLResponse:
+    from include import mlops
+    from include.deploy import read_state
+
+    settings = _settings()
+    body = mlops.version_detail(_url(), version, read_state(settings), settings.lake_uri)
+    if body is None:
+        raise HTTPException(404, f"no model version {version}")
+    return _html(mlops.page(f"Model version {version}", body, "versions"))
 
 
 @app.get("/deployments", response_class=HTMLResponse)
-def deployments_page() -> str:
+def deployments_page(user: GetUserDep) -> HTMLResponse:
     from include import mlops
-    from include.config import load_settings
     from include.deploy import read_state
 
-    state = read_state(load_settings())
-    now = (f"<p>Serving <b>{mlops.e(load_settings().model_name)}</b>: stable = version "
-           f"<b>{mlops.e(state.stable)}</b>, canary = <b>{mlops.e(state.canary)}</b>, "
-           f"loaded {mlops.e(state.versions)}</p>"
-           f'<form class="inline" method="post" action="{PREFIX}/actions">'
-           '<input type="hidden" name="action" value="rollback"><button>Roll back stable</button></form> '
-           f'<form class="inline" method="post" action="{PREFIX}/actions"><input type="hidden" name="action" '
-           'value="promote">version <input name="version" size="4" required> '
-           "<button>Promote</button></form>")  # fmt: skip
-    history = mlops.table(mlops.DEPLOYMENT_HEADERS, mlops.deployments(_url(), _base_url()))
-    return mlops.page("Deployments", now + "<h2>History</h2>" + history, PREFIX)
+    settings = _settings()
+    now = mlops.serving_now(settings.model_name, read_state(settings), can_operate(user),
+                            mlops.promotable_versions(_url()))  # fmt: skip
+    history = mlops.table(mlops.DEPLOYMENT_HEADERS, mlops.deployments(_url()))
+    return _html(mlops.page("Deployments", now + "<h2>History</h2>" + history, "deployments"))
 
 
 @app.get("/validations", response_class=HTMLResponse)
-def validations_page() -> str:
+def validations_page(run_id: str | None = None, day: dt.date | None = None) -> HTMLResponse:
     from include import mlops
 
-    return mlops.page("Validations", mlops.table(mlops.VALIDATION_HEADERS, mlops.validations(_url())), PREFIX)
+    rows = mlops.validations(_url(), _settings().lake_uri, run_id or None, day)
+    scope = f" of run {run_id}" if run_id else (f" of {day}" if day else "")
+    subtitle = "Great Expectations suites per day; Data Docs show every expectation with what was observed."
+    return _html(
+        mlops.page(f"Validations{scope}", mlops.table(mlops.VALIDATION_HEADERS, rows), "validations", subtitle)
+    )
 
 
 @app.get("/drift", response_class=HTMLResponse)
-def drift_page() -> str:
+def drift_page() -> HTMLResponse:
     from include import mlops
 
     series = mlops.drift_series(_url())
-    body = mlops.drift_chart(series) + mlops.table(mlops.DRIFT_HEADERS, mlops.drift_rows(series, PREFIX))
-    return mlops.page("Drift and quality by day", body, PREFIX)
+    body = mlops.drift_chart(series) + mlops.table(mlops.DRIFT_HEADERS, mlops.drift_rows(series))
+    subtitle = "Evidently data drift of the model's inputs and quality on the day's landed flights, per day."
+    return _html(mlops.page("Drift and quality by day", body, "drift", subtitle))
 
 
 @app.get("/drift/report", response_class=HTMLResponse)
-def drift_report(day: Annotated[dt.date, Query()]) -> str:
-    from airflow.sdk import ObjectStoragePath
-
+def drift_report(day: Annotated[dt.date, Query()]) -> Response:
     from include import mlops
 
     uri = mlops.report_uri(_url(), day)
     if not uri:
         raise HTTPException(404, f"no drift report for {day}")
-    return ObjectStoragePath(uri).read_text()
+    relative = mlops.lake_relative(uri, _settings().lake_uri)
+    if relative is None:
+        raise HTTPException(404, f"the drift report for {day} is outside the lake")
+    return lake_file(relative)
 
 
 @app.get("/alerts", response_class=HTMLResponse)
-def alerts_page(severity: str | None = None, kind: str | None = None) -> str:
+def alerts_page(severity: str | None = None, kind: str | None = None, run_id: str | None = None) -> HTMLResponse:
     from include import mlops
     from include.alerts import SEVERITIES
 
-    severity = severity or None
-    kind = kind or None
+    severity, kind, run_id = severity or None, kind or None, run_id or None
     if severity is not None and severity not in SEVERITIES:
         raise HTTPException(400, f"severity must be one of {', '.join(SEVERITIES)}")
     kinds = mlops.alert_kinds(_url())
-    options = lambda values, chosen: "".join(  # noqa: E731
-        f'<option value="{mlops.e(v)}"{" selected" if v == chosen else ""}>{mlops.e(v) or "any"}</option>'
-        for v in ["", *values]
-    )
+
+    def options(values, chosen):
+        return "".join(f'<option value="{mlops.e(v)}"{" selected" if v == chosen else ""}>{mlops.e(v) or "any"}'
+                       "</option>" for v in ["", *values])  # fmt: skip
+
     form = (f'<form method="get">severity <select name="severity">{options(SEVERITIES, severity)}</select> '
-            f'kind <select name="kind">{options(kinds, kind)}</select> <button>Filter</button></form>')  # fmt: skip
-    rows = mlops.alerts(_url(), severity, kind)
-    return mlops.page("Alerts", form + mlops.table(mlops.ALERT_HEADERS, rows), PREFIX)
+            f'kind <select name="kind">{options(kinds, kind)}</select> '
+            + (f'<input type="hidden" name="run_id" value="{mlops.e(run_id)}">' if run_id else "")
+            + "<button>Filter</button></form>")  # fmt: skip
+    rows = mlops.alerts(_url(), severity, kind, run_id)
+    return _html(mlops.page("Alerts", form + mlops.table(mlops.ALERT_HEADERS, rows), "alerts"))
+
+
+@app.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(alert_id: int) -> HTMLResponse:
+    from include import mlops
+
+    found = mlops.alert_detail(_url(), alert_id, _settings().lake_uri)
+    if found is None:
+        raise HTTPException(404, f"no alert {alert_id}")
+    title, body = found
+    return _html(mlops.page(title, body, "alerts"))
+
+
+@app.get("/files/{path:path}")
+def lake_file(path: str) -> Response:
+    """A report or manifest from the lake (Data Docs, evaluation, Evidently); nothing else is served."""
+    from include import mlops
+    from include.lake import lake_root
+
+    if not mlops.servable(path):
+        raise HTTPException(404, "not a report")
+    target = lake_root(_settings()) / path
+    if not target.is_file():
+        raise HTTPException(404, f"{path} is not in the lake")
+    media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return Response(target.read_bytes(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
 
 @app.post("/actions", dependencies=[Depends(requires_serving_operator)])
@@ -132,8 +205,10 @@ def act(request: Request, action: Annotated[str, Form()], version: Annotated[int
     """Promote or roll back by triggering `nightshift_deploy` through Airflow's API, as the caller."""
     import httpx
 
-    if action not in ("promote", "rollback"):
+    if action not in ACTIONS:
         raise HTTPException(400, "action must be promote or rollback")
+    if action == "promote" and version is None:
+        raise HTTPException(400, "promote needs a version")
     token = request.cookies.get("_token") or request.headers.get("authorization", "").removeprefix("Bearer ")
     response = httpx.post(
         f"{str(request.base_url).rstrip('/')}/api/v2/dags/{DEPLOY_DAG}/dagRuns",
@@ -151,7 +226,7 @@ class NightshiftMlopsPlugin(AirflowPlugin):
     name = "nightshift_mlops"
     fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "nightshift ML Ops"}]  # noqa: RUF012
     external_views = [  # noqa: RUF012
-        {"name": "ML Ops", "href": f"{PREFIX}/deployments", "destination": "nav", "category": "browse",
-         "url_route": "mlops"},
-        {"name": "ML Ops", "href": f"{PREFIX}/deployments", "destination": "dag", "url_route": "mlops-dag"},
+        {"name": "ML Ops", "href": f"{PREFIX}/deployments", "destination": "nav", "url_route": "mlops",
+         "nav_top_level": True, "icon": f"{PREFIX}/icon.svg"},
+        {"name": "ML Ops", "href": f"{PREFIX}/runs?dag_id={{DAG_ID}}", "destination": "dag", "url_route": "mlops-dag"},
     ]  # fmt: skip

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import pandas as pd
+
+COPIED = ("dag_id", "code_version", "dataset_uri", "dataset_sha256", "data_window", "feature_service",
+          "feast_registry_version", "ingestion_run_ids", "validation_run_ids", "metrics", "hyperparameters",
+          "params")  # fmt: skip
+
+
+def register_copy(db_url: str, base: dict[str, Any], artifact_uri: str, tag: str) -> int:
+    """A blessed registry version with `base`'s lineage and metrics, serving `artifact_uri`."""
+    from include.registry import register_candidate, set_status
+
+    at = dt.datetime.now(dt.UTC)
+    record = {k: base[k] for k in COPIED} | {"run_id": f"deploy-test-{tag}", "artifact_uri": artifact_uri}
+    version = register_candidate(db_url, record, at)
+    set_status(db_url, version, "blessed", at, "registered by a test")
+    return version
 
 
 def with_bad_rows(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:

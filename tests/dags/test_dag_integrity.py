@@ -149,3 +149,49 @@ def test_deploy_runs_on_a_blessed_candidate_and_its_form_takes_version_and_actio
     assert {t.pool for t in serving} == {"serving_deploy"}
     outlets = {t.task_id: [o.name for o in t.outlets] for t in dag.tasks}
     assert outlets["promote"] == ["model_serving"]
+
+
+@pytest.mark.parametrize("dag_id", DAG_IDS)
+def test_every_form_field_explains_itself_to_an_analyst(dagbag, dag_id: str) -> None:
+    params = dagbag.get_dag(dag_id).params
+    assert params, f"{dag_id} has no trigger form"
+    for name, param in params.items():
+        schema = param.schema
+        assert schema.get("title"), f"{dag_id}.{name}: no title"
+        assert schema.get("section"), f"{dag_id}.{name}: no section"
+        assert param.description or schema.get("values_display"), f"{dag_id}.{name}: no description"
+        assert schema.get("type"), f"{dag_id}.{name}: untyped"
+        if "integer" in schema["type"]:
+            assert "minimum" in schema, f"{dag_id}.{name}: no lower bound"
+        if "enum" in schema:
+            assert set(schema.get("values_display", {})) in (set(), set(schema["enum"]))
+    params.validate()  # the defaults are a valid form
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "field", "bad"),
+    [
+        ("nightshift_ingest", "start_date", "2013-02-30"),
+        ("nightshift_train", "train_days", 3),
+        ("nightshift_train", "epochs", 0),
+        ("nightshift_train", "tuner", "grid"),
+        ("nightshift_deploy", "action", "delete"),
+        ("nightshift_deploy", "version", 0),
+        ("nightshift_monitor", "end_date", "yesterday"),
+    ],
+)
+def test_a_bad_form_value_is_refused_naming_the_field(dagbag, dag_id: str, field: str, bad: object) -> None:
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dagbag.get_dag(dag_id).params)
+    with pytest.raises(ParamValidationError, match=f"Invalid input for param {field}"):
+        params[field] = bad
+
+
+def test_a_conf_key_that_is_no_form_field_is_named() -> None:
+    from include.lineage import unknown_conf_keys
+
+    assert unknown_conf_keys({"start_dte": "2013-01-01", "end_date": None}, ["start_date", "end_date"]) == ["start_dte"]
+    assert unknown_conf_keys(None, ["start_date"]) == []

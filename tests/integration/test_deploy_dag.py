@@ -32,21 +32,11 @@ from include.deploy import (
     retire,
     serving_lock,
 )
-from include.registry import deployments, get_version, register_candidate, set_status
+from include.registry import deployments, get_version
 from include.serving.process import free_port
+from tests.factories import register_copy
 
 pytestmark = pytest.mark.integration
-COPIED = ("dag_id", "code_version", "dataset_uri", "dataset_sha256", "data_window", "feature_service",
-          "feast_registry_version", "ingestion_run_ids", "validation_run_ids", "metrics", "hyperparameters",
-          "params")  # fmt: skip
-
-
-def _register(db_url: str, base: dict, artifact_uri: str, tag: str) -> int:
-    at = dt.datetime.now(dt.UTC)
-    record = {k: base[k] for k in COPIED} | {"run_id": f"deploy-test-{tag}", "artifact_uri": artifact_uri}
-    version = register_candidate(db_url, record, at)
-    set_status(db_url, version, "blessed", at, "registered by the deploy test")
-    return version
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +54,11 @@ def versions(trained, db_url, tmp_path_factory) -> dict[str, int]:
     shutil.copytree(row["artifact_uri"].removeprefix("file://"), corrupt)
     (corrupt / "saved_model.pb").write_bytes(b"\x08\x01 not a protobuf")
     return {
-        "a": _register(db_url, row, row["artifact_uri"], "a"),
-        "b": _register(db_url, row, row["artifact_uri"], "b"),
-        "untrained": _register(db_url, row, untrained.as_uri(), "untrained"),
-        "corrupt": _register(db_url, row, corrupt.as_uri(), "corrupt"),
-        "spare": _register(db_url, row, row["artifact_uri"], "spare"),
+        "a": register_copy(db_url, row, row["artifact_uri"], "a"),
+        "b": register_copy(db_url, row, row["artifact_uri"], "b"),
+        "untrained": register_copy(db_url, row, untrained.as_uri(), "untrained"),
+        "corrupt": register_copy(db_url, row, corrupt.as_uri(), "corrupt"),
+        "spare": register_copy(db_url, row, row["artifact_uri"], "spare"),
     }
 
 

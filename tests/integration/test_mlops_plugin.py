@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from include.alerts import Alert, send
 
 pytestmark = pytest.mark.integration
-PAGES = ["/mlops/versions", "/mlops/deployments", "/mlops/validations", "/mlops/drift", "/mlops/alerts"]
+PAGES = ["/mlops/runs", "/mlops/runs?dag_id=nightshift_ingest", "/mlops/versions", "/mlops/deployments",
+         "/mlops/validations", "/mlops/drift", "/mlops/alerts"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_a_viewer_can_read_every_page(api, path: str) -> None:
     response = client.get(path, headers=token("viewer"))
     assert response.status_code == 200
     assert "<nav>" in response.text
-    assert "nightshift" in response.text
+    assert "nightshift ML Ops" in response.text
 
 
 def test_a_viewer_and_an_analyst_cannot_act(api) -> None:
@@ -78,3 +79,64 @@ def test_no_secret_is_rendered(api, settings) -> None:
         page = client.get(path, headers=token("oncall")).text
         assert not any(pw in page for pw in passwords.values())
         assert "postgresql://" not in page
+
+
+def test_only_operators_see_the_actions(api) -> None:
+    client, token = api
+    viewer = client.get("/mlops/deployments", headers=token("viewer")).text
+    oncall = client.get("/mlops/deployments", headers=token("oncall")).text
+    assert "Read-only" in viewer
+    assert "Roll back stable" not in viewer
+    assert "Roll back stable" in oncall
+    assert 'target="_top"' in oncall  # the run page replaces the whole UI, not the iframe
+
+
+def test_promote_needs_a_version(api) -> None:
+    client, token = api
+    response = client.post("/mlops/actions", data={"action": "promote"}, headers=token("oncall"))
+    assert response.status_code == 400
+    assert "needs a version" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/mlops/files/raw/flights/date=2013-05-01/part-0.parquet", "/mlops/files/datasets/run/train.parquet",
+     "/mlops/files/reports/%2e%2e/raw/x", "/mlops/files/reports/no-such-report.html", "/mlops/versions/999999",
+     "/mlops/alerts/999999", "/mlops/drift/report?day=1999-01-01"],
+)  # fmt: skip
+def test_what_is_not_a_report_is_not_found(api, path: str) -> None:
+    client, token = api
+    assert client.get(path, headers=token("viewer")).status_code == 404
+
+
+def test_a_validation_s_data_docs_are_served_from_the_lake(api, settings, lake_dir) -> None:
+    client, token = api
+    page = lake_dir / "reports" / "data_docs" / "probe" / "index.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text("<html>probe docs</html>")
+    response = client.get("/mlops/files/reports/data_docs/probe/index.html", headers=token("viewer"))
+    assert response.status_code == 200
+    assert response.text == "<html>probe docs</html>"
+    assert response.headers["content-type"].startswith("text/html")
+    assert client.get("/mlops/files/reports/data_docs/probe/index.html").status_code == 401
+
+
+def test_an_alert_page_shows_the_message_but_not_the_webhook_url(api, db_url) -> None:
+    import sqlalchemy as sa
+
+    from include.db import engine
+
+    client, token = api
+    alert_id = send(db_url, Alert(kind="probe", key="detail", severity="warning", title="Probe <alert>",
+                                  impact="what it means", link="javascript:alert(3)"))  # fmt: skip
+    with engine(db_url).begin() as conn:
+        conn.execute(
+            sa.text("UPDATE nightshift.alerts SET deliveries = :d WHERE id = :id"),
+            {"d": json.dumps({"webhook": "posted to https://hooks.example/T0/SECRET (200)"}), "id": alert_id},
+        )
+    page = client.get(f"/mlops/alerts/{alert_id}", headers=token("viewer")).text
+    assert "Probe &lt;alert&gt;" in page
+    assert "what it means" in page
+    assert "SECRET" not in page
+    assert "delivered" in page
+    assert 'href="javascript' not in page

@@ -47,6 +47,20 @@ def test_registry_row_has_status_checks_and_lineage(trained, db_url) -> None:
     assert all(c["detail"] for c in checks)
 
 
+def test_the_runs_form_values_are_recorded_with_what_it_produced(trained, db_url) -> None:
+    from include.lineage import get_run
+
+    run, row, _ = trained
+    recorded = get_run(db_url, "nightshift_train", run.run_id)
+    assert recorded["conf"] == CONF
+    assert recorded["params"] == CONF
+    assert recorded["run_type"] == "manual"
+    assert recorded["run_after"] is not None
+    assert row["run_id"] == recorded["run_id"]  # the version it produced joins on the run
+    ingested = [get_run(db_url, "nightshift_ingest", r) for r in row["ingestion_run_ids"]]
+    assert all(r is not None and r["params"]["end_date"] == END.isoformat() for r in ingested)
+
+
 @pytest.fixture(scope="module")
 def serving(trained):
     import tensorflow as tf

@@ -1,0 +1,356 @@
+"""The Airflow UI and REST API as their users meet them, on the full Airflow.
+
+The module starts Airflow's api-server, scheduler, dag-processor and triggerer (LocalExecutor) on
+the test Postgres, next to the local TF-Serving-compatible server, and drives it:
+
+* as a script would, over HTTP: a token from `/auth/token`, a run triggered with `conf`, bad
+  `conf` refused with HTTP 400 and a message;
+* in a real browser (Debian's chromium through Playwright): the analyst triggers ingestion through
+  the form, on-call reads drift and alerts in the ML Ops view and rolls back, a viewer can do neither.
+
+The scheduler runs with `use_job_schedule=False`, so only the runs these tests trigger happen.
+Screenshots and the components' logs are saved under `test-artifacts/`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from include import db
+from include.cli import AIRFLOW_COMPONENTS, ensure_passwords
+from include.lineage import get_run
+from include.serving.process import free_port
+from tests.factories import register_copy
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+SHOTS = ARTIFACTS / "screenshots"
+CHROMIUM = os.environ.get("NIGHTSHIFT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+REST_DAY = "2013-09-02"
+FORM_DAYS = ("2013-09-03", "2013-09-04")
+RUN_TIMEOUT_S = 300
+
+
+@dataclass
+class Airflow:
+    """The running Airflow: its URL, the UI users' passwords, and the REST calls a script makes."""
+
+    url: str
+    passwords: dict[str, str]
+
+    def token(self, user: str) -> str:
+        response = httpx.post(f"{self.url}/auth/token", json={"username": user, "password": self.passwords[user]})
+        assert response.status_code == 201, response.text
+        return response.json()["access_token"]
+
+    def api(self, method: str, path: str, user: str = "admin", headers: dict | None = None, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token(user)}", **(headers or {})}
+        return httpx.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
+            if run["state"] in ("success", "failed"):
+                return run
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {timeout_s:.0f} s")
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after"}).json()["dag_runs"]
+
+
+@pytest.fixture(scope="module")
+def rollback_ready(dagbag, serving, stable_model, trained, db_url) -> dict[str, int]:
+    """A fresh version promoted over the current stable one, so on-call has something to roll back."""
+    from include.deploy import read_state
+
+    _, row, _ = trained
+    before = read_state(serving).stable
+    version = register_copy(db_url, row, row["artifact_uri"], "ui")
+    run = dagbag.get_dag("nightshift_deploy").test(run_conf={"version": version, "action": "promote"})
+    assert run.state == "success"
+    assert read_state(serving).stable == version
+    return {"previous": before, "current": version}
+
+
+@pytest.fixture(scope="module")
+def monitored(dagbag, serving, stable_model, trained, db_url) -> None:
+    """At least one monitored day (an Evidently report) and one alert for on-call to read."""
+    with db.engine(db_url).connect() as conn:
+        days = conn.execute(sa.text("SELECT count(*) FROM nightshift.drift_reports")).scalar_one()
+        alerts = conn.execute(sa.text("SELECT count(*) FROM nightshift.alerts")).scalar_one()
+    if not days:
+        last = trained[1]["data_window"]["end"]
+        run = dagbag.get_dag("nightshift_monitor").test(run_conf={"start_date": last, "end_date": last})
+        assert run.state == "success"
+    if not alerts:
+        from include.alerts import Alert, send
+
+        send(db_url, Alert(kind="drift", key="ui-test", severity="warning", title="Data drift (UI test)",
+                           impact="the model sees inputs unlike its training data"))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def airflow(rollback_ready, monitored, settings, tmp_path_factory) -> Iterator[Airflow]:
+    """api-server, scheduler, dag-processor and triggerer, as `bin/nightshift airflow` starts them."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": url,
+           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__API__WORKERS": "1"}  # fmt: skip
+    logs = ARTIFACTS / "airflow-logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    procs = [
+        subprocess.Popen(["airflow", c], env=env, stdout=(logs / f"{c}.log").open("w"), stderr=subprocess.STDOUT)
+        for c in AIRFLOW_COMPONENTS
+    ]
+    try:
+        stack = Airflow(url, json.loads(ensure_passwords(settings).read_text()))
+        _wait_until_ready(stack, procs)
+        # The deployment as on-call runs it: deploy is live; train and monitor stay paused here
+        # (their Asset triggers would start runs these tests do not ask for).
+        for dag_id, paused in (("nightshift_deploy", False), ("nightshift_train", True), ("nightshift_monitor", True)):
+            assert stack.api("PATCH", f"/dags/{dag_id}", json={"is_paused": paused}).status_code == 200
+        yield stack
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_until_ready(stack: Airflow, procs: list[subprocess.Popen], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        dead = [c for c, p in zip(AIRFLOW_COMPONENTS, procs, strict=True) if p.poll() is not None]
+        assert not dead, f"{dead} exited; see {ARTIFACTS / 'airflow-logs'}"
+        try:
+            health = httpx.get(f"{stack.url}/api/v2/monitor/health", timeout=5).json()
+            parsed = stack.api("GET", "/dags", params={"dag_id_pattern": "nightshift_"}).json()
+            if health["scheduler"]["status"] == "healthy" and parsed["total_entries"] == 4:
+                return
+        except (httpx.HTTPError, KeyError, AssertionError):
+            pass
+        time.sleep(2)
+    raise AssertionError(f"Airflow not ready after {timeout_s:.0f} s; see {ARTIFACTS / 'airflow-logs'}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"no chromium at {CHROMIUM}: `apt-get install chromium` (make install-test does)"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _login(browser, airflow: Airflow, user: str):
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{airflow.url}/")
+    page.get_by_label("Username").fill(user)
+    page.get_by_label("Password").fill(airflow.passwords[user])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{airflow.url}/")
+    return page
+
+
+def _run_id(url: str) -> str:
+    return unquote(url.split("/runs/")[1].split("?")[0].split("/")[0])
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+# ---------------------------------------------------------------- REST, as a script
+
+
+def test_a_script_triggers_a_run_with_conf_and_it_is_recorded(airflow: Airflow, db_url: str) -> None:
+    token = httpx.post(f"{airflow.url}/auth/token",
+                       json={"username": "analyst", "password": airflow.passwords["analyst"]})  # fmt: skip
+    assert token.status_code == 201
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    assert airflow.api("PATCH", "/dags/nightshift_ingest", json={"is_paused": False}).status_code == 200
+    conf = {"start_date": REST_DAY, "end_date": REST_DAY}
+    response = httpx.post(f"{airflow.url}/api/v2/dags/nightshift_ingest/dagRuns", headers=headers,
+                          json={"logical_date": None, "conf": conf, "note": "from a script"})  # fmt: skip
+    assert response.status_code == 200, response.text
+    run = response.json()
+    assert run["conf"] == conf
+    done = airflow.wait_for_run("nightshift_ingest", run["dag_run_id"])
+    assert done["state"] == "success"
+    recorded = get_run(db_url, "nightshift_ingest", run["dag_run_id"])
+    assert recorded["conf"] == conf
+    assert recorded["params"] == conf
+    assert recorded["triggered_by"] == "analyst"
+    assert recorded["note"] == "from a script"
+    with db.engine(db_url).connect() as conn:
+        days = conn.execute(sa.text("SELECT partition_date FROM nightshift.ingestion_runs WHERE run_id = :r"),
+                            {"r": run["dag_run_id"]}).scalars().all()  # fmt: skip
+    assert days == [dt.date.fromisoformat(REST_DAY)]
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "conf", "message"),
+    [
+        ("nightshift_ingest", {"start_date": "2013-13-45"}, "'2013-13-45' is not a 'date'"),
+        ("nightshift_train", {"train_days": 3}, "3 is less than the minimum of 7"),
+        ("nightshift_train", {"tuner": "grid"}, "'grid' is not one of ['hyperband', 'bayesian', 'random']"),
+        ("nightshift_deploy", {"action": "delete"}, "'delete' is not one of ['canary', 'promote', 'rollback']"),
+        ("nightshift_deploy", {"version": 0}, "0 is less than the minimum of 1"),
+    ],
+)
+def test_a_bad_conf_gets_http_400_saying_what_is_wrong(airflow: Airflow, dag_id: str, conf: dict, message: str) -> None:
+    before = len(airflow.runs(dag_id))
+    response = airflow.api("POST", f"/dags/{dag_id}/dagRuns", user="analyst", json={"logical_date": None, "conf": conf})
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert len(airflow.runs(dag_id)) == before
+
+
+def test_a_viewer_token_cannot_trigger(airflow: Airflow) -> None:
+    response = airflow.api("POST", "/dags/nightshift_ingest/dagRuns", user="viewer",
+                           json={"logical_date": None, "conf": {}})  # fmt: skip
+    assert response.status_code == 403
+
+
+# ---------------------------------------------------------------- the browser
+
+
+def test_analyst_triggers_ingestion_from_the_form_and_sees_it_succeed(airflow: Airflow, browser, db_url) -> None:
+    page = _login(browser, airflow, "analyst")
+    page.goto(f"{airflow.url}/dags/nightshift_ingest")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Date range", exact=True).click()
+    page.locator("input[name=element_start_date]").fill(FORM_DAYS[0])
+    page.locator("input[name=element_end_date]").fill(FORM_DAYS[1])
+    _shot(page, "analyst-1-ingest-form")
+    before = {r["dag_run_id"] for r in airflow.runs("nightshift_ingest")}
+    page.get_by_test_id("trigger-dag-submit").click()
+    page.get_by_text("Dag run has been successfully triggered").wait_for()
+    page.wait_for_url(re.compile(r".*/dags/nightshift_ingest/runs/manual__.*"))
+    run_id = _run_id(page.url)
+    assert run_id not in before
+    assert airflow.wait_for_run("nightshift_ingest", run_id)["state"] == "success"
+    page.goto(f"{airflow.url}/dags/nightshift_ingest/runs")
+    row = page.get_by_role("row").filter(has_text=run_id)
+    row.get_by_text("success").wait_for()
+    _shot(page, "analyst-2-run-succeeded")
+    recorded = get_run(db_url, "nightshift_ingest", run_id)
+    assert recorded["params"] == {"start_date": FORM_DAYS[0], "end_date": FORM_DAYS[1]}
+    assert recorded["triggered_by"] == "analyst"
+    page.goto(f"{airflow.url}/dags/nightshift_ingest/plugin/mlops-dag")
+    tab = page.frame_locator("iframe")
+    tab.get_by_role("row").filter(has_text=run_id).get_by_text("2 day(s) ingested").wait_for()
+    _shot(page, "analyst-3-dag-tab-lineage")
+
+
+def test_oncall_reads_drift_and_an_alert_then_rolls_back(airflow: Airflow, browser, rollback_ready, serving) -> None:
+    from include.deploy import read_state
+
+    page = _login(browser, airflow, "oncall")
+    page.get_by_role("link", name="ML Ops").first.click()
+    view = page.frame_locator("iframe")
+    view.get_by_role("heading", name="Deployments").wait_for()
+    view.get_by_role("link", name="Drift", exact=True).click()
+    view.get_by_role("img", name="drift share and ROC-AUC by day").or_(view.get_by_text("needs two")).first.wait_for()
+    _shot(page, "oncall-1-drift")
+    with page.expect_response(lambda r: "/mlops/drift/report" in r.url) as report:
+        view.get_by_role("link", name="Evidently report").first.click()
+    assert report.value.status == 200
+    assert "evidently" in report.value.text().lower()
+    page.wait_for_timeout(2000)  # Evidently draws its charts with JavaScript
+    _shot(page, "oncall-2-evidently-report")
+
+    page.goto(f"{airflow.url}/plugin/mlops")
+    view.get_by_role("link", name="Alerts", exact=True).click()
+    severity = view.locator("select[name=severity]")
+    severity.select_option("warning")
+    view.get_by_role("button", name="Filter").click()
+    rows = view.locator("tbody tr")
+    rows.first.wait_for()
+    assert all("warning" in t for t in rows.all_inner_texts())
+    _shot(page, "oncall-3-alerts")
+    rows.first.get_by_role("link").first.click()
+    view.get_by_role("heading", name="Message").wait_for()
+    _shot(page, "oncall-4-alert")
+
+    page.goto(f"{airflow.url}/plugin/mlops")
+    view.get_by_text(f"v{rollback_ready['current']}", exact=True).first.wait_for()
+    page.on("dialog", lambda d: d.accept())
+    view.get_by_role("button", name="Roll back stable").click()
+    page.wait_for_url(re.compile(r".*/dags/nightshift_deploy/runs/manual__.*"))
+    run_id = _run_id(page.url)
+    run = airflow.wait_for_run("nightshift_deploy", run_id)
+    assert run["state"] == "success"
+    assert run["conf"]["action"] == "rollback"
+    assert run["triggering_user_name"] == "oncall"
+    assert run["note"] == "rollback from the ML Ops view"
+    assert read_state(serving).stable == rollback_ready["previous"]
+    page.reload()
+    _shot(page, "oncall-5-rollback-run")
+    page.goto(f"{airflow.url}/plugin/mlops")
+    history = view.locator("tbody tr").first
+    history.get_by_text("rollback").wait_for()
+    assert "ok" in history.inner_text()
+    _shot(page, "oncall-6-deployments")
+
+
+def test_a_viewer_can_read_but_not_trigger_or_act(airflow: Airflow, browser) -> None:
+    page = _login(browser, airflow, "viewer")
+    page.goto(f"{airflow.url}/dags/nightshift_train")
+    before = len(airflow.runs("nightshift_train"))
+    page.get_by_role("button", name="Trigger").first.click()
+    page.get_by_test_id("trigger-dag-submit").click()
+    page.get_by_text("403 Forbidden").wait_for()
+    _shot(page, "viewer-1-trigger-refused")
+    assert len(airflow.runs("nightshift_train")) == before
+
+    page.goto(f"{airflow.url}/plugin/mlops")
+    view = page.frame_locator("iframe")
+    view.get_by_text("Read-only: promote and roll back need the").wait_for()
+    assert view.get_by_role("button", name="Roll back stable").count() == 0
+    _shot(page, "viewer-2-mlops-read-only")
+    forced = page.request.post(f"{airflow.url}/mlops/actions", form={"action": "rollback"})
+    assert forced.status == 403
+    assert "op or admin" in forced.json()["detail"]
+
+
+def test_a_misspelt_field_fails_the_run_at_once_naming_the_fields(airflow: Airflow) -> None:
+    assert airflow.api("PATCH", "/dags/nightshift_ingest", json={"is_paused": False}).status_code == 200
+    response = airflow.api("POST", "/dags/nightshift_ingest/dagRuns", user="analyst",
+                           json={"logical_date": None, "conf": {"start_dte": REST_DAY}})  # fmt: skip
+    assert response.status_code == 200  # Params allow extra keys; the run's first task refuses them
+    run_id = response.json()["dag_run_id"]
+    assert airflow.wait_for_run("nightshift_ingest", run_id)["state"] == "failed"
+    path = f"/dags/nightshift_ingest/dagRuns/{run_id}/taskInstances/collect"
+    task = airflow.api("GET", path).json()
+    assert task["state"] == "failed"
+    assert task["try_number"] == 1  # no retry: retrying cannot fix a typo
+    log = airflow.api("GET", f"{path}/logs/1", headers={"Accept": "text/plain"}).text
+    assert "nightshift_ingest has no form field 'start_dte'; its fields are end_date, start_date" in log
