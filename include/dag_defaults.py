@@ -35,7 +35,7 @@ def date_range_params(verb: str, when_empty: str) -> dict[str, Any]:
             type=["null", "string"],
             format="date",
             title=f"First day to {verb}",
-            description=f"New York calendar day (YYYY-MM-DD). Leave empty to {when_empty}.",
+            description=f"A New York calendar day (YYYY-MM-DD in a conf). Leave empty to {when_empty}.",
             section="Date range",
         ),
         "end_date": Param(

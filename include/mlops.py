@@ -34,7 +34,8 @@ header{padding:12px 20px 0;border-bottom:1px solid var(--line)}
 nav a{display:inline-block;padding:6px 12px;margin-right:2px;color:var(--muted);text-decoration:none;
   border-bottom:2px solid transparent}nav a.on{color:var(--fg);border-color:var(--accent);font-weight:600}
 main{padding:16px 20px 32px}h1{font-size:20px;margin:4px 0 12px}h2{font-size:16px;margin:24px 0 8px}
-a{color:var(--accent)}table{border-collapse:collapse;width:100%;margin:4px 0 8px}
+a{color:var(--accent)}td a,.nowrap{white-space:nowrap}td a.run{white-space:normal;word-break:break-all}
+table{border-collapse:collapse;width:100%;margin:4px 0 8px}
 td,th{border-bottom:1px solid var(--line);padding:6px 8px;text-align:left;vertical-align:top}
 th{background:var(--head);font-weight:600;color:var(--muted);font-size:12px;text-transform:uppercase}
 tbody tr:hover{background:#fafbfc}.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -59,12 +60,29 @@ def e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def page(title: str, body: str, active: str = "", subtitle: str = "") -> str:
+# The UI shows the view in an iframe sandboxed without `allow-top-navigation` (and without modals),
+# so a link cannot take the whole window to an Airflow page. The view is same-origin, so it asks
+# the UI's own router instead: push the path on the top window's history and let it re-render.
+# Without a parent (the view opened alone) links behave as plain links.
+TOP_LINKS = """document.addEventListener("click", (event) => {
+  const a = event.target.closest("a[data-airflow]");
+  if (!a || window.top === window || event.button !== 0 || event.ctrlKey || event.metaKey) return;
+  try {
+    const history = window.top.history;
+    history.pushState({usr: null, key: Math.random().toString(36).slice(2), idx: (history.state?.idx ?? 0) + 1},
+                      "", a.getAttribute("href"));
+    window.top.dispatchEvent(new PopStateEvent("popstate", {state: history.state}));
+    event.preventDefault();
+  } catch (err) { /* not same-origin: follow the link inside the frame */ }
+});"""
+
+
+def page(title: str, body: str, active: str = "", subtitle: str = "", head: str = "") -> str:
     nav = "".join(f'<a href="{PREFIX}/{key}"{" class=on" if key == active else ""}>{e(name)}</a>'
                   for key, name in PAGES.items())  # fmt: skip
     sub = f'<p class="muted">{subtitle}</p>' if subtitle else ""
     return (f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>{e(title)} · nightshift ML Ops</title>"
-            f"<style>{STYLE}</style></head><body><header><nav>{nav}</nav></header>"
+            f"<style>{STYLE}</style><script>{TOP_LINKS}</script>{head}</head><body><header><nav>{nav}</nav></header>"
             f"<main><h1>{e(title)}</h1>{sub}{body}</main></body></html>")  # fmt: skip
 
 
@@ -85,12 +103,12 @@ def safe_href(href: str | None) -> str | None:
     return href if urlsplit(href).scheme in ("http", "https") else None
 
 
-def link(href: str | None, text: Any, top: bool = False) -> str:
-    """An escaped link; `top` opens it in the whole window (Airflow's own pages, not inside the iframe)."""
+def link(href: str | None, text: Any, top: bool = False, css: str = "") -> str:
+    """An escaped link; `top` marks a page of Airflow's own UI, which `TOP_LINKS` opens in the whole window."""
     safe = safe_href(href)
     if not safe:
         return e(text)
-    return f'<a href="{e(safe)}"{" target=_top" if top else ""}>{e(text)}</a>'
+    return f'<a href="{e(safe)}"{" data-airflow" if top else ""}{f" class={css}" if css else ""}>{e(text)}</a>'
 
 
 def badge(value: Any, kind: str | None = None) -> str:
@@ -104,7 +122,7 @@ def run_href(dag_id: str | None, run_id: str | None) -> str | None:
 
 
 def run_link(dag_id: str | None, run_id: str | None, text: str | None = None) -> str:
-    return link(run_href(dag_id, run_id), text or run_id or "", top=True)
+    return link(run_href(dag_id, run_id), text or run_id or "", top=True, css="run")
 
 
 def view_href(path: str, **query: Any) -> str:
@@ -150,7 +168,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def when(value: dt.datetime | None) -> str:
-    return e(value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if value else "")
+    return f"<span class=nowrap>{e(value.astimezone(dt.UTC).strftime('%Y-%m-%d %H:%M') if value else '')}</span>"
 
 
 def params_html(params: dict[str, Any] | None) -> str:
@@ -168,7 +186,7 @@ def _rows(url: str, query: str, params: dict[str, Any] | None = None) -> list[di
 
 # ---------------------------------------------------------------- runs (lineage)
 
-RUN_HEADERS = ["run", "DAG", "type", "by", "queued for (UTC)", "form values (Params)", "produced"]
+RUN_HEADERS = ["queued for (UTC)", "DAG", "run", "type", "by", "form values (Params)", "produced"]
 
 
 def runs(url: str, dag_id: str | None, limit: int = 100) -> list[list[str]]:
@@ -177,8 +195,8 @@ def runs(url: str, dag_id: str | None, limit: int = 100) -> list[list[str]]:
         ORDER BY run_after DESC LIMIT :n""", {"dag": dag_id, "n": limit})  # fmt: skip
     produced = products(url, [r["run_id"] for r in rows])
     return [[
-        run_link(r["dag_id"], r["run_id"]), e(r["dag_id"]), e(r["run_type"]), e(r["triggered_by"] or ""),
-        when(r["run_after"]), params_html(r["params"]), "<br>".join(produced.get(r["run_id"], [])) or "",
+        when(r["run_after"]), e(r["dag_id"]), run_link(r["dag_id"], r["run_id"]), e(r["run_type"]),
+        e(r["triggered_by"] or ""), params_html(r["params"]), "<br>".join(produced.get(r["run_id"], [])),
     ] for r in rows]  # fmt: skip
 
 
@@ -325,6 +343,36 @@ def deployments(url: str, limit: int = 100) -> list[list[str]]:
     return [_deployment_row(r) for r in rows]
 
 
+def confirm_action(action: str, version: int | None, state: Any, rollback_target: int | None) -> str:
+    """What the action will do, in words, with the button that does it (POST, same origin)."""
+    stable = getattr(state, "stable", None)
+    if action == "rollback":
+        target = version or rollback_target
+        what = (f"<code>stable</code> moves from v{e(stable)} back to <b>v{e(target)}</b>, the version it replaced; "
+                f"v{e(stable)} becomes <i>rolled_back</i> and stays loaded for the grace period."
+                if stable and target else
+                "There is nothing to roll back to: no earlier version served as <code>stable</code>.")  # fmt: skip
+    else:
+        what = (f"<b>v{e(version)}</b> is pushed, validated on the server and tried as <code>canary</code> next to "
+                f"stable v{e(stable)}; it becomes <code>stable</code> only when healthy.")  # fmt: skip
+    if action == "rollback" and not (stable and (version or rollback_target)):
+        return f"<p>{what}</p><p>{link(view_href('deployments'), 'back to deployments')}</p>"
+    hidden = f'<input type="hidden" name="version" value="{e(version)}">' if version else ""
+    return (f"<p>{what}</p><form method=post action={PREFIX}/actions>"
+            f'<input type="hidden" name="action" value="{e(action)}">{hidden}'
+            f'<button class="danger" type="submit">Confirm {e(action)}</button> &nbsp; '
+            f'{link(view_href("deployments"), "cancel")}</form>')  # fmt: skip
+
+
+def requested_run(action: str, run: dict[str, Any]) -> str:
+    """The banner after an action: the deploy run it triggered, followed until it ends."""
+    state = run.get("state") or "queued"
+    kind = {"success": "ok", "failed": "failed"}.get(state, "info")
+    follow = "" if state in ("success", "failed") else " The page refreshes until the run ends."
+    return (f'<div class="actions">{e(action.title())} requested as {e(run.get("triggering_user_name") or "you")}: '
+            f"{run_link(run.get('dag_id'), run.get('dag_run_id'))} {badge(state, kind)}.{follow}</div>")  # fmt: skip
+
+
 def promotable_versions(url: str) -> list[int]:
     """Versions a promote may name: blessed, or served before (archived / rolled back)."""
     rows = _rows(
@@ -350,15 +398,14 @@ def serving_now(model: str, state: Any, can_act: bool, promotable: list[int]) ->
         options = "".join(f'<option value="{e(v)}">v{e(v)}</option>' for v in promotable)
         actions = (
             '<div class="actions"><b>On-call actions</b> trigger <code>nightshift_deploy</code> '
-            "through Airflow's API as you; the run page opens.<br><br>"
-            f'<form class="inline" method="post" action="{PREFIX}/actions" target="_top" '
-            "onsubmit=\"return confirm('Roll stable back to the version it replaced?')\">"
+            "through Airflow's API as you, after you confirm.<br><br>"
+            f'<form class="inline" method="get" action="{PREFIX}/actions/confirm">'
             '<input type="hidden" name="action" value="rollback">'
-            '<button class="danger" type="submit">Roll back stable</button></form> &nbsp; '
-            f'<form class="inline" method="post" action="{PREFIX}/actions" target="_top">'
+            '<button class="danger" type="submit">Roll back stable…</button></form> &nbsp; '
+            f'<form class="inline" method="get" action="{PREFIX}/actions/confirm">'
             '<input type="hidden" name="action" value="promote">'
             f'<label>version <select name="version" required>{options}</select></label> '
-            '<button type="submit">Promote</button></form></div>'
+            '<button type="submit">Promote…</button></form></div>'
         )  # fmt: skip
     return f'<div class="cards">{cards}</div>{actions}'
 
@@ -376,7 +423,8 @@ def validations(url: str, lake_uri: str, run_id: str | None, day: dt.date | None
         WHERE (CAST(:run AS text) IS NULL OR v.run_id = :run) AND (CAST(:day AS date) IS NULL OR partition_date = :day)
         ORDER BY partition_date DESC, suite LIMIT :n""", {"run": run_id, "day": day, "n": limit})  # fmt: skip
     return [[
-        e(r["partition_date"]), e(r["suite"]), badge("passed") if r["success"] else badge("failed"),
+        f"<span class=nowrap>{e(r['partition_date'])}</span>", e(r["suite"]),
+        badge("passed") if r["success"] else badge("failed"),
         f"<span class=num>{e(r['evaluated'])}</span>", f"<span class=num>{e(r['critical_failed'])}</span>",
         f"<span class=num>{e(r['warning_failed'])}</span>",
         e("; ".join(str(f.get("expectation", f)) if isinstance(f, dict) else str(f) for f in r["failures"][:3])),
@@ -411,7 +459,7 @@ def drift_chart(series: list[dict[str, Any]], width: int = 760, height: int = 22
     points = [s for s in reversed(series) if s["drift_share"] is not None]
     if len(points) < 2:
         return '<p class="muted">The chart needs two monitored days.</p>'
-    left, right, top, bottom = 36, 12, 24, 28
+    left, right, top, bottom = 36, 24, 24, 28
     step = (width - left - right) / (len(points) - 1)
 
     def x(i: int) -> float:
@@ -422,7 +470,7 @@ def drift_chart(series: list[dict[str, Any]], width: int = 760, height: int = 22
 
     grid = "".join(f'<line x1="{left}" x2="{width - right}" y1="{y(g):.1f}" y2="{y(g):.1f}" stroke="#e4e7eb"/>'
                    f'<text x="{left - 6}" y="{y(g) + 4:.1f}" font-size="10" text-anchor="end" fill="#52606d">'
-                   f"{g:.1f}</text>" for g in (0, 0.25, 0.5, 0.75, 1.0))  # fmt: skip
+                   f"{g:g}</text>" for g in (0, 0.25, 0.5, 0.75, 1.0))  # fmt: skip
 
     def series_svg(key: str, color: str) -> str:
         kept = [(i, p[key]) for i, p in enumerate(points) if p[key] is not None]
@@ -443,12 +491,31 @@ def drift_chart(series: list[dict[str, Any]], width: int = 760, height: int = 22
 
 def drift_rows(series: list[dict[str, Any]]) -> list[list[str]]:
     return [[
-        e(s["day"]), link(view_href(f"versions/{s['model_version']}"), f"v{s['model_version']}"),
+        f"<span class=nowrap>{e(s['day'])}</span>",
+        link(view_href(f"versions/{s['model_version']}"), f"v{s['model_version']}"),
         f"<span class=num>{e(s['rows'])}</span>", f"<span class=num>{e(fmt(s['drift_share'], 2))}</span>",
         f"<span class=num>{e(fmt(s['auc'], 3))}</span>", badge("yes", "warning") if s["crossed"] else "no",
         e(", ".join((s["drifted"] or [])[:6]) + (" …" if len(s["drifted"] or []) > 6 else "")),
         link(view_href("drift/report", day=s["day"].isoformat()), "Evidently report"),
     ] for s in series]  # fmt: skip
+
+
+def report_frame(day: dt.date, src: str, days: list[dt.date]) -> str:
+    """The day's Evidently report in a frame, under the view's navigation, with the days around it."""
+    earlier, later = [d for d in days if d < day], [d for d in days if d > day]
+    steps = [link(view_href("drift"), "all days")]
+    if earlier:
+        steps.append(link(view_href("drift/report", day=max(earlier).isoformat()), f"← {max(earlier)}"))
+    if later:
+        steps.append(link(view_href("drift/report", day=min(later).isoformat()), f"{min(later)} →"))
+    steps.append(link(src, "the report alone"))
+    frame = "width:100%;height:calc(100vh - 150px);border:1px solid #e4e7eb;border-radius:8px"
+    return (f"<p>{' · '.join(steps)}</p>"
+            f'<iframe title="Evidently report for {e(day)}" src="{e(src)}" style="{frame}"></iframe>')  # fmt: skip
+
+
+def monitored_days(url: str) -> list[dt.date]:
+    return [r["d"] for r in _rows(url, "SELECT DISTINCT partition_date AS d FROM nightshift.drift_reports ORDER BY 1")]
 
 
 def report_uri(url: str, day: dt.date) -> str | None:

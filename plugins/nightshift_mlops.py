@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import mimetypes
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, PoolDetails
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_view
@@ -106,15 +106,21 @@ def version_page(version: int) -> HTMLResponse:
 
 
 @app.get("/deployments", response_class=HTMLResponse)
-def deployments_page(user: GetUserDep) -> HTMLResponse:
+def deployments_page(request: Request, user: GetUserDep, requested: str | None = None) -> HTMLResponse:
     from include import mlops
     from include.deploy import read_state
 
     settings = _settings()
+    banner, refresh = "", ""
+    if requested:
+        run = _airflow_api(request, "GET", f"/dags/{DEPLOY_DAG}/dagRuns/{quote(requested, safe='')}")
+        if run.status_code == 200:
+            banner = mlops.requested_run(run.json()["conf"].get("action", "deploy"), run.json())
+            refresh = "" if run.json()["state"] in ("success", "failed") else "<meta http-equiv=refresh content=3>"
     now = mlops.serving_now(settings.model_name, read_state(settings), can_operate(user),
                             mlops.promotable_versions(_url()))  # fmt: skip
     history = mlops.table(mlops.DEPLOYMENT_HEADERS, mlops.deployments(_url()))
-    return _html(mlops.page("Deployments", now + "<h2>History</h2>" + history, "deployments"))
+    return _html(mlops.page("Deployments", banner + now + "<h2>History</h2>" + history, "deployments", head=refresh))
 
 
 @app.get("/validations", response_class=HTMLResponse)
@@ -140,16 +146,15 @@ def drift_page() -> HTMLResponse:
 
 
 @app.get("/drift/report", response_class=HTMLResponse)
-def drift_report(day: Annotated[dt.date, Query()]) -> Response:
+def drift_report(day: Annotated[dt.date, Query()]) -> HTMLResponse:
     from include import mlops
 
     uri = mlops.report_uri(_url(), day)
-    if not uri:
+    src = mlops.file_href(uri, _settings().lake_uri)
+    if not src:
         raise HTTPException(404, f"no drift report for {day}")
-    relative = mlops.lake_relative(uri, _settings().lake_uri)
-    if relative is None:
-        raise HTTPException(404, f"the drift report for {day} is outside the lake")
-    return lake_file(relative)
+    body = mlops.report_frame(day, src, mlops.monitored_days(_url()))
+    return _html(mlops.page(f"Evidently report for {day}", body, "drift"))
 
 
 @app.get("/alerts", response_class=HTMLResponse)
@@ -200,26 +205,50 @@ def lake_file(path: str) -> Response:
     return Response(target.read_bytes(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
 
-@app.post("/actions", dependencies=[Depends(requires_serving_operator)])
-def act(request: Request, action: Annotated[str, Form()], version: Annotated[int | None, Form()] = None):
-    """Promote or roll back by triggering `nightshift_deploy` through Airflow's API, as the caller."""
+def _airflow_api(request: Request, method: str, path: str, **kwargs):
+    """Airflow's REST API on this same server, called with the caller's own token (cookie or header)."""
     import httpx
 
+    token = request.cookies.get("_token") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    return httpx.request(method, f"{str(request.base_url).rstrip('/')}/api/v2{path}",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)  # fmt: skip
+
+
+def _check_action(action: str, version: int | None) -> None:
     if action not in ACTIONS:
         raise HTTPException(400, "action must be promote or rollback")
     if action == "promote" and version is None:
         raise HTTPException(400, "promote needs a version")
-    token = request.cookies.get("_token") or request.headers.get("authorization", "").removeprefix("Bearer ")
-    response = httpx.post(
-        f"{str(request.base_url).rstrip('/')}/api/v2/dags/{DEPLOY_DAG}/dagRuns",
-        json={"logical_date": None, "conf": {"action": action, "version": version},
-              "note": f"{action} from the ML Ops view"},
-        headers={"Authorization": f"Bearer {token}"}, timeout=30,
-    )  # fmt: skip
+
+
+@app.get("/actions/confirm", response_class=HTMLResponse, dependencies=[Depends(requires_serving_operator)])
+def confirm(action: str, version: int | None = None) -> HTMLResponse:
+    """What promote or rollback will do, before it is done (the UI's iframe cannot show a confirm dialog)."""
+    from include import mlops
+    from include.deploy import read_state
+    from include.registry import previous_stable
+
+    _check_action(action, version)
+    settings = _settings()
+    state = read_state(settings)
+    target = previous_stable(_url(), settings.model_name, state.stable) if state.stable else None
+    body = mlops.confirm_action(action, version, state, target)
+    verb = {"rollback": "Roll back", "promote": "Promote"}[action]
+    return _html(mlops.page(f"{verb} {settings.model_name}?", body, "deployments"))
+
+
+@app.post("/actions", dependencies=[Depends(requires_serving_operator)])
+def act(request: Request, action: Annotated[str, Form()], version: Annotated[int | None, Form()] = None):
+    """Promote or roll back by triggering `nightshift_deploy` through Airflow's API, as the caller."""
+    _check_action(action, version)
+    response = _airflow_api(request, "POST", f"/dags/{DEPLOY_DAG}/dagRuns", json={
+        "logical_date": None, "conf": {"action": action, "version": version},
+        "note": f"{action} from the ML Ops view",
+    })  # fmt: skip
     if response.status_code >= 400:
         raise HTTPException(response.status_code, f"Airflow refused the run: {response.text[:300]}")
     run_id = response.json()["dag_run_id"]
-    return RedirectResponse(f"/dags/{DEPLOY_DAG}/runs/{run_id}", status_code=303)
+    return RedirectResponse(f"{PREFIX}/deployments?{urlencode({'requested': run_id})}", status_code=303)
 
 
 class NightshiftMlopsPlugin(AirflowPlugin):

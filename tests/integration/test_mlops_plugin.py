@@ -88,7 +88,11 @@ def test_only_operators_see_the_actions(api) -> None:
     assert "Read-only" in viewer
     assert "Roll back stable" not in viewer
     assert "Roll back stable" in oncall
-    assert 'target="_top"' in oncall  # the run page replaces the whole UI, not the iframe
+    assert client.get("/mlops/actions/confirm?action=rollback", headers=token("viewer")).status_code == 403
+    confirm = client.get("/mlops/actions/confirm?action=promote&version=1", headers=token("oncall"))
+    assert confirm.status_code == 200
+    assert "Confirm promote" in confirm.text
+    assert '<input type="hidden" name="version" value="1">' in confirm.text
 
 
 def test_promote_needs_a_version(api) -> None:

@@ -207,7 +207,6 @@ def test_a_script_triggers_a_run_with_conf_and_it_is_recorded(airflow: Airflow, 
     assert recorded["conf"] == conf
     assert recorded["params"] == conf
     assert recorded["triggered_by"] == "analyst"
-    assert recorded["note"] == "from a script"
     with db.engine(db_url).connect() as conn:
         days = conn.execute(sa.text("SELECT partition_date FROM nightshift.ingestion_runs WHERE run_id = :r"),
                             {"r": run["dag_run_id"]}).scalars().all()  # fmt: skip
@@ -252,7 +251,7 @@ def test_analyst_triggers_ingestion_from_the_form_and_sees_it_succeed(airflow: A
     _shot(page, "analyst-1-ingest-form")
     before = {r["dag_run_id"] for r in airflow.runs("nightshift_ingest")}
     page.get_by_test_id("trigger-dag-submit").click()
-    page.get_by_text("Dag run has been successfully triggered").wait_for()
+    page.get_by_text("Dag run has been successfully triggered").first.wait_for()
     page.wait_for_url(re.compile(r".*/dags/nightshift_ingest/runs/manual__.*"))
     run_id = _run_id(page.url)
     assert run_id not in before
@@ -268,6 +267,13 @@ def test_analyst_triggers_ingestion_from_the_form_and_sees_it_succeed(airflow: A
     tab = page.frame_locator("iframe")
     tab.get_by_role("row").filter(has_text=run_id).get_by_text("2 day(s) ingested").wait_for()
     _shot(page, "analyst-3-dag-tab-lineage")
+    tab.get_by_role("row").filter(has_text=run_id).get_by_role("link", name="validation(s)").click()
+    tab.get_by_role("heading", name=re.compile("Validations of run")).wait_for()
+    with page.expect_response(lambda r: "/mlops/files/reports/data_docs/" in r.url) as docs:
+        tab.get_by_role("link", name="Data Docs").first.click()
+    assert docs.value.status == 200
+    tab.get_by_text("Expectation", exact=False).first.wait_for()  # GX's own page, inside the tab
+    _shot(page, "analyst-4-data-docs")
 
 
 def test_oncall_reads_drift_and_an_alert_then_rolls_back(airflow: Airflow, browser, rollback_ready, serving) -> None:
@@ -280,11 +286,12 @@ def test_oncall_reads_drift_and_an_alert_then_rolls_back(airflow: Airflow, brows
     view.get_by_role("link", name="Drift", exact=True).click()
     view.get_by_role("img", name="drift share and ROC-AUC by day").or_(view.get_by_text("needs two")).first.wait_for()
     _shot(page, "oncall-1-drift")
-    with page.expect_response(lambda r: "/mlops/drift/report" in r.url) as report:
+    with page.expect_response(lambda r: "/mlops/files/reports/drift/" in r.url) as report:
         view.get_by_role("link", name="Evidently report").first.click()
     assert report.value.status == 200
-    assert "evidently" in report.value.text().lower()
-    page.wait_for_timeout(2000)  # Evidently draws its charts with JavaScript
+    assert "Dataset Drift" in report.value.text()
+    view.get_by_role("heading", name=re.compile("Evidently report for 2013-")).wait_for()
+    view.frame_locator("iframe").get_by_text("Dataset Drift").first.wait_for()  # drawn by Evidently's JavaScript
     _shot(page, "oncall-2-evidently-report")
 
     page.goto(f"{airflow.url}/plugin/mlops")
@@ -301,24 +308,34 @@ def test_oncall_reads_drift_and_an_alert_then_rolls_back(airflow: Airflow, brows
     _shot(page, "oncall-4-alert")
 
     page.goto(f"{airflow.url}/plugin/mlops")
-    view.get_by_text(f"v{rollback_ready['current']}", exact=True).first.wait_for()
-    page.on("dialog", lambda d: d.accept())
-    view.get_by_role("button", name="Roll back stable").click()
-    page.wait_for_url(re.compile(r".*/dags/nightshift_deploy/runs/manual__.*"))
-    run_id = _run_id(page.url)
+    view.get_by_role("link", name=f"v{rollback_ready['current']}", exact=True).first.click()
+    view.get_by_role("heading", name="Gate checks").wait_for()
+    view.get_by_role("heading", name="Lineage").wait_for()
+    assert view.get_by_role("link", name="manifest").count() == 1
+    _shot(page, "oncall-0-model-version")
+    view.get_by_role("link", name="Deployments", exact=True).click()
+    view.get_by_role("button", name="Roll back stable…").click()
+    view.get_by_text(re.compile(rf"back to v{rollback_ready['previous']}, the version it replaced")).wait_for()
+    _shot(page, "oncall-5-confirm-rollback")
+    view.get_by_role("button", name="Confirm rollback").click()
+    banner = view.locator("div.actions").filter(has_text="Rollback requested as oncall")
+    banner.wait_for()
+    run_id = banner.get_by_role("link").inner_text()
     run = airflow.wait_for_run("nightshift_deploy", run_id)
     assert run["state"] == "success"
     assert run["conf"]["action"] == "rollback"
     assert run["triggering_user_name"] == "oncall"
     assert run["note"] == "rollback from the ML Ops view"
     assert read_state(serving).stable == rollback_ready["previous"]
-    page.reload()
-    _shot(page, "oncall-5-rollback-run")
-    page.goto(f"{airflow.url}/plugin/mlops")
+    banner.get_by_text("success").wait_for()  # the page follows the run until it ends
     history = view.locator("tbody tr").first
-    history.get_by_text("rollback").wait_for()
+    assert "rollback" in history.inner_text()
     assert "ok" in history.inner_text()
-    _shot(page, "oncall-6-deployments")
+    _shot(page, "oncall-6-rolled-back")
+    banner.get_by_role("link").click()  # opens in Airflow's own UI, not inside the frame
+    page.wait_for_url(re.compile(r".*/dags/nightshift_deploy/runs/manual__.*"))
+    assert _run_id(page.url) == run_id
+    _shot(page, "oncall-7-deploy-run")
 
 
 def test_a_viewer_can_read_but_not_trigger_or_act(airflow: Airflow, browser) -> None:
@@ -352,5 +369,5 @@ def test_a_misspelt_field_fails_the_run_at_once_naming_the_fields(airflow: Airfl
     task = airflow.api("GET", path).json()
     assert task["state"] == "failed"
     assert task["try_number"] == 1  # no retry: retrying cannot fix a typo
-    log = airflow.api("GET", f"{path}/logs/1", headers={"Accept": "text/plain"}).text
+    log = airflow.api("GET", f"{path}/logs/1").text  # JSON: the task's structured log lines
     assert "nightshift_ingest has no form field 'start_dte'; its fields are end_date, start_date" in log

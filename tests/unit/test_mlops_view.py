@@ -29,7 +29,7 @@ def test_only_relative_and_http_links_are_links(href: str | None, expected: str 
 
 def test_a_link_escapes_its_text_and_target() -> None:
     html = mlops.link('/mlops/x?a=1&b="2"', "<b>run</b>", top=True)
-    assert html == '<a href="/mlops/x?a=1&amp;b=&quot;2&quot;" target=_top>&lt;b&gt;run&lt;/b&gt;</a>'
+    assert html == '<a href="/mlops/x?a=1&amp;b=&quot;2&quot;" data-airflow>&lt;b&gt;run&lt;/b&gt;</a>'
     assert mlops.link("javascript:alert(1)", "x") == "x"
 
 

@@ -23,7 +23,6 @@ def upgrade() -> None:
         sa.Column("run_id", sa.Text, primary_key=True),
         sa.Column("run_type", sa.Text, nullable=False),
         sa.Column("triggered_by", sa.Text),  # the UI/API user of a manual run
-        sa.Column("note", sa.Text),
         sa.Column("params", JSONB, nullable=False),  # what the tasks saw: defaults merged with the conf
         sa.Column("conf", JSONB, nullable=False),  # what the trigger sent
         sa.Column("assets", JSONB, nullable=False),  # the asset events that triggered it
