@@ -202,7 +202,10 @@ def lake_file(path: str) -> Response:
     if not target.is_file():
         raise HTTPException(404, f"{path} is not in the lake")
     media = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    return Response(target.read_bytes(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+    # Reports carry data values and their own scripts: they run in an opaque origin, never with
+    # Airflow's cookies or API (the CSP sandbox), yet may draw their charts (allow-scripts).
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox allow-scripts"}
+    return Response(target.read_bytes(), media_type=media, headers=headers)
 
 
 def _airflow_api(request: Request, method: str, path: str, **kwargs):

@@ -122,6 +122,7 @@ def test_a_validation_s_data_docs_are_served_from_the_lake(api, settings, lake_d
     assert response.status_code == 200
     assert response.text == "<html>probe docs</html>"
     assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["content-security-policy"] == "sandbox allow-scripts"  # no access to Airflow's origin
     assert client.get("/mlops/files/reports/data_docs/probe/index.html").status_code == 401
 
 
