@@ -20,7 +20,8 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-PREFIX = "/mlops"
+from include.mlops import PREFIX  # light: the page helpers import nothing heavy
+
 DEPLOY_DAG = "nightshift_deploy"
 ACTIONS = ("promote", "rollback")
 
