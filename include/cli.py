@@ -76,7 +76,8 @@ def run_airflow(settings: Settings) -> int:
 
     env = prepare(settings)
     passwords = ensure_passwords(settings)
-    step(f"UI on {env['AIRFLOW__API__BASE_URL']} — users admin, analyst (user), oncall (op); passwords in {passwords}")
+    users = "admin, analyst (user), oncall (op), viewer"
+    step(f"UI on {env['AIRFLOW__API__BASE_URL']} — users {users}; passwords in {passwords}")
     stopping = False
 
     def stop(*_: object) -> None:

@@ -195,9 +195,18 @@ def runs(url: str, dag_id: str | None, limit: int = 100) -> list[list[str]]:
         ORDER BY run_after DESC LIMIT :n""", {"dag": dag_id, "n": limit})  # fmt: skip
     produced = products(url, [r["run_id"] for r in rows])
     return [[
-        when(r["run_after"]), e(r["dag_id"]), run_link(r["dag_id"], r["run_id"]), e(r["run_type"]),
-        e(r["triggered_by"] or ""), params_html(r["params"]), "<br>".join(produced.get(r["run_id"], [])),
+        when(r["run_after"]), e(r["dag_id"]), run_link(r["dag_id"], r["run_id"]),
+        e(r["run_type"]) + upstream(r["assets"]), e(r["triggered_by"] or ""), params_html(r["params"]),
+        "<br>".join(produced.get(r["run_id"], [])),
     ] for r in rows]  # fmt: skip
+
+
+def upstream(events: list[dict[str, Any]] | None) -> str:
+    """The asset events that started a run, each with the upstream run that produced it."""
+    shown = [f"<br><span class=muted>{e(ev.get('name'))} from</span> "
+             f"{run_link(ev.get('source_dag_id'), ev.get('source_run_id'), ev.get('source_dag_id'))}"
+             for ev in events or []]  # fmt: skip
+    return "".join(shown)
 
 
 def products(url: str, run_ids: list[str]) -> dict[str, list[str]]:

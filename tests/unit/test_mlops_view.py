@@ -76,3 +76,11 @@ def test_form_values_are_shown_escaped_and_empty_ones_left_out() -> None:
     assert "end_date" not in html
     assert "&lt;i&gt;x&lt;/i&gt;" in html
     assert "defaults" in mlops.params_html({"end_date": None})
+
+
+def test_an_asset_triggered_run_links_the_run_upstream() -> None:
+    html = mlops.upstream([{"name": "features", "uri": "x", "source_dag_id": "nightshift_ingest",
+                            "source_run_id": "scheduled__2026-11-22", "extra": {}}])  # fmt: skip
+    assert "features" in html
+    assert 'href="/dags/nightshift_ingest/runs/scheduled__2026-11-22" data-airflow' in html
+    assert mlops.upstream([]) == ""
