@@ -62,7 +62,7 @@ def main() -> None:
 
         oncall = login("oncall")
         view = oncall.frame_locator("iframe")
-        for name in ("deployments", "versions", "drift", "alerts", "validations"):
+        for name in ("runs", "deployments", "versions", "drift", "alerts", "validations"):
             oncall.goto(f"{args.url}/plugin/mlops")
             view.get_by_role("link", name={"versions": "Model versions"}.get(name, name.title()), exact=True).click()
             view.locator("h1").wait_for()

@@ -120,8 +120,17 @@ def reference_for(url: str, version: int) -> tuple[pd.DataFrame, dict[str, Any]]
     return lake.read_parquet(path), row
 
 
+def empty_inputs(reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
+    """Model inputs with no value at all on the day (or in the reference): no distribution to compare.
+
+    Evidently refuses such a column; for on-call it is the worst drift there is (an upstream feed
+    or the history features are missing), so it is reported as drifted rather than failing the day.
+    """
+    return [f for f in MODEL_FEATURES if current[f].isna().all() or reference[f].isna().all()]
+
+
 def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, policy: MonitorPolicy):
-    """Data drift of every model input, prediction drift and classification quality, in one report."""
+    """Data drift of every model input with values, prediction drift and classification quality, in one report."""
     from evidently import BinaryClassification, DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
     from evidently.presets import ClassificationPreset, DataDriftPreset
@@ -140,7 +149,8 @@ def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, policy: Mon
 
     report = Report(
         [
-            DataDriftPreset(columns=MODEL_FEATURES, drift_share=policy.max_drift_share, num_method="wasserstein",
+            DataDriftPreset(columns=[f for f in MODEL_FEATURES if f not in empty_inputs(reference, current)],
+                            drift_share=policy.max_drift_share, num_method="wasserstein",
                             cat_method="jensenshannon", threshold=policy.feature_drift_threshold),
             ValueDrift(column=PREDICTION, method="wasserstein", threshold=policy.feature_drift_threshold),
             ClassificationPreset(),
@@ -182,10 +192,13 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
         lake.write_atomic(folder / "index.html", (Path(tmp) / "index.html").read_bytes())
     report_uri = lake.uri(folder / "index.html")
     y, p = current[LABEL_KEY].astype(int).to_numpy(), current[PREDICTION].to_numpy()
-    feature_drift = {f: metrics["drift"][f] for f in MODEL_FEATURES if f in metrics["drift"]}
+    empty = empty_inputs(reference, current)
+    feature_drift = {f: metrics["drift"].get(f) for f in MODEL_FEATURES if f in metrics["drift"] or f in empty}
     watched = [f for f in MODEL_FEATURES if f not in policy.exempt_features]
-    drifted = sorted((f for f in watched if feature_drift.get(f, 0.0) >= policy.feature_drift_threshold),
-                     key=lambda f: -feature_drift[f])  # fmt: skip
+    drifted = [f for f in watched if f in empty] + sorted(
+        (f for f in watched if f not in empty and feature_drift.get(f, 0.0) >= policy.feature_drift_threshold),
+        key=lambda f: -feature_drift[f],
+    )
     test_auc = float(version["metrics"]["auc"])
     auc = metrics["quality"].get("RocAuc")
     judged = len(current) >= policy.min_rows and auc is not None
@@ -195,6 +208,7 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
         "model_version": scored["model_version"],
         "drift_share": len(drifted) / len(watched),
         "drifted_features": drifted,
+        "empty_features": empty,
         "feature_drift": feature_drift,
         "prediction_drift": metrics["drift"].get(PREDICTION),
         "prediction_rate": float(p.mean()),
@@ -259,7 +273,9 @@ def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
     if summary["drift_share"] > policy.max_drift_share:
         found.append(f"{summary['drift_share']:.0%} of the model's inputs drifted (limit {policy.max_drift_share:.0%})")
     for feature in summary["drifted_features"]:
-        found.append(f"{feature}: drift {summary['feature_drift'][feature]:.3f} ≥ {policy.feature_drift_threshold}")
+        score = summary["feature_drift"][feature]
+        found.append(f"{feature}: no values at all on the day or in the reference" if score is None
+                     else f"{feature}: drift {score:.3f} ≥ {policy.feature_drift_threshold}")  # fmt: skip
     if summary["auc_drop"] is not None and summary["auc_drop"] > policy.max_auc_drop:
         found.append(f"ROC-AUC {summary['auc']:.3f}, {summary['auc_drop']:.3f} below the test AUC "
                      f"{summary['test_auc']:.3f} (limit {policy.max_auc_drop})")  # fmt: skip

@@ -129,6 +129,32 @@ def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model,
     assert "Detected" in html
 
 
+def test_an_input_with_no_values_is_reported_as_drifted_not_a_crash(monitored, stable_model, settings,
+                                                                      db_url) -> None:  # fmt: skip
+    """A day whose history input is empty (no earlier days ingested, or a feed down): Evidently
+    refuses the column, the monitor reports it as the worst drift instead of failing the day."""
+    from include.deploy import client_for
+    from include.inputs import serving_columns
+    from include.monitor import crossings, day_frame
+
+    frame = day_frame(settings, DRIFT_DAY)
+    frame["carrier_delay_rate_7d"] = np.nan
+    predictions = np.ravel(client_for(settings).predict_columns(serving_columns(frame), label="stable"))
+    lake.write_parquet(predictions_file(settings, DRIFT_DAY), frame.assign(prediction=predictions,
+                                                                           model_version=stable_model))  # fmt: skip
+    policy = MonitorPolicy.from_env()
+    summary = report_day(settings, policy, {"day": DRIFT_DAY.isoformat(), "model_version": stable_model}, "empty-test")
+    assert summary["empty_features"] == ["carrier_delay_rate_7d"]
+    assert summary["drifted_features"][0] == "carrier_delay_rate_7d"
+    assert "carrier_delay_rate_7d: no values at all on the day or in the reference" in crossings(summary, policy)
+    with db.engine(db_url).connect() as conn:
+        row = conn.execute(sa.select(drift_reports).where(
+            drift_reports.c.partition_date == DRIFT_DAY, drift_reports.c.feature == "carrier_delay_rate_7d",
+            drift_reports.c.metric == "feature_drift")).mappings().one()  # fmt: skip
+    assert row["value"] is None
+    assert row["crossed"]
+
+
 def test_a_failing_task_gives_exactly_one_alert(dagbag, stable_model, db_url, alert_receivers) -> None:
     never_ingested = {"start_date": "2013-12-30", "end_date": None}
     run = dagbag.get_dag("nightshift_monitor").test(run_conf=never_ingested)
