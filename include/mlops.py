@@ -203,10 +203,9 @@ def runs(url: str, dag_id: str | None, limit: int = 100) -> list[list[str]]:
 
 def upstream(events: list[dict[str, Any]] | None) -> str:
     """The asset events that started a run, each with the upstream run that produced it."""
-    shown = [f"<br><span class=muted>{e(ev.get('name'))} from</span> "
-             f"{run_link(ev.get('source_dag_id'), ev.get('source_run_id'), ev.get('source_dag_id'))}"
-             for ev in events or []]  # fmt: skip
-    return "".join(shown)
+    sources = dict.fromkeys((ev.get("name"), ev.get("source_dag_id"), ev.get("source_run_id")) for ev in events or [])
+    return "".join(f"<br><span class=muted>{e(name)} from</span> {run_link(dag_id, run_id, dag_id)}"
+                   for name, dag_id, run_id in sources)  # fmt: skip
 
 
 def products(url: str, run_ids: list[str]) -> dict[str, list[str]]:

@@ -84,3 +84,5 @@ def test_an_asset_triggered_run_links_the_run_upstream() -> None:
     assert "features" in html
     assert 'href="/dags/nightshift_ingest/runs/scheduled__2026-11-22" data-airflow' in html
     assert mlops.upstream([]) == ""
+    twice = [{"name": "features", "source_dag_id": "d", "source_run_id": "r", "extra": {"n": n}} for n in (1, 2)]
+    assert mlops.upstream(twice).count("features from") == 1
