@@ -74,8 +74,11 @@ def test_validation_results_are_in_postgres_and_the_lake(bootstrap_run, db_url) 
     assert all(r.success and r.critical_failed == 0 and r.evaluated > 5 for r in rows)
     for row in rows:
         assert Path(row.result_uri.removeprefix("file://")).exists()
-        assert row.docs_uri
-        assert Path(row.docs_uri.removeprefix("file://")).exists()
+        docs = Path(row.docs_uri.removeprefix("file://"))
+        # The day's own Data Docs page (not just the site index), built once for the whole range.
+        assert f"/validations/{row.suite}/date={row.partition_date.isoformat()}/" in row.docs_uri
+        assert docs.exists()
+        assert row.suite in docs.read_text()
 
 
 def test_online_weather_equals_the_source(bootstrap_run, settings) -> None:
