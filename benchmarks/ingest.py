@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import time
 
 import sqlalchemy as sa
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 from include import db
 from include.cli import prepare
 from include.config import load_settings
-from include.demo import latest_run
+from include.demo import run_dag
 from include.ingest import DAG_ID
 from include.postgres import embedded_data_dir, stop_embedded
 
@@ -46,16 +45,16 @@ def main() -> None:
         for days in args.days:
             start = dt.date.fromisoformat(args.start)
             end = start + dt.timedelta(days=days - 1)
-            conf = json.dumps({"start_date": start.isoformat(), "end_date": end.isoformat()})
+            conf = {"start_date": start.isoformat(), "end_date": end.isoformat()}
             began = time.monotonic()
-            subprocess.run(["airflow", "dags", "test", DAG_ID, "-c", conf], env=env, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            run_id, state = run_dag(env, DAG_ID, conf, quiet=True) or ("", "not started")
             seconds = time.monotonic() - began
-            run_id, state = latest_run(url, DAG_ID)
             case = {"days": days, "start": str(start), "end": str(end), "state": state,
                     "seconds": round(seconds, 1), "tasks": _task_seconds(url, run_id)}  # fmt: skip
             results.append(case)
             print(json.dumps(case), flush=True)
+            if state != "success":
+                raise SystemExit(f"the {days}-day run ended {state}: `airflow dags test {DAG_ID}` shows why")
     finally:
         if not settings.database_url:
             stop_embedded(embedded_data_dir(settings.local_dir))

@@ -184,12 +184,13 @@ def monitor_summary(settings: Settings, url: str, run_id: str) -> dict[str, Any]
     }
 
 
-def run_dag(env: dict[str, str], dag_id: str, conf: dict[str, Any]) -> tuple[str, str] | None:
+def run_dag(env: dict[str, str], dag_id: str, conf: dict[str, Any], quiet: bool = False) -> tuple[str, str] | None:
     """`airflow dags test` one DAG; returns its (run_id, state) as Airflow recorded them."""
     print(f"==> running {dag_id} with `airflow dags test` {json.dumps(conf)}", flush=True)
     # Airflow 3.3.2's dag.test cannot prune a successful run's deadlines; the scheduler can.
+    output = subprocess.DEVNULL if quiet else None
     subprocess.run(["airflow", "dags", "test", dag_id, "-c", json.dumps(conf)],
-                   env={**env, "NIGHTSHIFT_DEADLINES": "off"}, check=False)  # fmt: skip
+                   env={**env, "NIGHTSHIFT_DEADLINES": "off"}, check=False, stdout=output, stderr=output)  # fmt: skip
     return latest_run(env["NIGHTSHIFT_DATABASE_URL"], dag_id)
 
 
