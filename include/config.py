@@ -184,8 +184,11 @@ class MonitorPolicy:
     """When monitoring alerts and asks for retraining; each field is `NIGHTSHIFT_MONITOR_<NAME>`."""
 
     max_drift_share: float = 0.3  # share of the model's features drifted on a day
-    feature_drift_threshold: float = 0.1  # per feature: Wasserstein (normed) / Jensen-Shannon distance
-    max_auc_drop: float = 0.05  # the day's ROC-AUC below the version's test AUC
+    # Per feature: Wasserstein (normed) / Jensen-Shannon distance. A floor: an input whose test days
+    # differ more among themselves gets that as its limit (monitor.drift_thresholds).
+    feature_drift_threshold: float = 0.1
+    # The day's ROC-AUC below the version's test AUC; at least as far as its worst test day was.
+    max_auc_drop: float = 0.05
     max_prediction_rate_shift: float = 0.10  # |mean prediction today - on the reference|
     persist_days: int = 3  # drift on this many consecutive days requests retraining
     min_rows: int = 200  # fewer scored flights than this: quality is reported but not judged

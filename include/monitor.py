@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -129,8 +130,12 @@ def empty_inputs(reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
     return [f for f in MODEL_FEATURES if current[f].isna().all() or reference[f].isna().all()]
 
 
-def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, policy: MonitorPolicy):
-    """Data drift of every model input with values, prediction drift and classification quality, in one report."""
+def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, policy: MonitorPolicy,
+                     thresholds: dict[str, float]):  # fmt: skip
+    """Data drift of every model input with values, prediction drift and classification quality, in one report.
+
+    `thresholds` (from `drift_thresholds`) are each column's drift limit, so the report's
+    "Detected" verdicts are the ones the monitor alerts on."""
     from evidently import BinaryClassification, DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
     from evidently.presets import ClassificationPreset, DataDriftPreset
@@ -151,13 +156,67 @@ def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, policy: Mon
         [
             DataDriftPreset(columns=[f for f in MODEL_FEATURES if f not in empty_inputs(reference, current)],
                             drift_share=policy.max_drift_share, num_method="wasserstein",
-                            cat_method="jensenshannon", threshold=policy.feature_drift_threshold),
-            ValueDrift(column=PREDICTION, method="wasserstein", threshold=policy.feature_drift_threshold),
+                            cat_method="jensenshannon", per_column_threshold=thresholds),
+            ValueDrift(column=PREDICTION, method="wasserstein", threshold=thresholds[PREDICTION]),
             ClassificationPreset(),
         ],
         include_tests=True,
     )  # fmt: skip
     return report.run(dataset(current), dataset(reference))
+
+
+def _drift_score(reference: pd.Series, current: pd.Series, categorical: bool) -> float | None:
+    """The score Evidently computes for a column: Jensen-Shannon for categories, normed Wasserstein else."""
+    from evidently.legacy.calculations.stattests import jensenshannon_stat_test, wasserstein_stat_test
+    from evidently.legacy.core import ColumnType
+
+    reference, current = reference.dropna(), current.dropna()
+    if reference.empty or current.empty:
+        return None
+    if categorical:
+        return float(jensenshannon_stat_test.func(reference.astype(str), current.astype(str),
+                                                  ColumnType.Categorical, 1.0)[0])  # fmt: skip
+    return float(wasserstein_stat_test.func(reference.astype(float), current.astype(float),
+                                            ColumnType.Numerical, 1.0)[0])  # fmt: skip
+
+
+def reference_days(reference: pd.DataFrame) -> list[pd.DataFrame]:
+    """The reference split by flight day (the version's test days); one frame when it has no day column."""
+    if "flight_date" not in reference.columns:
+        return [reference]
+    return [frame for _, frame in reference.groupby("flight_date", sort=True)]
+
+
+def drift_thresholds(reference: pd.DataFrame, policy: MonitorPolicy) -> dict[str, float]:
+    """Each input's (and the prediction's) drift limit for one day: the policy's, or more where the
+    reference's own days differ from each other more than that.
+
+    One day of weather is never distributed like a week of it: against a multi-day reference every
+    day "drifts" at a fixed limit, and on-call would get an alert every night. So each test day is
+    scored against the other test days, and a day counts as drifted only when it differs from the
+    reference more than the most any test day did (and more than the policy's floor).
+    """
+    days = reference_days(reference)
+    limits = {column: policy.feature_drift_threshold for column in [*MODEL_FEATURES, PREDICTION]}
+    if len(days) < 2:
+        return limits
+    for column in limits:
+        categorical = column in SCHEDULE_CATEGORICAL
+        for index, day in enumerate(days):
+            others = pd.concat([d[column] for i, d in enumerate(days) if i != index])
+            score = _drift_score(others, day[column], categorical)
+            if score is not None and math.isfinite(score):
+                limits[column] = max(limits[column], round(score, 4))
+    return limits
+
+
+def worst_reference_day_auc(reference: pd.DataFrame, min_rows: int) -> float | None:
+    """The lowest ROC-AUC of the version's own test days (those with enough flights to judge)."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = [roc_auc_score(day[LABEL_KEY].astype(int), day[PREDICTION]) for day in reference_days(reference)
+            if len(day) >= min_rows and day[LABEL_KEY].nunique() == 2]  # fmt: skip
+    return float(min(aucs)) if len(aucs) >= 2 else None
 
 
 def read_metrics(snapshot: Any) -> dict[str, Any]:
@@ -184,7 +243,8 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
     began = time.monotonic()
     current = lake.read_parquet(predictions_file(settings, day))
     reference, version = reference_for(url, scored["model_version"])
-    snapshot = evidently_report(reference, current, policy)
+    thresholds = drift_thresholds(reference, policy)
+    snapshot = evidently_report(reference, current, policy, thresholds)
     metrics = read_metrics(snapshot)
     folder = lake.lake_root(settings) / "reports" / "drift" / f"date={day.isoformat()}"
     with tempfile.TemporaryDirectory(prefix="nightshift-drift-") as tmp:
@@ -196,11 +256,12 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
     feature_drift = {f: metrics["drift"].get(f) for f in MODEL_FEATURES if f in metrics["drift"] or f in empty}
     watched = [f for f in MODEL_FEATURES if f not in policy.exempt_features]
     drifted = [f for f in watched if f in empty] + sorted(
-        (f for f in watched if f not in empty and feature_drift.get(f, 0.0) >= policy.feature_drift_threshold),
+        (f for f in watched if f not in empty and feature_drift.get(f, 0.0) >= thresholds[f]),
         key=lambda f: -feature_drift[f],
     )
     test_auc = float(version["metrics"]["auc"])
     auc = metrics["quality"].get("RocAuc")
+    worst_day_auc = worst_reference_day_auc(reference, policy.min_rows)
     judged = len(current) >= policy.min_rows and auc is not None
     summary = {
         "day": day.isoformat(),
@@ -210,12 +271,17 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
         "drifted_features": drifted,
         "empty_features": empty,
         "feature_drift": feature_drift,
+        "drift_thresholds": thresholds,
         "prediction_drift": metrics["drift"].get(PREDICTION),
         "prediction_rate": float(p.mean()),
         "reference_prediction_rate": float(reference[PREDICTION].mean()),
         "positive_rate": float(y.mean()),
         "auc": auc,
         "test_auc": test_auc,
+        "worst_test_day_auc": worst_day_auc,
+        # A day's AUC swings with its weather: a drop counts when it is past the policy's limit
+        # and below the version's worst test day too.
+        "max_auc_drop": max(policy.max_auc_drop, test_auc - worst_day_auc if worst_day_auc else 0.0),
         "precision": metrics["quality"].get("Precision"),
         "recall": metrics["quality"].get("Recall"),
         "log_loss": metrics["quality"].get("LogLoss"),
@@ -244,10 +310,12 @@ def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run
                      "threshold": threshold, "crossed": crossed})  # fmt: skip
 
     for feature, score in summary["feature_drift"].items():
-        add("feature_drift", score, policy.feature_drift_threshold, feature in summary["drifted_features"], feature)
+        add("feature_drift", score, summary["drift_thresholds"][feature], feature in summary["drifted_features"],
+            feature)  # fmt: skip
     add("drift_share", summary["drift_share"], policy.max_drift_share, summary["drift_share"] > policy.max_drift_share)
-    add("prediction_drift", summary["prediction_drift"], policy.feature_drift_threshold,
-        (summary["prediction_drift"] or 0) >= policy.feature_drift_threshold)  # fmt: skip
+    prediction_limit = summary["drift_thresholds"][PREDICTION]
+    add("prediction_drift", summary["prediction_drift"], prediction_limit,
+        (summary["prediction_drift"] or 0) >= prediction_limit)  # fmt: skip
     add("prediction_rate", summary["prediction_rate"])
     add("prediction_rate_shift", summary["prediction_rate_shift"], policy.max_prediction_rate_shift,
         summary["prediction_rate_shift"] > policy.max_prediction_rate_shift)  # fmt: skip
@@ -255,7 +323,7 @@ def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run
     for name in ("auc", "precision", "recall", "log_loss", "brier", "ece"):
         add(name, summary[name])
     if summary["auc_drop"] is not None:
-        add("auc_drop", summary["auc_drop"], policy.max_auc_drop, summary["auc_drop"] > policy.max_auc_drop)
+        add("auc_drop", summary["auc_drop"], summary["max_auc_drop"], quality_dropped(summary))
     now = dt.datetime.now(dt.UTC)
     common = {"model_version": summary["model_version"], "rows": summary["rows"], "report_uri": summary["report"],
               "run_id": run_id, "computed_at": now}  # fmt: skip
@@ -268,6 +336,10 @@ def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run
 # -- judge -----------------------------------------------------------------------------------------
 
 
+def quality_dropped(summary: dict[str, Any]) -> bool:
+    return summary["auc_drop"] is not None and summary["auc_drop"] > summary["max_auc_drop"]
+
+
 def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
     found = []
     if summary["drift_share"] > policy.max_drift_share:
@@ -275,10 +347,12 @@ def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
     for feature in summary["drifted_features"]:
         score = summary["feature_drift"][feature]
         found.append(f"{feature}: no values at all on the day or in the reference" if score is None
-                     else f"{feature}: drift {score:.3f} ≥ {policy.feature_drift_threshold}")  # fmt: skip
-    if summary["auc_drop"] is not None and summary["auc_drop"] > policy.max_auc_drop:
+                     else f"{feature}: drift {score:.3f} ≥ {summary['drift_thresholds'][feature]:.3f}")  # fmt: skip
+    if quality_dropped(summary):
+        worst = summary.get("worst_test_day_auc")
         found.append(f"ROC-AUC {summary['auc']:.3f}, {summary['auc_drop']:.3f} below the test AUC "
-                     f"{summary['test_auc']:.3f} (limit {policy.max_auc_drop})")  # fmt: skip
+                     f"{summary['test_auc']:.3f} (limit {summary['max_auc_drop']:.3f}"
+                     + (f"; the worst test day had {worst:.3f})" if worst else ")"))  # fmt: skip
     if summary["prediction_rate_shift"] > policy.max_prediction_rate_shift:
         found.append(f"mean predicted risk {summary['prediction_rate']:.3f} vs "
                      f"{summary['reference_prediction_rate']:.3f} on the reference "
@@ -322,7 +396,7 @@ def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, A
         if not found:
             continue
         streak = drift_streak(url, day, policy)
-        quality = summary["auc_drop"] is not None and summary["auc_drop"] > policy.max_auc_drop
+        quality = quality_dropped(summary)
         wants = quality or streak >= policy.persist_days
         if wants and retrain_reason is None and not _retrain_requested_today(url, now):
             retrain_reason = (f"ROC-AUC dropped on {day}" if quality

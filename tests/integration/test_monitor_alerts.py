@@ -21,7 +21,7 @@ from include import db, lake
 from include.alerts import Alert, alerts, send
 from include.config import ConfigError, MonitorPolicy
 from include.features import MODEL_FEATURES
-from include.monitor import drift_reports, judge, predictions_file, report_day
+from include.monitor import drift_reports, judge, predictions_file, quality_dropped, report_day
 
 pytestmark = pytest.mark.integration
 DAY = dt.date(2013, 8, 1)
@@ -96,6 +96,24 @@ def test_the_drift_report_opens_and_names_the_features(monitored) -> None:
         assert f'"{feature}"' in html
 
 
+def test_a_day_of_the_versions_own_test_window_raises_nothing(stable_model, trained, settings, db_url) -> None:
+    """A day the version was tested on is, by definition, like its reference: no drift, no quality drop."""
+    from include.monitor import crossings, score_day
+
+    day = dt.date.fromisoformat(trained[1]["data_window"]["end"])
+    policy = MonitorPolicy.from_env()
+    summary = report_day(settings, policy, score_day(settings, policy, day, "in-window"), "in-window")
+    assert summary["rows"] > policy.min_rows
+    assert summary["worst_test_day_auc"] <= summary["auc"]
+    assert crossings(summary, policy) == [], summary["feature_drift"]
+    assert judge(settings, policy, [summary], "in-window")["alerts"] == []
+    with db.engine(db_url).connect() as conn:
+        limits = dict(conn.execute(sa.select(drift_reports.c.feature, drift_reports.c.threshold).where(
+            drift_reports.c.partition_date == day, drift_reports.c.metric == "feature_drift")).all())  # fmt: skip
+    assert limits == {f: summary["drift_thresholds"][f] for f in MODEL_FEATURES}
+    assert min(limits.values()) == policy.feature_drift_threshold < limits["temp"]
+
+
 def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model, settings, db_url,
                                                         alert_receivers) -> None:  # fmt: skip
     """The next day replayed with its weather far outside the reference, scored by the real server."""
@@ -119,7 +137,7 @@ def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model,
     verdict_again = judge(settings, policy, [summary], "drift-test")  # a retry: deduplicated
     assert len(verdict["alerts"]) == 1
     assert verdict_again["alerts"][0]["alert_id"] is None
-    kind = "quality_drop" if summary["auc_drop"] and summary["auc_drop"] > policy.max_auc_drop else "drift"
+    kind = "quality_drop" if quality_dropped(summary) else "drift"
     row = _assert_one(db_url, alert_receivers, kind, "critical" if kind == "quality_drop" else "warning", "drift-test")
     assert row["link"] == summary["report"]
     assert "temp" in row["message"]
