@@ -407,8 +407,9 @@ def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, A
         elif wants:
             next_step = "retraining was already requested today; check nightshift_train"
         else:
-            next_step = (f"drift for {streak} of {policy.persist_days} days; retraining is requested when it persists."
-                         " Check the drifted features upstream (source data, weather feed)")  # fmt: skip
+            next_step = (f"the drifted share was over its limit {streak} day(s) in a row; "
+                         f"{policy.persist_days} in a row request retraining. "
+                         "Check the drifted features upstream (source data, weather feed)")  # fmt: skip
         alert_id = send(url, Alert(
             kind="quality_drop" if quality else "drift", key=day.isoformat(),
             severity="critical" if quality else "warning",
