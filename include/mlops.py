@@ -454,7 +454,8 @@ def drift_series(url: str, days: int = 90) -> list[dict[str, Any]]:
                max(value) FILTER (WHERE metric = 'drift_share') AS drift_share,
                max(value) FILTER (WHERE metric = 'auc') AS auc,
                bool_or(crossed) FILTER (WHERE metric <> 'retrain_requested') AS crossed,
-               array_remove(array_agg(feature ORDER BY value DESC) FILTER (WHERE crossed AND feature <> ''), NULL)
+               array_remove(array_agg(feature ORDER BY value DESC)
+                            FILTER (WHERE crossed AND metric = 'feature_drift'), NULL)
                    AS drifted,
                max(report_uri) AS report, max(model_version) AS model_version, max(rows) AS rows
         FROM nightshift.drift_reports GROUP BY partition_date ORDER BY partition_date DESC LIMIT :n""",

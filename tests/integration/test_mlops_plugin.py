@@ -145,3 +145,32 @@ def test_an_alert_page_shows_the_message_but_not_the_webhook_url(api, db_url) ->
     assert "SECRET" not in page
     assert "delivered" in page
     assert 'href="javascript' not in page
+
+
+def test_the_drift_page_lists_only_drifted_inputs(db_url) -> None:
+    """A day's retraining request is recorded next to its metrics; its reason is not an input."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from include import db, mlops
+    from include.monitor import drift_reports
+
+    day = dt.date(1999, 2, 1)
+    common = {"partition_date": day, "model_version": 1, "rows": 900, "report_uri": "file:///x", "run_id": "probe",
+              "computed_at": dt.datetime.now(dt.UTC), "threshold": 0.1}  # fmt: skip
+    rows = [
+        {"metric": "feature_drift", "feature": "temp", "value": 0.9, "crossed": True},
+        {"metric": "feature_drift", "feature": "dewp", "value": 0.05, "crossed": False},
+        {"metric": "drift_share", "feature": "", "value": 0.04, "crossed": False},
+        {"metric": "retrain_requested", "feature": "ROC-AUC dropped on 1999-02-01", "value": 1.0, "crossed": True},
+    ]
+    with db.engine(db_url).begin() as conn:
+        conn.execute(sa.insert(drift_reports), [{**common, **r} for r in rows])
+    try:
+        series = {s["day"]: s for s in mlops.drift_series(db_url, days=10_000)}
+        assert series[day]["drifted"] == ["temp"]
+        assert series[day]["drift_share"] == 0.04
+    finally:
+        with db.engine(db_url).begin() as conn:
+            conn.execute(sa.delete(drift_reports).where(drift_reports.c.partition_date == day))
