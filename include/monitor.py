@@ -19,6 +19,8 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,24 @@ def worst_reference_day_auc(reference: pd.DataFrame, min_rows: int) -> float | N
     return float(min(aucs)) if len(aucs) >= 2 else None
 
 
+@dataclass(frozen=True)
+class CalibratedReference:
+    """A version's reference with what its test days say about normal day-to-day variation."""
+
+    frame: pd.DataFrame
+    version: dict[str, Any]
+    thresholds: dict[str, float]
+    worst_day_auc: float | None
+
+
+@lru_cache(maxsize=4)
+def calibrated_reference(url: str, version: int, policy: MonitorPolicy) -> CalibratedReference:
+    """Read and calibrate once per version: the report task judges many days against the same one."""
+    frame, row = reference_for(url, version)
+    return CalibratedReference(frame, row, drift_thresholds(frame, policy),
+                               worst_reference_day_auc(frame, policy.min_rows))  # fmt: skip
+
+
 def read_metrics(snapshot: Any) -> dict[str, Any]:
     """Per-column drift scores and the classification metrics, out of the snapshot's dict."""
     result = snapshot.dict()
@@ -242,8 +262,8 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
     day = dt.date.fromisoformat(scored["day"])
     began = time.monotonic()
     current = lake.read_parquet(predictions_file(settings, day))
-    reference, version = reference_for(url, scored["model_version"])
-    thresholds = drift_thresholds(reference, policy)
+    calibrated = calibrated_reference(url, scored["model_version"], policy)
+    reference, version, thresholds = calibrated.frame, calibrated.version, calibrated.thresholds
     snapshot = evidently_report(reference, current, policy, thresholds)
     metrics = read_metrics(snapshot)
     folder = lake.lake_root(settings) / "reports" / "drift" / f"date={day.isoformat()}"
@@ -261,7 +281,7 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
     )
     test_auc = float(version["metrics"]["auc"])
     auc = metrics["quality"].get("RocAuc")
-    worst_day_auc = worst_reference_day_auc(reference, policy.min_rows)
+    worst_day_auc = calibrated.worst_day_auc
     judged = len(current) >= policy.min_rows and auc is not None
     summary = {
         "day": day.isoformat(),
@@ -281,7 +301,7 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
         "worst_test_day_auc": worst_day_auc,
         # A day's AUC swings with its weather: a drop counts when it is past the policy's limit
         # and below the version's worst test day too.
-        "max_auc_drop": max(policy.max_auc_drop, test_auc - worst_day_auc if worst_day_auc else 0.0),
+        "max_auc_drop": max(policy.max_auc_drop, test_auc - worst_day_auc if worst_day_auc is not None else 0.0),
         "precision": metrics["quality"].get("Precision"),
         "recall": metrics["quality"].get("Recall"),
         "log_loss": metrics["quality"].get("LogLoss"),
@@ -349,10 +369,10 @@ def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
         found.append(f"{feature}: no values at all on the day or in the reference" if score is None
                      else f"{feature}: drift {score:.3f} ≥ {summary['drift_thresholds'][feature]:.3f}")  # fmt: skip
     if quality_dropped(summary):
-        worst = summary.get("worst_test_day_auc")
+        worst = summary["worst_test_day_auc"]
         found.append(f"ROC-AUC {summary['auc']:.3f}, {summary['auc_drop']:.3f} below the test AUC "
                      f"{summary['test_auc']:.3f} (limit {summary['max_auc_drop']:.3f}"
-                     + (f"; the worst test day had {worst:.3f})" if worst else ")"))  # fmt: skip
+                     + (f"; the worst test day had {worst:.3f})" if worst is not None else ")"))  # fmt: skip
     if summary["prediction_rate_shift"] > policy.max_prediction_rate_shift:
         found.append(f"mean predicted risk {summary['prediction_rate']:.3f} vs "
                      f"{summary['reference_prediction_rate']:.3f} on the reference "

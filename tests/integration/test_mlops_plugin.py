@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from include import db, mlops
 from include.alerts import Alert, send
+from include.monitor import drift_reports
 
 pytestmark = pytest.mark.integration
 PAGES = ["/mlops/runs", "/mlops/runs?dag_id=nightshift_ingest", "/mlops/versions", "/mlops/deployments",
@@ -149,13 +153,6 @@ def test_an_alert_page_shows_the_message_but_not_the_webhook_url(api, db_url) ->
 
 def test_the_drift_page_lists_only_drifted_inputs(db_url) -> None:
     """A day's retraining request is recorded next to its metrics; its reason is not an input."""
-    import datetime as dt
-
-    import sqlalchemy as sa
-
-    from include import db, mlops
-    from include.monitor import drift_reports
-
     day = dt.date(1999, 2, 1)
     common = {"partition_date": day, "model_version": 1, "rows": 900, "report_uri": "file:///x", "run_id": "probe",
               "computed_at": dt.datetime.now(dt.UTC), "threshold": 0.1}  # fmt: skip
