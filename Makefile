@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test chromium demo test airflow bench bench-serving bench-monitor lint format lock clean
+.PHONY: install install-test chromium demo test test-fast lint-imports airflow bench bench-serving bench-monitor lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -33,11 +33,21 @@ chromium:
 demo: install
 	bin/nightshift demo
 
-## The test command (CI runs exactly this).
+## The test command (CI runs exactly this): lint, the import-linter contracts, then every tier.
 test: install-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 	NIGHTSHIFT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+
+## The unit tier: no Postgres, no Airflow metadata database, no servers (under a minute).
+test-fast: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -m "not integration and not ui" -p no:cacheprovider tests/unit tests/dags
+
+## The layers of include/ (pyproject.toml [tool.importlinter], docs/architecture.md).
+lint-imports: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports
 
 ## The full Airflow on the same Postgres, UI on http://localhost:8080.
 airflow: install
@@ -52,6 +62,7 @@ format: install-test
 ## Re-lock every transitive package after editing requirements*.txt.
 lock: install
 	$(UV) pip compile requirements.txt requirements-test.txt --python-version 3.11 --no-header --no-annotate -o constraints.txt
+	sed -i "1i # Lock file: every package, exact. Regenerate with `make lock` after editing requirements*.txt." constraints.txt
 
 clean:
 	-bin/nightshift db stop

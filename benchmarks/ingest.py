@@ -16,11 +16,11 @@ import time
 import sqlalchemy as sa
 
 from include import db
-from include.cli import prepare
-from include.config import load_settings
-from include.demo import run_dag
-from include.ingest import DAG_ID
-from include.postgres import embedded_data_dir, stop_embedded
+from include.core.config import load_settings
+from include.ingest.steps import DAG_ID
+from include.ops.cli import prepare
+from include.ops.demo import run_dag
+from include.ops.postgres import embedded_data_dir, stop_embedded
 
 
 def _task_seconds(url: str, run_id: str) -> dict[str, float]:

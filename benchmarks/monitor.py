@@ -21,9 +21,9 @@ import pandas as pd
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.config import MonitorPolicy, load_settings
-    from include.features import MODEL_FEATURES
-    from include.monitor import evidently_report
+    from include.contract.features import MODEL_FEATURES
+    from include.core.config import MonitorPolicy, load_settings
+    from include.monitor.steps import evidently_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000])

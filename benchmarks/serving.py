@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from include.config import load_settings
-    from include.deploy import read_state
-    from include.inputs import rows_to_arrays
+    from include.contract.inputs import rows_to_arrays
+    from include.core.config import load_settings
     from include.serving.client import ServingClient
     from include.serving.process import free_port, local_server
+    from include.serving.state import read_state
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)

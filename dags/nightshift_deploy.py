@@ -21,31 +21,31 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.assets import MODEL_CANDIDATE, MODEL_SERVING
-from include.dag_defaults import default_args
-from include.deadlines import nightly_deadlines
+from include.core.assets import DEPLOY_DAG, MODEL_CANDIDATE, MODEL_SERVING
+from include.core.dag_defaults import default_args
+from include.core.deadlines import nightly_deadlines
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=20), max_retry_delay=timedelta(minutes=5))
 
 
 def _step(name: str, *args: Any) -> Any:
-    """Run `include.deploy.<name>`; a refusal (DeployError) fails at once, an unreachable server retries."""
+    """Run `include.deploy.steps.<name>`; a refusal (DeployError) fails at once, an unreachable server retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include import deploy
-    from include.config import DeployPolicy, load_settings
+    from include.core.config import DeployPolicy, load_settings
+    from include.deploy import steps
 
     settings = load_settings()
     try:
         if name == "plan":
-            return deploy.plan(settings, *args)
-        return getattr(deploy, name)(settings, DeployPolicy.from_env(), *args)
-    except deploy.DeployError as err:
+            return steps.plan(settings, *args)
+        return getattr(steps, name)(settings, DeployPolicy.from_env(), *args)
+    except steps.DeployError as err:
         raise AirflowFailException(str(err)) from err
 
 
 @dag(
-    dag_id="nightshift_deploy",
+    dag_id=DEPLOY_DAG,
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=[MODEL_CANDIDATE],
@@ -82,7 +82,7 @@ def _step(name: str, *args: Any) -> Any:
 def nightshift_deploy() -> None:
     @task
     def plan(**context: Any) -> dict[str, Any]:
-        from include.lineage import require_known_conf
+        from include.core.lineage import require_known_conf
 
         require_known_conf(context)
         events = (context.get("triggering_asset_events") or {}).get(MODEL_CANDIDATE, [])

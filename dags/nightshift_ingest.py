@@ -22,23 +22,23 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from include.assets import FEATURES
-from include.dag_defaults import date_range_params, default_args
-from include.deadlines import ingest_deadlines
+from include.core.assets import FEATURES, INGEST_DAG
+from include.core.dag_defaults import date_range_params, default_args
+from include.core.deadlines import ingest_deadlines
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10))
 
 
 def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
-    from include.config import load_settings
-    from include.ingest import resolve_days
+    from include.core.calendar import resolve_days
+    from include.core.config import load_settings
 
     days = resolve_days(context["params"], context.get("data_interval_start"), context.get("data_interval_end"))
     return load_settings(), days, context["run_id"], context["dag_run"].run_after
 
 
 @dag(
-    dag_id="nightshift_ingest",
+    dag_id=INGEST_DAG,
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="America/New_York"),
@@ -53,31 +53,31 @@ def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
 def nightshift_ingest() -> None:
     @task
     def collect(**context: Any) -> dict[str, Any]:
-        from include import ingest
-        from include.lineage import require_known_conf
+        from include.core.lineage import require_known_conf
+        from include.ingest import steps
 
         require_known_conf(context)
 
-        return ingest.collect(*_run_window(context))
+        return steps.collect(*_run_window(context))
 
     @task
     def clean(collected: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from include import ingest
+        from include.ingest import steps
 
-        return ingest.clean(*_run_window(context))
+        return steps.clean(*_run_window(context))
 
     @task
     def validate(cleaned: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from include import ingest
+        from include.ingest import steps
 
-        return ingest.validate(*_run_window(context))
+        return steps.validate(*_run_window(context))
 
     @task(outlets=[FEATURES], pool="feast_materialize")
     def materialize(validated: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from include import ingest
+        from include.ingest import steps
 
         settings, days, run_id, now = _run_window(context)
-        summary = ingest.materialize(settings, days, run_id, now)
+        summary = steps.materialize(settings, days, run_id, now)
         context["outlet_events"][FEATURES].extra = {
             "days": summary["days"],
             "window": summary["window"],

@@ -21,21 +21,21 @@ from typing import Any
 import pendulum
 from airflow.sdk import dag, task
 
-from include.assets import FEATURES, RETRAIN_REQUESTED
-from include.dag_defaults import date_range_params, default_args
-from include.deadlines import nightly_deadlines
+from include.core.assets import FEATURES, MONITOR_DAG, RETRAIN_REQUESTED
+from include.core.dag_defaults import date_range_params, default_args
+from include.core.deadlines import nightly_deadlines
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10))
 
 
 def _context(context: dict[str, Any]):
-    from include.config import MonitorPolicy, load_settings
+    from include.core.config import MonitorPolicy, load_settings
 
     return load_settings(), MonitorPolicy.from_env(), context["run_id"]
 
 
 @dag(
-    dag_id="nightshift_monitor",
+    dag_id=MONITOR_DAG,
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=[FEATURES],
@@ -50,8 +50,8 @@ def _context(context: dict[str, Any]):
 def nightshift_monitor() -> None:
     @task
     def days(**context: Any) -> list[str]:
-        from include.lineage import require_known_conf
-        from include.monitor import resolve_days
+        from include.core.lineage import require_known_conf
+        from include.monitor.steps import resolve_days
 
         require_known_conf(context)
 
@@ -63,21 +63,21 @@ def nightshift_monitor() -> None:
     def score(days: list[str], **context: Any) -> list[dict[str, Any]]:
         import datetime as dt
 
-        from include.monitor import score_day
+        from include.monitor.steps import score_day
 
         settings, policy, run_id = _context(context)
         return [score_day(settings, policy, dt.date.fromisoformat(d), run_id) for d in days]
 
     @task
     def report(scored: list[dict[str, Any]], **context: Any) -> list[dict[str, Any]]:
-        from include.monitor import report_day
+        from include.monitor.steps import report_day
 
         settings, policy, run_id = _context(context)
         return [report_day(settings, policy, s, run_id) for s in scored]
 
     @task
     def judge(reports: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
-        from include.monitor import judge as apply_policy
+        from include.monitor.steps import judge as apply_policy
 
         settings, policy, run_id = _context(context)
         return apply_policy(settings, policy, reports, run_id)

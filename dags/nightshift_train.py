@@ -21,10 +21,10 @@ from typing import Any
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from include.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED
-from include.dag_defaults import default_args
-from include.deadlines import nightly_deadlines
-from include.train_backends import training_step, tune_shards
+from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
+from include.core.dag_defaults import default_args
+from include.core.deadlines import nightly_deadlines
+from include.train.backends import training_step, tune_shards
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15))
 DATASET_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['uri'] }}"
@@ -109,13 +109,13 @@ TRAIN_PARAMS = {
 
 
 def _settings_and_params(context: dict[str, Any]):
-    from include.config import load_settings
+    from include.core.config import load_settings
 
     return load_settings(), dict(context["params"])
 
 
 @dag(
-    dag_id="nightshift_train",
+    dag_id=TRAIN_DAG,
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=AssetOrTimeSchedule(
@@ -133,8 +133,8 @@ def _settings_and_params(context: dict[str, Any]):
 def nightshift_train() -> None:
     @task
     def build_dataset(**context: Any) -> dict[str, Any]:
-        from include.lineage import require_known_conf
-        from include.train import build_dataset as build
+        from include.core.lineage import require_known_conf
+        from include.train.steps import build_dataset as build
 
         require_known_conf(context)
         settings, params = _settings_and_params(context)
@@ -142,8 +142,8 @@ def nightshift_train() -> None:
 
     @task
     def find_champion() -> str:
-        from include.config import load_settings
-        from include.train import champion_uri
+        from include.core.config import load_settings
+        from include.train.steps import champion_uri
 
         return champion_uri(load_settings())
 
@@ -164,7 +164,7 @@ def nightshift_train() -> None:
 
     @task
     def gate_and_register(dataset: dict, tuned: dict, evaluated: dict, **context: Any) -> dict[str, Any]:
-        from include.train import gate_and_register as register
+        from include.train.steps import gate_and_register as register
 
         settings, params = _settings_and_params(context)
         return register(settings, params, dataset, tuned, evaluated, context["run_id"], context["dag_run"].run_after)

@@ -1,4 +1,5 @@
-# The training entry point (`python -m include.training`) on a TensorFlow GPU base.
+# The training entry point (`python -m include.trainer`) on a TensorFlow GPU base. The image holds only
+# the trainer package and the data contract it imports: nothing of Airflow, Feast or the other stages.
 # Build from the repo root: docker build -f docker/train.Dockerfile -t nightshift-train .
 FROM tensorflow/tensorflow:2.21.0-gpu
 
@@ -13,11 +14,13 @@ WORKDIR /opt/nightshift
 COPY constraints.txt ./
 RUN pip install --no-deps keras==3.15.1 \
     && pip install -c constraints.txt keras-tuner==1.4.8 tensorboard==2.21.0 scikit-learn==1.9.1 \
-       matplotlib==3.11.2 pandas==2.3.3 pyarrow==26.0.1 fsspec==2026.9.0 s3fs==2026.9.0
+       matplotlib==3.11.2 pandas==2.3.3 pyarrow==26.0.1 fsspec==2026.9.0 s3fs==2026.9.0 jinja2==3.1.6
 
-COPY include/ include/
+COPY include/__init__.py include/
+COPY include/contract/ include/contract/
+COPY include/trainer/ include/trainer/
 
 RUN useradd --create-home --uid 1000 trainer
 USER 1000
 
-ENTRYPOINT ["python", "-m", "include.training"]
+ENTRYPOINT ["python", "-m", "include.trainer"]

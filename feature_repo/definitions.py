@@ -1,6 +1,7 @@
 """Feast objects for nightshift: entities, file sources in the lake, feature views, service.
 
-Names and feature lists come from `include/features.py`; this file only declares. The offline
+Names and feature lists come from `include/contract/features.py`, the lake root from the settings
+(`include/core/config.py`, no Airflow); this file only declares. The offline
 sources are folders of daily Parquet files under `{lake}/features/<view>/` that the ingest DAG's
 materialize task publishes after validation.
 """
@@ -13,16 +14,13 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.data_format import ParquetFormat
 from feast.types import Float64, String
 
-from include.config import load_settings
-from include.feature_store import feature_source_uri
-from include.features import (
+from include.contract.features import (
     ENTITY_JOIN_KEYS,
     EVENT_TIMESTAMP,
     FEATURE_SERVICE,
     FEATURE_VIEWS,
 )
-
-settings = load_settings()
+from include.core.config import load_settings
 
 airport = Entity(
     name="airport",
@@ -64,7 +62,7 @@ def _view(name: str) -> FeatureView:
     entity, features = FEATURE_VIEWS[name]
     source = FileSource(
         name=name.removesuffix("_fv") + "_source",
-        path=feature_source_uri(settings, name),
+        path=load_settings().feature_source_glob(name),
         file_format=ParquetFormat(),
         timestamp_field=EVENT_TIMESTAMP,
     )

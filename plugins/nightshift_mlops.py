@@ -20,7 +20,7 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from include.mlops import PREFIX  # light: the page helpers import nothing heavy
+from include.mlops.views import PREFIX  # light: the page helpers import nothing heavy
 
 DEPLOY_DAG = "nightshift_deploy"
 ACTIONS = ("promote", "rollback")
@@ -30,7 +30,7 @@ app = FastAPI(title="nightshift ML Ops", dependencies=[Depends(requires_access_v
 
 
 def _settings():
-    from include.config import load_settings
+    from include.core.config import load_settings
 
     return load_settings()
 
@@ -76,7 +76,7 @@ def icon() -> Response:
 
 @app.get("/runs", response_class=HTMLResponse)
 def runs_page(dag_id: str | None = None) -> HTMLResponse:
-    from include import mlops
+    from include.mlops import views as mlops
 
     dag_id = dag_id or None
     title = f"Runs of {dag_id}" if dag_id else "Runs"
@@ -87,8 +87,8 @@ def runs_page(dag_id: str | None = None) -> HTMLResponse:
 
 @app.get("/versions", response_class=HTMLResponse)
 def versions_page() -> HTMLResponse:
-    from include import mlops
-    from include.deploy import read_state
+    from include.mlops import views as mlops
+    from include.serving.state import read_state
 
     rows = mlops.versions(_url(), read_state(_settings()))
     return _html(mlops.page("Model versions", mlops.table(mlops.VERSION_HEADERS, rows), "versions"))
@@ -96,8 +96,8 @@ def versions_page() -> HTMLResponse:
 
 @app.get("/versions/{version}", response_class=HTMLResponse)
 def version_page(version: int) -> HTMLResponse:
-    from include import mlops
-    from include.deploy import read_state
+    from include.mlops import views as mlops
+    from include.serving.state import read_state
 
     settings = _settings()
     body = mlops.version_detail(_url(), version, read_state(settings), settings.lake_uri)
@@ -108,8 +108,8 @@ def version_page(version: int) -> HTMLResponse:
 
 @app.get("/deployments", response_class=HTMLResponse)
 def deployments_page(request: Request, user: GetUserDep, requested: str | None = None) -> HTMLResponse:
-    from include import mlops
-    from include.deploy import read_state
+    from include.mlops import views as mlops
+    from include.serving.state import read_state
 
     settings = _settings()
     banner, refresh = "", ""
@@ -126,7 +126,7 @@ def deployments_page(request: Request, user: GetUserDep, requested: str | None =
 
 @app.get("/validations", response_class=HTMLResponse)
 def validations_page(run_id: str | None = None, day: dt.date | None = None) -> HTMLResponse:
-    from include import mlops
+    from include.mlops import views as mlops
 
     rows = mlops.validations(_url(), _settings().lake_uri, run_id or None, day)
     scope = f" of run {run_id}" if run_id else (f" of {day}" if day else "")
@@ -138,7 +138,7 @@ def validations_page(run_id: str | None = None, day: dt.date | None = None) -> H
 
 @app.get("/drift", response_class=HTMLResponse)
 def drift_page() -> HTMLResponse:
-    from include import mlops
+    from include.mlops import views as mlops
 
     series = mlops.drift_series(_url())
     body = mlops.drift_chart(series) + mlops.table(mlops.DRIFT_HEADERS, mlops.drift_rows(series))
@@ -148,7 +148,7 @@ def drift_page() -> HTMLResponse:
 
 @app.get("/drift/report", response_class=HTMLResponse)
 def drift_report(day: Annotated[dt.date, Query()]) -> HTMLResponse:
-    from include import mlops
+    from include.mlops import views as mlops
 
     uri = mlops.report_uri(_url(), day)
     src = mlops.file_href(uri, _settings().lake_uri)
@@ -160,8 +160,8 @@ def drift_report(day: Annotated[dt.date, Query()]) -> HTMLResponse:
 
 @app.get("/alerts", response_class=HTMLResponse)
 def alerts_page(severity: str | None = None, kind: str | None = None, run_id: str | None = None) -> HTMLResponse:
-    from include import mlops
-    from include.alerts import SEVERITIES
+    from include.core.alerts import SEVERITIES
+    from include.mlops import views as mlops
 
     severity, kind, run_id = severity or None, kind or None, run_id or None
     if severity is not None and severity not in SEVERITIES:
@@ -182,7 +182,7 @@ def alerts_page(severity: str | None = None, kind: str | None = None, run_id: st
 
 @app.get("/alerts/{alert_id}", response_class=HTMLResponse)
 def alert_page(alert_id: int) -> HTMLResponse:
-    from include import mlops
+    from include.mlops import views as mlops
 
     found = mlops.alert_detail(_url(), alert_id, _settings().lake_uri)
     if found is None:
@@ -194,8 +194,8 @@ def alert_page(alert_id: int) -> HTMLResponse:
 @app.get("/files/{path:path}")
 def lake_file(path: str) -> Response:
     """A report or manifest from the lake (Data Docs, evaluation, Evidently); nothing else is served."""
-    from include import mlops
-    from include.lake import lake_root
+    from include.core.lake import lake_root
+    from include.mlops import views as mlops
 
     if not mlops.servable(path):
         raise HTTPException(404, "not a report")
@@ -228,9 +228,9 @@ def _check_action(action: str, version: int | None) -> None:
 @app.get("/actions/confirm", response_class=HTMLResponse, dependencies=[Depends(requires_serving_operator)])
 def confirm(action: str, version: int | None = None) -> HTMLResponse:
     """What promote or rollback will do, before it is done (the UI's iframe cannot show a confirm dialog)."""
-    from include import mlops
-    from include.deploy import read_state
-    from include.registry import previous_stable
+    from include.mlops import views as mlops
+    from include.serving.state import read_state
+    from include.train.registry import previous_stable
 
     _check_action(action, version)
     settings = _settings()

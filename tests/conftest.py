@@ -1,7 +1,14 @@
-"""Test session: a real Postgres (embedded, or TEST_DATABASE_URL's server), migrated by the same
-code the demo uses, a throwaway lake and Airflow home, and `feast apply` on them.
+"""Test session, in tiers.
 
-The environment is set before anything imports Airflow, which reads its configuration at import.
+* The **unit** tier (`make test-fast`: tests/unit and tests/dags) needs no Postgres, no Airflow
+  metadata database and no server: configuring the session only sets environment variables.
+* The **integration** tier (tests/integration, marked `integration` here; the browser tests also
+  `ui`) gets a real Postgres (embedded, or TEST_DATABASE_URL's server), migrated by the same code
+  the demo uses, with `feast apply` run on it — by the session fixture `prepared_database`, which
+  only integration tests request.
+
+The environment is set before anything imports Airflow, which reads its configuration at import;
+so the database URL is decided here (cheaply) and the server is started only when first needed.
 """
 
 from __future__ import annotations
@@ -15,133 +22,112 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "nightshift_test"
+EMBEDDED_PG = ROOT / ".local" / "test-pg"
 _state: dict[str, object] = {}
 
 
-def _fresh_database(server_url: str) -> str:
-    import sqlalchemy as sa
+def _server_url() -> str:
+    """TEST_DATABASE_URL's server, else the embedded one's socket URL (pgserver puts the socket in its data
+    directory when the path is short enough; `prepared_database` checks it did)."""
+    return os.environ.get("TEST_DATABASE_URL") or f"postgresql://postgres:@/postgres?host={EMBEDDED_PG}"
+
+
+def _database_url(server_url: str) -> str:
     from sqlalchemy.engine import make_url
 
-    from include.postgres import sqlalchemy_url
-
-    admin = sa.create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)"))
-        conn.execute(sa.text(f"CREATE DATABASE {TEST_DATABASE}"))
-    admin.dispose()
-    return make_url(server_url).set(database=TEST_DATABASE).render_as_string(hide_password=False)
+    name = os.environ.get("NIGHTSHIFT_TEST_DATABASE", TEST_DATABASE)
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from include.config import load_settings
-    from include.postgres import start_embedded
-    from include.runtime import runtime_env
+    from include.core.config import load_settings
+    from include.ops.runtime import runtime_env
 
     work = Path(tempfile.mkdtemp(prefix="nightshift-test-"))
     _state["work"] = work
-    server = os.environ.get("TEST_DATABASE_URL")
-    if not server:
-        pg_dir = ROOT / ".local" / "test-pg"
-        server = start_embedded(pg_dir)
-        _state["embedded"] = pg_dir
-    url = _fresh_database(server)
+    url = _database_url(_server_url())
     os.environ.pop("DATABASE_URL", None)
     os.environ.update(
         {
             "NIGHTSHIFT_HOME": str(ROOT),
             "NIGHTSHIFT_LOCAL_DIR": str(work),
             "NIGHTSHIFT_SOURCE": "replay",
-            # dag.test() in Airflow 3.3.2 cannot prune a successful run's deadlines (see include/config.py).
+            # dag.test() in Airflow 3.3.2 cannot prune a successful run's deadlines (see include/core/config.py).
             "NIGHTSHIFT_DEADLINES": "off",
         }
     )
     settings = load_settings({**os.environ, "NIGHTSHIFT_DATABASE_URL": url})
     os.environ.update(runtime_env(settings, url))
 
-    from include.cli import prepare
 
-    prepare(load_settings())
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    integration = ROOT / "tests" / "integration"
+    for item in items:
+        if integration in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     import sys
 
-    from include.postgres import stop_embedded
-
     if "airflow.settings" in sys.modules:  # close Airflow's pool before its server goes away
         sys.modules["airflow.settings"].dispose_orm()
     if "embedded" in _state:
+        from include.ops.postgres import stop_embedded
+
         stop_embedded(_state["embedded"])  # type: ignore[arg-type]
-    if "work" in _state:
-        shutil.rmtree(_state["work"], ignore_errors=True)  # type: ignore[arg-type]
+    shutil.rmtree(_state["work"], ignore_errors=True)  # type: ignore[arg-type]
+
+
+def _fresh_database(server_url: str, url: str) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from include.db import sqlalchemy_url
+
+    name = make_url(url).database
+    admin = sa.create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def prepared_database() -> str:
+    """A fresh test database on a running server, every schema migrated, settings imported, Feast applied."""
+    from sqlalchemy.engine import make_url
+
+    from include.core.config import load_settings
+    from include.ops.cli import prepare
+    from include.ops.postgres import start_embedded
+
+    server = _server_url()
+    if not os.environ.get("TEST_DATABASE_URL"):
+        started = start_embedded(EMBEDDED_PG)
+        _state["embedded"] = EMBEDDED_PG
+        if make_url(started).query.get("host") != str(EMBEDDED_PG):
+            pytest.exit(f"the embedded Postgres put its socket elsewhere ({started}); set TEST_DATABASE_URL", 2)
+    url = os.environ["NIGHTSHIFT_DATABASE_URL"]
+    _fresh_database(server, url)
+    prepare(load_settings())
+    return url
 
 
 @pytest.fixture(scope="session")
 def settings():
-    from include.config import load_settings
+    from include.core.config import load_settings
 
     return load_settings()
 
 
 @pytest.fixture(scope="session")
-def db_url(settings) -> str:
-    return settings.require_database_url()
+def db_url(prepared_database) -> str:
+    return prepared_database
 
 
 @pytest.fixture(scope="session")
 def lake_dir(settings):
-    from include.lake import lake_root
+    from include.core.lake import lake_root
 
     return lake_root(settings)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def alert_receivers():
-    """A real SMTP server (aiosmtpd) and a real HTTP webhook receiver, wired in as the Airflow
-    connections the alerts module sends through (env-var connections win over the database)."""
-    import email
-    import email.policy
-    import http.server
-    import json
-    import threading
-
-    from aiosmtpd.controller import Controller
-
-    from include.serving.process import free_port
-
-    received: dict[str, list] = {"mails": [], "posts": []}
-
-    class Mailbox:
-        async def handle_DATA(self, server, session, envelope):
-            message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-            body = message.get_body(preferencelist=("html", "plain"))
-            received["mails"].append({"to": envelope.rcpt_tos, "subject": str(message["subject"]),
-                                      "body": body.get_content() if body else ""})  # fmt: skip
-            return "250 Message accepted"
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received["posts"].append({"path": self.path, "json": json.loads(body)})
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args) -> None:
-            pass
-
-    smtp = Controller(Mailbox(), hostname="127.0.0.1", port=free_port())
-    smtp.start()
-    web = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-    os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": smtp.port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 5, "retry_limit": 1},
-    })  # fmt: skip
-    os.environ["AIRFLOW_CONN_NIGHTSHIFT_ALERT_WEBHOOK"] = json.dumps({
-        "conn_type": "http", "host": "127.0.0.1", "port": web.server_address[1], "schema": "http",
-        "extra": {"path": "/hooks/nightshift"},
-    })  # fmt: skip
-    yield received
-    smtp.stop()
-    web.shutdown()

@@ -14,7 +14,7 @@ COPIED = ("dag_id", "code_version", "dataset_uri", "dataset_sha256", "data_windo
 
 def register_copy(db_url: str, base: dict[str, Any], artifact_uri: str, tag: str) -> int:
     """A blessed registry version with `base`'s lineage and metrics, serving `artifact_uri`."""
-    from include.registry import register_candidate, set_status
+    from include.train.registry import register_candidate, set_status
 
     at = dt.datetime.now(dt.UTC)
     record = {k: base[k] for k in COPIED} | {"run_id": f"deploy-test-{tag}", "artifact_uri": artifact_uri}

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from include.core.config import Settings
+
 log = logging.getLogger(__name__)
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -98,3 +100,14 @@ class ServingClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def client_for(settings: Settings, retries: int = 3) -> ServingClient:
+    """A client for the configured server and model; use it in a `with` block so its connections close."""
+    return ServingClient(settings.serving_url, settings.model_name, retries=retries)

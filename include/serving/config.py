@@ -1,9 +1,13 @@
-"""`models.config` read and written through tensorflow-serving-api's protobufs, never templates."""
+"""`models.config` read and written through tensorflow-serving-api's protobufs, never templates,
+and the other files TF Serving reads from a version folder."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Inside a version folder: PredictionLog TFRecords TF Serving replays when it loads the version.
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 
 
 @dataclass

@@ -28,10 +28,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from include.serving.config import ModelEntry, read_models_config
+from include.serving.config import WARMUP_FILE, ModelEntry, read_models_config
 
 log = logging.getLogger("nightshift.serving")
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 ROUTE = re.compile(
     r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<suffix>/metadata|:predict|:classify|:regress)?$"

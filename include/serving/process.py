@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from include.config import ConfigError, Settings
+from include.core.config import ConfigError, Settings
 
 
 def free_port() -> int:

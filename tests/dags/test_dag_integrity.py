@@ -71,7 +71,7 @@ def test_parsing_imports_no_heavy_library(parse_report) -> None:
 
 @pytest.mark.parametrize("dag_id", DAG_IDS)
 def test_dag_is_tagged_retried_and_documented(dagbag, dag_id: str) -> None:
-    dag = dagbag.get_dag(dag_id)
+    dag = dagbag.dags[dag_id]
     assert dag.tags
     assert set(dag.tags) <= APPROVED_TAGS
     assert dag.doc_md
@@ -83,7 +83,7 @@ def test_dag_is_tagged_retried_and_documented(dagbag, dag_id: str) -> None:
 
 
 def test_ingest_form_takes_a_date_range(dagbag) -> None:
-    params = dagbag.get_dag("nightshift_ingest").params
+    params = dagbag.dags["nightshift_ingest"].params
     for name in ("start_date", "end_date"):
         schema = params.get_param(name).schema
         assert schema["format"] == "date"
@@ -110,7 +110,7 @@ def test_dags_have_deadline_alerts_when_enabled(monkeypatch, dag_id: str, deadli
     finally:
         sys.path.remove(str(DAGS))
     assert [d.name for d in alerts] == [deadline]
-    assert alerts[0].callback.path == "include.deadlines.deadline_missed"
+    assert alerts[0].callback.path == "include.core.deadlines.deadline_missed"
     if deadline == "ingest_within_hours_of_queued":
         assert alerts[0].interval.total_seconds() == 2 * 3600
     else:
@@ -140,7 +140,7 @@ def test_the_deadline_reference_is_registered_by_a_plugin() -> None:
 
 
 def test_deploy_runs_on_a_blessed_candidate_and_its_form_takes_version_and_action(dagbag) -> None:
-    dag = dagbag.get_dag("nightshift_deploy")
+    dag = dagbag.dags["nightshift_deploy"]
     assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["model_candidate"]
     action = dag.params.get_param("action").schema
     assert action["enum"] == ["canary", "promote", "rollback"]
@@ -153,7 +153,7 @@ def test_deploy_runs_on_a_blessed_candidate_and_its_form_takes_version_and_actio
 
 @pytest.mark.parametrize("dag_id", DAG_IDS)
 def test_every_form_field_explains_itself_to_an_analyst(dagbag, dag_id: str) -> None:
-    params = dagbag.get_dag(dag_id).params
+    params = dagbag.dags[dag_id].params
     assert params, f"{dag_id} has no trigger form"
     for name, param in params.items():
         schema = param.schema
@@ -185,13 +185,13 @@ def test_a_bad_form_value_is_refused_naming_the_field(dagbag, dag_id: str, field
 
     from airflow.sdk.exceptions import ParamValidationError
 
-    params = copy.deepcopy(dagbag.get_dag(dag_id).params)
+    params = copy.deepcopy(dagbag.dags[dag_id].params)
     with pytest.raises(ParamValidationError, match=f"Invalid input for param {field}"):
         params[field] = bad
 
 
 def test_a_conf_key_that_is_no_form_field_is_named() -> None:
-    from include.lineage import unknown_conf_keys
+    from include.core.lineage import unknown_conf_keys
 
     assert unknown_conf_keys({"start_dte": "2013-01-01", "end_date": None}, ["start_date", "end_date"]) == ["start_dte"]
     assert unknown_conf_keys(None, ["start_date"]) == []

@@ -14,13 +14,69 @@ import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.config import load_settings
+from include.core.config import load_settings
 from include.serving.process import free_port
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 START, END = dt.date(2013, 6, 1), dt.date(2013, 7, 31)
 CONF = {"end_date": END.isoformat(), "train_days": 44, "test_days": 10, "tuner": "random", "max_trials": 2,
         "epochs": 4, "ensemble_size": 2, "seed": 11}  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _database(prepared_database) -> str:
+    """Every integration test runs on the prepared Postgres (started, migrated and Feast-applied once)."""
+    return prepared_database
+
+
+@pytest.fixture(scope="session", autouse=True)
+def alert_receivers():
+    """A real SMTP server (aiosmtpd) and a real HTTP webhook receiver, wired in as the Airflow
+    connections the alerts module sends through (env-var connections win over the database)."""
+    import email
+    import email.policy
+    import http.server
+    import json
+    import threading
+
+    from aiosmtpd.controller import Controller
+
+    received: dict[str, list] = {"mails": [], "posts": []}
+
+    class Mailbox:
+        async def handle_DATA(self, server, session, envelope):
+            message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            body = message.get_body(preferencelist=("html", "plain"))
+            received["mails"].append({"to": envelope.rcpt_tos, "subject": str(message["subject"]),
+                                      "body": body.get_content() if body else ""})  # fmt: skip
+            return "250 Message accepted"
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received["posts"].append({"path": self.path, "json": json.loads(body)})
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    smtp = Controller(Mailbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": smtp.port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 5, "retry_limit": 1},
+    })  # fmt: skip
+    os.environ["AIRFLOW_CONN_NIGHTSHIFT_ALERT_WEBHOOK"] = json.dumps({
+        "conn_type": "http", "host": "127.0.0.1", "port": web.server_address[1], "schema": "http",
+        "extra": {"path": "/hooks/nightshift"},
+    })  # fmt: skip
+    yield received
+    smtp.stop()
+    web.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +95,7 @@ def trained(dagbag, db_url):
     run = dagbag.get_dag("nightshift_train").test(run_conf=CONF)
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert run.state == "success", states
-    from include.registry import model_versions
+    from include.db import model_versions
 
     with db.engine(db_url).connect() as conn:
         row = conn.execute(sa.select(model_versions).where(model_versions.c.run_id == run.run_id)).mappings().one()
@@ -71,7 +127,7 @@ def serving(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stable_model(dagbag, serving, trained) -> int:
     """The trained model serving as `stable` (deployed here unless the deploy tests left one)."""
-    from include.deploy import read_state
+    from include.serving.state import read_state
 
     state = read_state(serving)
     if state.stable is None:

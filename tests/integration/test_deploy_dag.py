@@ -17,23 +17,23 @@ import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.alerts import alerts
-from include.config import DeployPolicy
-from include.deploy import (
-    WARMUP_FILE,
+from include.core.config import DeployPolicy
+from include.db import alerts, deployments
+from include.deploy.steps import (
     DeployConflict,
     DeployError,
-    client_for,
     infra_validate,
     plan,
     promote,
     push,
-    read_state,
     retire,
     serving_lock,
 )
-from include.registry import deployments, get_version
+from include.serving.client import client_for
+from include.serving.config import WARMUP_FILE
 from include.serving.process import free_port
+from include.serving.state import read_state
+from include.train.registry import get_version
 from tests.factories import register_copy
 
 pytestmark = pytest.mark.integration
@@ -41,8 +41,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def versions(trained, db_url, tmp_path_factory) -> dict[str, int]:
-    from include.model import FeatureStats, build_model
-    from include.training import read_split
+    from include.trainer.io import read_split
+    from include.trainer.model import FeatureStats, build_model
 
     _, row, _ = trained
     work = tmp_path_factory.mktemp("artifacts")

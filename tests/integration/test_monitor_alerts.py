@@ -17,11 +17,13 @@ import pytest
 import sqlalchemy as sa
 from airflow.sdk import ObjectStoragePath
 
-from include import db, lake
-from include.alerts import Alert, alerts, send
-from include.config import ConfigError, MonitorPolicy
-from include.features import MODEL_FEATURES
-from include.monitor import drift_reports, judge, predictions_file, quality_dropped, report_day
+from include import db
+from include.contract.features import MODEL_FEATURES
+from include.core import lake
+from include.core.alerts import Alert, send
+from include.core.config import ConfigError, MonitorPolicy
+from include.db import alerts, drift_reports
+from include.monitor.steps import judge, predictions_file, quality_dropped, report_day
 
 pytestmark = pytest.mark.integration
 DAY = dt.date(2013, 8, 1)
@@ -98,7 +100,7 @@ def test_the_drift_report_opens_and_names_the_features(monitored) -> None:
 
 def test_a_day_of_the_versions_own_test_window_raises_nothing(stable_model, trained, settings, db_url) -> None:
     """A day the version was tested on is, by definition, like its reference: no drift, no quality drop."""
-    from include.monitor import crossings, score_day
+    from include.monitor.steps import crossings, score_day
 
     day = dt.date.fromisoformat(trained[1]["data_window"]["end"])
     policy = MonitorPolicy.from_env()
@@ -117,9 +119,9 @@ def test_a_day_of_the_versions_own_test_window_raises_nothing(stable_model, trai
 def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model, settings, db_url,
                                                         alert_receivers) -> None:  # fmt: skip
     """The next day replayed with its weather far outside the reference, scored by the real server."""
-    from include.deploy import client_for
-    from include.inputs import serving_columns
-    from include.monitor import day_frame
+    from include.contract.inputs import serving_columns
+    from include.monitor.steps import day_frame
+    from include.serving.client import client_for
 
     frame = day_frame(settings, DRIFT_DAY)
     frame["temp"] = frame["temp"] + 60.0
@@ -151,9 +153,9 @@ def test_an_input_with_no_values_is_reported_as_drifted_not_a_crash(monitored, s
                                                                       db_url) -> None:  # fmt: skip
     """A day whose history input is empty (no earlier days ingested, or a feed down): Evidently
     refuses the column, the monitor reports it as the worst drift instead of failing the day."""
-    from include.deploy import client_for
-    from include.inputs import serving_columns
-    from include.monitor import crossings, day_frame
+    from include.contract.inputs import serving_columns
+    from include.monitor.steps import crossings, day_frame
+    from include.serving.client import client_for
 
     frame = day_frame(settings, DRIFT_DAY)
     frame["carrier_delay_rate_7d"] = np.nan
@@ -201,7 +203,7 @@ def test_a_failed_validation_gives_exactly_one_alert(dagbag, db_url, alert_recei
 
 def test_a_missed_deadline_gives_exactly_one_alert(db_url, alert_receivers) -> None:
     """The AsyncCallback, called as the triggerer calls it (context shape of Airflow 3.3's Deadline.handle_miss)."""
-    from include.deadlines import deadline_missed
+    from include.core.deadlines import deadline_missed
 
     context = {
         "dag_run": {"dag_id": "nightshift_train", "dag_run_id": "scheduled__2026-11-22T07:00:00+00:00",

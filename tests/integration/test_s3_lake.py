@@ -45,7 +45,7 @@ def s3_endpoint():
 
 @pytest.fixture
 def s3_settings(s3_endpoint, monkeypatch):
-    from include.config import load_settings
+    from include.core.config import load_settings
 
     endpoint, _ = s3_endpoint
     monkeypatch.setenv(
@@ -65,8 +65,8 @@ def s3_settings(s3_endpoint, monkeypatch):
 
 
 def test_collect_clean_validate_on_an_s3_lake(s3_settings, s3_endpoint, db_url) -> None:
-    from include import ingest
-    from include.lake import lake_root
+    from include.core.lake import lake_root
+    from include.ingest import steps as ingest
 
     _, client = s3_endpoint
     assert lake_root(s3_settings).protocol == "s3"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.features import MODEL_FEATURES
+from include.contract.features import MODEL_FEATURES
 from include.serving.client import ServingClient, ServingError
 from include.serving.config import ModelEntry, read_models_config, write_models_config
 from include.serving.process import free_port
@@ -29,7 +29,7 @@ MODEL = "flight_delay"
 def _export(path: Path, seed: int) -> None:
     import keras
 
-    from include.model import FeatureStats, build_model
+    from include.trainer.model import FeatureStats, build_model
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
@@ -206,7 +206,8 @@ def test_a_label_only_moves_to_a_version_already_available(client, base) -> None
 def test_warmup_records_are_replayed_on_load(client, base) -> None:
     if os.environ.get("TF_SERVING_URL"):
         pytest.skip("reads the local server's state")
-    from include.deploy import WARMUP_FILE, write_warmup
+    from include.deploy.steps import write_warmup
+    from include.serving.config import WARMUP_FILE
 
     _export(base / MODEL / "6", 6)
     assert write_warmup(base / MODEL / "6", MODEL, [_row(), _row(carrier="AA")], records=3) == 3

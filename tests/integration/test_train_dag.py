@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.features import MODEL_FEATURES
+from include.contract.features import MODEL_FEATURES
 from tests.integration.conftest import CONF, END, START
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ def test_registry_row_has_status_checks_and_lineage(trained, db_url) -> None:
     assert len(row["hyperparameters"]["members"]) == 2
     assert row["gate_note"].endswith("first model: no champion, value and sanity thresholds only")
     assert _local(row["report_uri"]).exists()
-    from include.registry import gate_checks
+    from include.db import gate_checks
 
     with db.engine(db_url).connect() as conn:
         checks = conn.execute(sa.select(gate_checks).where(gate_checks.c.version == row["version"])).mappings().all()
@@ -48,7 +48,7 @@ def test_registry_row_has_status_checks_and_lineage(trained, db_url) -> None:
 
 
 def test_the_runs_form_values_are_recorded_with_what_it_produced(trained, db_url) -> None:
-    from include.lineage import get_run
+    from include.core.lineage import get_run
 
     run, row, _ = trained
     recorded = get_run(db_url, "nightshift_train", run.run_id)
@@ -80,7 +80,7 @@ def test_split(trained):
 def _predict(signature, frame) -> np.ndarray:
     import tensorflow as tf
 
-    from include.inputs import to_model_inputs
+    from include.contract.inputs import to_model_inputs
 
     outputs = signature(**{k: tf.constant(v) for k, v in to_model_inputs(frame).items()})
     return next(iter(outputs.values())).numpy().reshape(-1)
@@ -123,7 +123,7 @@ def test_worse_origin_weather_does_not_lower_predicted_risk(serving, test_split)
 
 
 def test_same_data_and_seed_give_the_same_metrics(trained, tmp_path) -> None:
-    from include.train_backends import run_training_cli
+    from include.train.backends import run_training_cli
 
     _, row, _ = trained
     first = json.loads((_local(row["artifact_uri"]).parent / "tune.json").read_text())

@@ -31,12 +31,12 @@ import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.cli import AIRFLOW_COMPONENTS, ensure_passwords
-from include.lineage import get_run
+from include.core.lineage import get_run
+from include.ops.cli import AIRFLOW_COMPONENTS, ensure_passwords
 from include.serving.process import free_port
 from tests.factories import register_copy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ui]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SHOTS = ARTIFACTS / "screenshots"
 CHROMIUM = os.environ.get("NIGHTSHIFT_CHROMIUM", "/usr/bin/chromium")
@@ -79,7 +79,7 @@ class Airflow:
 @pytest.fixture(scope="module")
 def rollback_ready(dagbag, serving, stable_model, trained, db_url) -> dict[str, int]:
     """A fresh version promoted over the current stable one, so on-call has something to roll back."""
-    from include.deploy import read_state
+    from include.serving.state import read_state
 
     _, row, _ = trained
     before = read_state(serving).stable
@@ -101,7 +101,7 @@ def monitored(dagbag, serving, stable_model, trained, db_url) -> None:
         run = dagbag.get_dag("nightshift_monitor").test(run_conf={"start_date": last, "end_date": last})
         assert run.state == "success"
     if not alerts:
-        from include.alerts import Alert, send
+        from include.core.alerts import Alert, send
 
         send(db_url, Alert(kind="drift", key="ui-test", severity="warning", title="Data drift (UI test)",
                            impact="the model sees inputs unlike its training data"))  # fmt: skip
@@ -277,7 +277,7 @@ def test_analyst_triggers_ingestion_from_the_form_and_sees_it_succeed(airflow: A
 
 
 def test_oncall_reads_drift_and_an_alert_then_rolls_back(airflow: Airflow, browser, rollback_ready, serving) -> None:
-    from include.deploy import read_state
+    from include.serving.state import read_state
 
     page = _login(browser, airflow, "oncall")
     page.get_by_role("link", name="ML Ops").first.click()

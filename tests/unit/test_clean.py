@@ -7,7 +7,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from include.clean import (
+from include.contract.features import LABEL_KEY, SCHEDULED_DEPARTURE_UTC
+from include.ingest.clean import (
     CLEAN_COLUMNS,
     QUARANTINE_REASONS,
     clean_flights,
@@ -15,8 +16,7 @@ from include.clean import (
     daily_delay_stats,
     history_window,
 )
-from include.collect import replay_flights, replay_weather
-from include.features import LABEL_KEY, SCHEDULED_DEPARTURE_UTC
+from include.ingest.collect import replay_flights, replay_weather
 from tests.factories import with_bad_rows
 
 DAY = dt.date(2013, 1, 2)

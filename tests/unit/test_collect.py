@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from airflow.sdk import ObjectStoragePath
 
-from include import lake
-from include.collect import SourceError, collect_day, replay_day, replay_flights, replay_weather
-from include.features import RAW_FLIGHT_COLUMNS
+from include.contract.features import RAW_FLIGHT_COLUMNS
+from include.core import lake
+from include.ingest.collect import SourceError, collect_day, replay_day, replay_flights, replay_weather
 
 
 @pytest.fixture

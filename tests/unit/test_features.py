@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from include import features
-from include.clean import CLEAN_COLUMNS
+from include.contract import features
+from include.ingest.clean import CLEAN_COLUMNS
 
 
 def test_no_post_departure_column_is_a_model_feature() -> None:

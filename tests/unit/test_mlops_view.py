@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include import mlops
+from include.mlops import views as mlops
 
 LAKE = "file:///srv/lake"
 

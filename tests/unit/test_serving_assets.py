@@ -46,7 +46,7 @@ def test_compose_runs_real_tf_serving_with_the_config_file() -> None:
 
 
 def test_compose_airflow_deploys_to_the_tf_serving_service() -> None:
-    from include.config import load_settings
+    from include.core.config import load_settings
 
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     env = compose["services"]["airflow"]["environment"]

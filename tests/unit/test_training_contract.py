@@ -11,16 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.dataset import SPLITS, Window, split_frame
-from include.features import ALL_FEAST_FEATURES, LABEL_KEY, MODEL_FEATURES, POST_DEPARTURE_COLUMNS
-from include.gate import GateThresholds, run_gate, verdict
+from include.contract.features import ALL_FEAST_FEATURES, LABEL_KEY, MODEL_FEATURES, POST_DEPARTURE_COLUMNS
+from include.train.dataset import SPLITS, Window, split_frame
+from include.train.gate import GateThresholds, run_gate, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_feast_service_training_set_and_model_inputs_share_one_feature_list() -> None:
     from feature_repo import definitions
-    from include.model import model_inputs
+    from include.trainer.model import model_inputs
 
     served = [f.name for p in definitions.flight_delay_v1.feature_view_projections for f in p.features]
     assert sorted(served) == sorted(ALL_FEAST_FEATURES)
@@ -56,8 +56,8 @@ def test_split_is_by_time_without_overlap() -> None:
 
 
 def test_preprocessing_handles_unseen_categories_and_missing_values() -> None:
-    from include.inputs import to_model_inputs
-    from include.model import FeatureStats, build_model
+    from include.contract.inputs import to_model_inputs
+    from include.trainer.model import FeatureStats, build_model
 
     train = _frame(days=3)
     model = build_model(FeatureStats.from_frame(train), {"units": 8, "layers": 1, "dropout": 0.0,
@@ -107,40 +107,19 @@ def test_thresholds_come_from_the_environment() -> None:
     assert GateThresholds.from_env({"NIGHTSHIFT_GATE_AUC_FLOOR": "0.7"}).auc_floor == 0.7
 
 
-def test_registry_status_transitions(db_url) -> None:
-    from include.registry import TransitionError, get_version, register_candidate, set_status
-
-    now = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
-    record = {
-        "dag_id": "t", "run_id": "unit_registry", "code_version": "x", "artifact_uri": "file:///m",
-        "dataset_uri": "file:///d", "dataset_sha256": "0" * 64, "data_window": {}, "feature_service": "f",
-        "feast_registry_version": "v", "ingestion_run_ids": [], "validation_run_ids": [], "metrics": {},
-        "hyperparameters": {}, "params": {},
-    }  # fmt: skip
-    version = register_candidate(db_url, record, now)
-    assert register_candidate(db_url, record, now) == version  # a retried task reuses its version
-    later = register_candidate(db_url, {**record, "run_id": "unit_registry_2"}, now)
-    assert later > version
-    set_status(db_url, version, "rejected", now)
-    with pytest.raises(TransitionError, match="rejected; it cannot become production"):
-        set_status(db_url, version, "production", now)
-    set_status(db_url, later, "blessed", now, note="ok")
-    assert get_version(db_url, later)["status"] == "blessed"
-
-
 def test_gpu_pod_renders_and_validates(tmp_path) -> None:
     import yaml
     from airflow.sdk import DAG
     from kubernetes.client import ApiClient
 
-    from include.train_backends import training_step
+    from include.train.backends import training_step
 
     with DAG("render_pod", schedule=None):
         op = training_step("tune", ["tune", "--dataset", "s3://lake/datasets/r", "--out", "s3://lake/models/r"],
                            backend="kubernetes")  # fmt: skip
     pod = op.build_pod_request_obj(dry_run=True)
     container = pod.spec.containers[0]
-    assert container.command == ["python", "-m", "include.training"]
+    assert container.command == ["python", "-m", "include.trainer"]
     assert container.args[:3] == ["tune", "--dataset", "s3://lake/datasets/r"]
     assert container.resources.limits["nvidia.com/gpu"] == "1"
     assert container.resources.requests["memory"]
@@ -160,7 +139,7 @@ def test_gpu_pod_renders_and_validates(tmp_path) -> None:
 
 
 def test_local_backend_runs_the_same_command(monkeypatch) -> None:
-    from include import train_backends
+    from include.train import backends as train_backends
 
     seen = {}
 
@@ -170,7 +149,7 @@ def test_local_backend_runs_the_same_command(monkeypatch) -> None:
 
     monkeypatch.setattr(train_backends.subprocess, "run", fake_run)
     summary = train_backends.run_training_cli(["tune", "--dataset", "d", "--out", "o"])
-    assert seen["command"][1:] == ["-m", "include.training", "tune", "--dataset", "d", "--out", "o"]
+    assert seen["command"][1:] == ["-m", "include.trainer", "tune", "--dataset", "d", "--out", "o"]
     assert summary == {"command": "tune", "trials": 3}
 
 
@@ -183,7 +162,7 @@ def test_train_form_rejects_bad_input() -> None:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk.definitions.param import ParamsDict
 
-    params: ParamsDict = DagBag(dag_folder=str(ROOT / "dags")).get_dag("nightshift_train").params
+    params: ParamsDict = DagBag(dag_folder=str(ROOT / "dags")).dags["nightshift_train"].params
     schema = params.get_param("tuner").schema
     assert schema["enum"] == ["hyperband", "bayesian", "random"]
     with pytest.raises(ValueError, match="not one of"):
@@ -212,7 +191,7 @@ def test_tuning_fans_out_over_shards(monkeypatch) -> None:
 
 
 def test_evaluate_pools_the_best_members_of_all_shards(tmp_path) -> None:
-    from include.evaluation import select_members
+    from include.trainer.evaluation import select_members
 
     for shard, aucs in enumerate([[0.70, 0.64], [0.72, 0.60]]):
         folder = tmp_path / f"shard_{shard}"

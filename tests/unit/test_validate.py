@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from include.clean import clean_flights, clean_weather, local_midnight_utc
-from include.collect import replay_flights, replay_weather
-from include.feature_store import end_of_day_utc
-from include.validate import SUITES, DayValidator, load_suite_json
+from include.core.calendar import end_of_day_utc, local_midnight_utc
+from include.ingest.clean import clean_flights, clean_weather
+from include.ingest.collect import replay_flights, replay_weather
+from include.ingest.validate import SUITES, DayValidator, load_suite_json
 
 DAY = dt.date(2013, 3, 5)
 

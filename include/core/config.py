@@ -1,0 +1,213 @@
+"""Every setting nightshift reads, in one place, from the environment.
+
+Nothing here touches disk or network: `load_settings()` only reads variables, so importing this
+module is free. Processes that need a database or a lake call the explicit `setup_*` helpers
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+SOURCES = ("replay", "landing")
+# The lake zone of Feast's offline sources: one folder of daily Parquet files per feature view.
+FEATURES_ZONE = "features"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _date(env: Mapping[str, str], key: str, default: str) -> dt.date:
+    raw = env.get(key, default)
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError as err:
+        raise ConfigError(f"{key}={raw!r} is not a date; use YYYY-MM-DD") from err
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, str(default))
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise ConfigError(f"{key}={raw!r} is not an integer") from err
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration of one nightshift process."""
+
+    home: Path
+    local_dir: Path
+    lake_uri: str
+    lake_conn_id: str | None
+    source: str
+    database_url: str | None
+    feast_repo: Path
+    bootstrap_start: dt.date
+    bootstrap_end: dt.date
+    row_count_tolerance: float
+    serving_dir: Path
+    serving_url: str
+    model_name: str
+    serving_model_base: str
+
+    @property
+    def models_config(self) -> Path:
+        """The `models.config` TF Serving polls (`--model_config_file`)."""
+        return self.serving_dir / "models.config"
+
+    @property
+    def model_dir(self) -> Path:
+        """Where this process writes `<version>/` SavedModels of the served model."""
+        return self.serving_dir / self.model_name
+
+    def feature_source_glob(self, view: str) -> str:
+        """Glob of a feature view's daily files in the lake, as Feast's DuckDB offline store reads them."""
+        folder = f"{self.lake_uri}/{FEATURES_ZONE}/{view.removesuffix('_fv')}"
+        return folder.removeprefix("file://") + "/*.parquet"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "NIGHTSHIFT_DATABASE_URL is not set; run through `make demo` / `bin/nightshift`, "
+                "or export DATABASE_URL=postgresql://user@host:5432/db"
+            )
+        return self.database_url
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `env` (default: `os.environ`), validating each one."""
+    env = os.environ if env is None else env
+    home = Path(env.get("NIGHTSHIFT_HOME", str(PROJECT_ROOT))).resolve()
+    source = env.get("NIGHTSHIFT_SOURCE", "replay")
+    if source not in SOURCES:
+        raise ConfigError(f"NIGHTSHIFT_SOURCE={source!r}; choose one of {', '.join(SOURCES)}")
+    # Embedded state: Postgres data, Airflow home, the default lake, the demo summary.
+    local_dir = Path(env.get("NIGHTSHIFT_LOCAL_DIR", str(home / ".local"))).resolve()
+    lake_uri = env.get("NIGHTSHIFT_LAKE", (local_dir / "lake").as_uri())
+    if "://" not in lake_uri:
+        lake_uri = Path(lake_uri).resolve().as_uri()
+    start = _date(env, "NIGHTSHIFT_BOOTSTRAP_START", "2013-01-01")
+    end = _date(env, "NIGHTSHIFT_BOOTSTRAP_END", "2013-03-31")
+    if end < start:
+        raise ConfigError(f"NIGHTSHIFT_BOOTSTRAP_END {end} is before NIGHTSHIFT_BOOTSTRAP_START {start}")
+    serving_dir = Path(env.get("NIGHTSHIFT_SERVING_DIR", str(local_dir / "serving"))).resolve()
+    model_name = env.get("NIGHTSHIFT_MODEL_NAME", "flight_delay")
+    if not model_name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"NIGHTSHIFT_MODEL_NAME={model_name!r}: use letters, digits, '_' and '-'")
+    return Settings(
+        home=home,
+        local_dir=local_dir,
+        lake_uri=lake_uri.rstrip("/"),
+        lake_conn_id=env.get("NIGHTSHIFT_LAKE_CONN_ID") or None,
+        source=source,
+        database_url=env.get("NIGHTSHIFT_DATABASE_URL") or env.get("DATABASE_URL") or None,
+        feast_repo=Path(env.get("NIGHTSHIFT_FEAST_REPO", str(home / "feature_repo"))),
+        bootstrap_start=start,
+        bootstrap_end=end,
+        row_count_tolerance=_int(env, "NIGHTSHIFT_ROW_COUNT_TOLERANCE_PCT", 50) / 100,
+        serving_dir=serving_dir,
+        serving_url=env.get("NIGHTSHIFT_SERVING_URL", "http://127.0.0.1:8501").rstrip("/"),
+        model_name=model_name,
+        # The model's base path as the server sees it (a container mounts serving_dir elsewhere).
+        serving_model_base=env.get("NIGHTSHIFT_SERVING_MODEL_BASE_PATH", str(serving_dir / model_name)),
+    )
+
+
+def deadlines_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """False only for `dag.test()` runs: Airflow 3.3.2's dag.test crashes pruning the deadlines of a
+    successful run (its DAG holds serialized alerts, not their ids), leaving the run `running`."""
+    env = os.environ if env is None else env
+    return env.get("NIGHTSHIFT_DEADLINES", "on") != "off"
+
+
+def chain_cutoff(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    env = os.environ if env is None else env
+    raw = env.get("NIGHTSHIFT_CHAIN_DEADLINE_UTC", "06:00")
+    try:
+        hour, minute = (int(part) for part in raw.split(":"))
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError
+    except ValueError as err:
+        raise ConfigError(f"NIGHTSHIFT_CHAIN_DEADLINE_UTC={raw!r} is not an HH:MM time of day") from err
+    return hour, minute
+
+
+def ingest_deadline_hours(env: Mapping[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    raw = env.get("NIGHTSHIFT_INGEST_DEADLINE_HOURS", "2")
+    try:
+        return float(raw)
+    except ValueError as err:
+        raise ConfigError(f"NIGHTSHIFT_INGEST_DEADLINE_HOURS={raw!r} is not a number of hours") from err
+
+
+@dataclass(frozen=True)
+class DeployPolicy:
+    """How `nightshift_deploy` judges a new version; each field is `NIGHTSHIFT_DEPLOY_<NAME>`."""
+
+    infra_requests: int = 32  # real recent rows replayed against the new version
+    infra_tolerance: float = 1e-4  # max |served - offline| prediction difference
+    warmup_records: int = 8
+    load_timeout_s: float = 120.0  # for a version to become AVAILABLE after models.config changes
+    canary_requests: int = 100  # single-row requests sent to each of canary and stable
+    max_error_rate: float = 0.01
+    max_p99_ratio: float = 3.0  # canary p99 <= ratio * stable p99 + p99_slack_ms
+    p99_slack_ms: float = 25.0
+    max_prediction_shift: float = 0.10  # |mean canary - mean stable| prediction on the same rows
+    grace_hours: float = 24.0  # a replaced version stays loaded this long, for an instant rollback
+    lock_timeout_s: float = 300.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DeployPolicy:
+        return cls(**env_overrides(cls(), "NIGHTSHIFT_DEPLOY_", env))
+
+
+def env_overrides(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> dict[str, Any]:
+    """Each field of the `defaults` dataclass, overridden by `<prefix><FIELD>` when set."""
+    env = os.environ if env is None else env
+    values = {}
+    for name, default in asdict(defaults).items():
+        key = f"{prefix}{name.upper()}"
+        raw = env.get(key)
+        try:
+            values[name] = default if raw is None else type(default)(raw)
+        except ValueError as err:
+            raise ConfigError(f"{key}={raw!r} is not a {type(default).__name__}") from err
+    return values
+
+
+@dataclass(frozen=True)
+class MonitorPolicy:
+    """When monitoring alerts and asks for retraining; each field is `NIGHTSHIFT_MONITOR_<NAME>`."""
+
+    max_drift_share: float = 0.3  # share of the model's features drifted on a day
+    # Per feature: Wasserstein (normed) / Jensen-Shannon distance. A floor: an input whose test days
+    # differ more among themselves gets that as its limit (monitor.drift_thresholds).
+    feature_drift_threshold: float = 0.1
+    # The day's ROC-AUC below the version's test AUC; at least as far as its worst test day was.
+    max_auc_drop: float = 0.05
+    max_prediction_rate_shift: float = 0.10  # |mean prediction today - on the reference|
+    persist_days: int = 3  # drift on this many consecutive days requests retraining
+    min_rows: int = 200  # fewer scored flights than this: quality is reported but not judged
+    batch_size: int = 256  # rows per predict request
+    dedup_hours: float = 24.0  # the same alert (kind + key) at most once in this window
+    # Reported but never alerted on: one day's calendar is always unlike a multi-day reference.
+    drift_exempt: str = "day_of_week,month"
+
+    @property
+    def exempt_features(self) -> set[str]:
+        return {f.strip() for f in self.drift_exempt.split(",") if f.strip()}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorPolicy:
+        return cls(**env_overrides(cls(), "NIGHTSHIFT_MONITOR_", env))

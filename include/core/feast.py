@@ -1,0 +1,53 @@
+"""Feast bound to nightshift's one Postgres: the `feature_repo/` store, its `${VAR}`s filled from settings.
+
+Ingestion materializes through it; training and monitoring read point-in-time features through it.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import TYPE_CHECKING
+
+from include.db import libpq_host
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from include.core.config import Settings
+
+# Schema of Feast's SQL registry; the online store's is set in feature_repo/feature_store.yaml.
+FEAST_REGISTRY_SCHEMA = "feast_registry"
+
+
+def feast_variables(database_url: str) -> dict[str, str]:
+    """The `${VAR}`s of `feature_repo/feature_store.yaml`, derived from the one database URL."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    host, port = libpq_host(database_url)
+    query = {k: v for k, v in url.query.items() if k != "host"}
+    registry = url.set(drivername="postgresql+psycopg", query={
+        **query, **({"host": host} if host.startswith("/") else {}),
+        "options": f"-csearch_path={FEAST_REGISTRY_SCHEMA}",
+    })  # fmt: skip
+    return {
+        "FEAST_REGISTRY_URL": registry.render_as_string(hide_password=False),
+        "FEAST_PG_HOST": host,
+        "FEAST_PG_PORT": str(port),
+        "FEAST_PG_DATABASE": url.database or "postgres",
+        "FEAST_PG_USER": url.username or "postgres",
+        "FEAST_PG_PASSWORD": url.password or "",
+    }
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore on `feature_repo/`, its yaml filled from settings (not from os.environ)."""
+    import yaml
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    text = (settings.feast_repo / "feature_store.yaml").read_text()
+    filled = string.Template(text).substitute(feast_variables(settings.require_database_url()))
+    config = RepoConfig(**yaml.safe_load(filled))
+    config.repo_path = settings.feast_repo
+    return FeatureStore(config=config)

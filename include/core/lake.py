@@ -1,0 +1,114 @@
+"""The lake: an `ObjectStoragePath` root (`file://` by default, `s3://` with an Airflow connection).
+
+Every partition is ONE Parquet file, written to a hidden temporary name beside it and then moved
+into place. A local rename and an S3 object write are both atomic, so a reader sees the old
+partition or the new one, never half of either; readers skip names starting with `.` or `_`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import ObjectStoragePath
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from include.core.config import Settings
+
+PARTITION_FILE = "part-0.parquet"
+
+
+def lake_root(settings: Settings) -> ObjectStoragePath:
+    """The lake root, bound to the configured Airflow connection for remote stores."""
+    if settings.lake_conn_id and not settings.lake_uri.startswith("file://"):
+        return ObjectStoragePath(settings.lake_uri + "/", conn_id=settings.lake_conn_id)
+    return ObjectStoragePath(settings.lake_uri + "/")
+
+
+def at(settings: Settings, location: str) -> ObjectStoragePath:
+    """A recorded `file://` or `s3://` URI as a path, bound to the lake's connection for remote stores."""
+    if settings.lake_conn_id and not location.startswith("file://"):
+        return ObjectStoragePath(location, conn_id=settings.lake_conn_id)
+    return ObjectStoragePath(location)
+
+
+def uri(path: ObjectStoragePath | Path) -> str:
+    """`file:///…` or `s3://bucket/key`: where the object is, without the connection id."""
+    if isinstance(path, Path):
+        return path.resolve().as_uri()
+    return f"{path.protocol}://{'/' if path.protocol == 'file' else ''}{path.path.lstrip('/')}"
+
+
+def safe_name(text: str) -> str:
+    """A run id or version as one path segment (`manual__2026-…+00:00` → `manual__2026-…_00_00`)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def partition_dir(root: ObjectStoragePath, zone: str, dataset: str, day: dt.date) -> ObjectStoragePath:
+    """`{root}/{zone}/{dataset}/date=YYYY-MM-DD/`."""
+    return root / zone / dataset / f"date={day.isoformat()}"
+
+
+def partition_file(root: ObjectStoragePath, zone: str, dataset: str, day: dt.date) -> ObjectStoragePath:
+    return partition_dir(root, zone, dataset, day) / PARTITION_FILE
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """Deterministic Parquet encoding: same frame, same bytes (no index, no timestamps)."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
+    return buffer.getvalue()
+
+
+def write_atomic(path: ObjectStoragePath, payload: bytes) -> str:
+    """Write `payload` to `path` atomically, replacing what was there; returns its SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    staging.write_bytes(payload)
+    try:
+        staging.fs.mv(staging.path, path.path)
+    finally:
+        if staging.exists():
+            staging.unlink()
+    return hashlib.sha256(payload).hexdigest()
+
+
+def write_parquet(path: ObjectStoragePath, frame: pd.DataFrame) -> str:
+    return write_atomic(path, parquet_bytes(frame))
+
+
+def copy_tree(source: Any, target: ObjectStoragePath | Path) -> dict[str, str]:
+    """Copy every file under `source` to `target` (each a local Path or an ObjectStoragePath).
+
+    Returns relative path → URI of the copy.
+    """
+    copied = {}
+    for path in sorted(source.rglob("*"), key=str):
+        if path.is_file():
+            relative = str(path.relative_to(source))
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(path.read_bytes())
+            copied[relative] = uri(destination)
+    return copied
+
+
+def read_parquet(path: ObjectStoragePath, columns: list[str] | None = None) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(path.read_bytes()), columns=columns)
+
+
+def read_partitions(root: ObjectStoragePath, zone: str, dataset: str, days: list[dt.date]) -> pd.DataFrame | None:
+    """Concatenate the existing partitions among `days`; None if there are none."""
+    import pandas as pd
+
+    frames = [read_parquet(f) for d in days if (f := partition_file(root, zone, dataset, d)).exists()]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else None

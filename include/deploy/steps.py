@@ -1,0 +1,523 @@
+"""The steps of `nightshift_deploy`: push, infra validation, canary, promotion, rollback, retirement.
+
+Serving's state is `models.config` (which versions are loaded, where `stable` and `canary` point);
+every change to it is made under a Postgres advisory lock held for the model, checked against the
+state the step expected, recorded in the `deployments` table and mirrored in the registry's
+status. The pipeline only ever talks to the server through `ServingClient`, so the same steps
+drive the real TF Serving and the local one.
+
+Order of a deploy, after TFX's InfraValidator and a plain canary:
+
+1. **push**: stage the blessed SavedModel next to the version folders, check it loads and has the
+   expected signature, add warmup records built from real recent rows, then rename it to
+   `<model>/<version>/` (atomic; an existing version folder is never overwritten).
+2. **infra validation**: load the version (no label moves), wait for AVAILABLE, compare its
+   metadata with the expected signature and its predictions on real rows with the offline ones.
+   A failure unloads it, leaves the labels untouched and rejects the version with the reason.
+3. **canary**: `canary` → the version; the same requests go to canary and stable, and latency p99,
+   error rate and the mean prediction shift are compared with the policy.
+4. **promote**: `stable` → the version; the old one stays loaded for the grace period.
+5. **rollback**: `stable` → the previous production version in one step (loading it first when
+   the grace period has already retired it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from include.contract.features import MODEL_FEATURES, SCHEDULE_CATEGORICAL
+from include.contract.inputs import rows_to_arrays, serving_rows
+from include.core import lake
+from include.core.alerts import Alert, send
+from include.core.assets import DEPLOY_DAG
+from include.core.config import DeployPolicy, Settings
+from include.db import engine
+from include.serving.client import ServingClient, ServingError, client_for
+from include.serving.config import WARMUP_FILE
+from include.serving.state import ServingState, read_state, write_state
+
+log = logging.getLogger(__name__)
+
+DAG_ID = DEPLOY_DAG
+ACTIONS = ("canary", "promote", "rollback")
+EXPECTED_DTYPES = {f: "DT_STRING" if f in SCHEDULE_CATEGORICAL else "DT_FLOAT" for f in MODEL_FEATURES}
+
+
+class DeployError(RuntimeError):
+    """A deploy step refused to change serving; the message says why and what to do."""
+
+
+class DeployConflict(DeployError):
+    """Another deploy holds the model's lock, or moved its labels while this one waited."""
+
+
+@contextlib.contextmanager
+def serving_lock(settings: Settings, timeout_s: float) -> Iterator[None]:
+    """One deploy at a time per model: a session-level Postgres advisory lock, waited on for `timeout_s`."""
+    key = zlib.crc32(f"nightshift-serving:{settings.model_name}".encode())
+    with engine(settings.require_database_url()).connect() as conn:
+        deadline = time.monotonic() + timeout_s
+        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            if time.monotonic() > deadline:
+                raise DeployConflict(
+                    f"another deploy of {settings.model_name} has held the serving lock for over {timeout_s:.0f} s; "
+                    "retry when it has finished (see the deployments table)"
+                )
+            time.sleep(0.5)
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+def _expect(state: ServingState, expected_labels: dict[str, int] | None) -> None:
+    if expected_labels is not None and state.labels != expected_labels:
+        raise DeployConflict(
+            f"serving labels changed while this deploy waited: expected {expected_labels}, found {state.labels}; "
+            "re-run the deploy against the current state"
+        )
+
+
+def wait_available(client: ServingClient, version: int, timeout_s: float) -> None:
+    """Poll the version's status until AVAILABLE. Unreachable serving fails after the client's retries."""
+    deadline = time.monotonic() + timeout_s
+    last = "not loaded yet"
+    while time.monotonic() < deadline:
+        try:
+            states = client.status(version=version)
+        except ServingError as err:
+            if err.status is None or err.status >= 500:
+                raise
+            last = str(err)
+        else:
+            if any(s["state"] == "AVAILABLE" for s in states):
+                return
+            errors = [s["status"].get("error_message") for s in states if s["state"] == "END"]
+            if any(errors):
+                raise DeployError(f"version {version} failed to load: {errors[0]}")
+            last = ", ".join(s["state"] for s in states)
+        time.sleep(0.5)
+    raise DeployError(f"version {version} did not become AVAILABLE within {timeout_s:.0f} s ({last})")
+
+
+# -- requests from real rows ---------------------------------------------------------------------
+
+
+def sample_rows(settings: Settings, dataset_uri: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` real rows of the most recent day of the version's test split, as TF Serving instances."""
+    test = lake.read_parquet(lake.at(settings, dataset_uri.rstrip("/")) / "test.parquet")
+    recent = test[test["flight_date"] == test["flight_date"].max()]
+    picked = recent.sample(n=min(n, len(recent)), random_state=seed).sort_values("event_timestamp")
+    return serving_rows(picked)
+
+
+def offline_predictions(export_dir: Path, rows: list[dict[str, Any]]) -> list[float]:
+    """Load the SavedModel in-process, check its signature, predict `rows`; raise DeployError if broken."""
+    import tensorflow as tf
+
+    missing = [p for p in ("saved_model.pb", "variables/variables.index") if not (export_dir / p).exists()]
+    if missing:
+        raise DeployError(f"incomplete SavedModel: {', '.join(missing)} missing under {export_dir}")
+    try:
+        signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    except Exception as err:
+        raise DeployError(f"SavedModel does not load: {type(err).__name__}: {err}") from err
+    specs = signature.structured_input_signature[1]
+    got = {name: ("DT_STRING" if spec.dtype == tf.string else "DT_FLOAT") for name, spec in specs.items()}
+    if got != EXPECTED_DTYPES:
+        raise DeployError(f"serving signature differs from the feature list: {_signature_diff(got)}")
+    outputs = signature(**{k: tf.constant(v) for k, v in rows_to_arrays(rows).items()})
+    return [float(p) for p in next(iter(outputs.values())).numpy().reshape(-1)]
+
+
+def _signature_diff(got: dict[str, str]) -> str:
+    missing = sorted(set(EXPECTED_DTYPES) - set(got))
+    extra = sorted(set(got) - set(EXPECTED_DTYPES))
+    typed = sorted(f for f in set(got) & set(EXPECTED_DTYPES) if got[f] != EXPECTED_DTYPES[f])
+    return f"missing {missing}, unexpected {extra}, wrong dtype {typed}"
+
+
+def write_warmup(export_dir: Path, model: str, rows: list[dict[str, Any]], records: int) -> int:
+    """`assets.extra/tf_serving_warmup_requests`: PredictionLog TFRecords TF Serving replays on load."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    target = export_dir / WARMUP_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sizes = [1, *(2**i for i in range(1, records))][:records]  # batch sizes 1, 2, 4, … warm each shape
+    with tf.io.TFRecordWriter(str(target)) as writer:
+        for size in sizes:
+            batch = (rows * (size // len(rows) + 1))[:size]
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+                name=model, signature_name="serving_default"))  # fmt: skip
+            for name, values in rows_to_arrays(batch).items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(values.astype(bytes) if values.dtype == object
+                                                                   else values))  # fmt: skip
+            log_entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log_entry.SerializeToString())
+    return len(sizes)
+
+
+# -- recording -----------------------------------------------------------------------------------
+
+
+def _record(settings: Settings, run_id: str, version: int, action: str, succeeded: bool, reason: str,
+            state: ServingState, previous: int | None = None, detail: dict | None = None) -> None:  # fmt: skip
+    from include.train.registry import record_deployment
+
+    record_deployment(settings.require_database_url(), {
+        "model": settings.model_name, "version": version, "action": action, "succeeded": succeeded,
+        "stable_version": state.stable, "canary_version": state.canary, "previous_stable_version": previous,
+        "reason": reason, "detail": json.loads(json.dumps(detail or {}, default=str)),
+        "dag_id": DAG_ID, "run_id": run_id, "created_at": now(),
+    })  # fmt: skip
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _set_status(settings: Settings, version: int, status: str, note: str | None = None) -> None:
+    from include.train.registry import set_status
+
+    set_status(settings.require_database_url(), version, status, now(), note)
+
+
+def _fail(settings: Settings, run_id: str, version: int, action: str, reason: str, state: ServingState,
+          reject: str | None = None, detail: dict[str, Any] | None = None) -> DeployError:  # fmt: skip
+    """Record a failed step (and the version's new status), return the error to raise."""
+    _record(settings, run_id, version, action, False, reason, state, detail=detail)
+    if reject:
+        _set_status(settings, version, reject, f"{action} failed: {reason}")
+    log.error("%s of version %d failed: %s", action, version, reason)
+    _alert(settings, run_id, action, version, Alert(
+        kind="deploy_failed", key=f"{settings.model_name}:{version}:{action}", severity="critical",
+        title=f"Deploy of {settings.model_name} version {version} failed at {action.replace('_', ' ')}",
+        impact=f"version {version} does not serve; stable stays on version {state.stable}, untouched"
+        + (f"; the version is now {reject}" if reject else ""),
+        details=[reason], next_step="read the reason; a model problem needs a new training run, a serving "
+        "problem (unreachable, slow) needs the server fixed, then re-run nightshift_deploy from the form",
+    ))  # fmt: skip
+    return DeployError(f"{action} of {settings.model_name} version {version} failed: {reason}")
+
+
+TASK_OF_ACTION = {"infra_validation": "infra_validate"}
+
+
+def _alert(settings: Settings, run_id: str, action: str, version: int, alert: Alert) -> None:
+    from include.train.registry import get_version
+
+    report = get_version(settings.require_database_url(), version).get("report_uri")
+    send(settings.require_database_url(), dataclasses.replace(
+        alert, link=report, dag_id=DAG_ID, task_id=TASK_OF_ACTION.get(action, action), run_id=run_id))  # fmt: skip
+
+
+# -- the steps -----------------------------------------------------------------------------------
+
+
+def plan(settings: Settings, params: dict[str, Any], event_versions: list[int]) -> dict[str, Any]:
+    """Which version and action this run is about: the form's, else the triggering candidate's."""
+    from include.train.registry import get_version, latest_blessed
+
+    url = settings.require_database_url()
+    action = params.get("action") or "promote"
+    if action not in ACTIONS:
+        raise DeployError(f"action {action!r}: choose one of {', '.join(ACTIONS)}")
+    state = read_state(settings)
+    version = params.get("version") or (max(event_versions) if event_versions else None)
+    if action == "rollback":
+        if state.stable is None:
+            raise DeployError("nothing to roll back: no version is labelled stable")
+        return {"action": action, "version": version, "stable": state.stable, "labels": state.labels}
+    version = version or latest_blessed(url)
+    if version is None:
+        raise DeployError("no version given and no blessed version in the registry; train one first")
+    try:
+        row = get_version(url, int(version))
+    except sa.exc.NoResultFound:
+        raise DeployError(f"model version {version} is not in the registry") from None
+    if row["status"] in ("candidate", "rejected"):
+        raise DeployError(f"model version {version} is {row['status']} ({row['gate_note']}); only a blessed "
+                          "version can be deployed")  # fmt: skip
+    return {"action": action, "version": int(version), "stable": state.stable, "labels": state.labels,
+            "artifact_uri": row["artifact_uri"], "dataset_uri": row["dataset_uri"]}  # fmt: skip
+
+
+def push(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Copy the SavedModel into `<model>/<version>/` atomically, with warmup records and the
+    real rows + offline predictions infra validation will replay."""
+
+    version = plan["version"]
+    target = settings.model_dir / str(version)
+    requests_uri = lake.lake_root(settings) / "deployments" / settings.model_name / str(version) / "requests.json"
+    if target.exists():
+        if (target / "saved_model.pb").exists() and requests_uri.exists():
+            log.info("version %d is already pushed to %s; a version folder is never overwritten", version, target)
+            return {"version": version, "path": str(target), "requests": lake.uri(requests_uri), "pushed": False}
+        raise _fail(settings, run_id, version, "push", f"{target} exists but is not a pushed version; it is never "
+                    "overwritten: move it aside by hand", read_state(settings))  # fmt: skip
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    stage = settings.model_dir / f".staging-{version}-{uuid.uuid4().hex[:8]}"  # not numeric: servers skip it
+    try:
+        lake.copy_tree(lake.at(settings, plan["artifact_uri"]), stage)
+        rows = sample_rows(settings, plan["dataset_uri"], policy.infra_requests)
+        try:
+            expected = offline_predictions(stage, rows)
+        except DeployError as err:
+            raise _fail(settings, run_id, version, "push", str(err), read_state(settings), reject="rejected") from err
+        warmups = write_warmup(stage, settings.model_name, rows, policy.warmup_records)
+        lake.write_atomic(requests_uri, json.dumps({"rows": rows, "predictions": expected}).encode())
+        stage.rename(target)  # the last step: the version folder appears complete or not at all
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    _record(settings, run_id, version, "push", True, f"pushed to {target}", read_state(settings),
+            detail={"warmup_records": warmups, "requests": len(rows)})  # fmt: skip
+    return {"version": version, "path": str(target), "requests": lake.uri(requests_uri), "pushed": True,
+            "warmup_records": warmups}  # fmt: skip
+
+
+def _load_requests(uri: str) -> dict[str, Any]:
+    from airflow.sdk import ObjectStoragePath
+
+    return json.loads(ObjectStoragePath(uri).read_text())
+
+
+def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushed: dict[str, Any],
+                   run_id: str) -> dict[str, Any]:  # fmt: skip
+    """Load the version without moving a label, then check status, signature and predictions."""
+    version = plan["version"]
+    recorded = _load_requests(pushed["requests"])
+    with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
+        state = read_state(settings)
+        _expect(state, plan["labels"])
+        added = version not in state.versions
+        if added:
+            write_state(settings, ServingState([*state.versions, version], state.labels))  # step 1: load only
+        checks: dict[str, Any] = {}
+        try:
+            wait_available(client, version, policy.load_timeout_s)
+            checks["available"] = True
+            signature = client.signature_inputs(version=version)
+            if signature != EXPECTED_DTYPES:
+                raise DeployError(f"served signature differs: {_signature_diff(signature)}")
+            checks["signature"] = True
+            served = np.array(client.predict_rows(recorded["rows"], version=version), dtype=float).reshape(-1)
+            diff = float(np.max(np.abs(served - np.array(recorded["predictions"]))))
+            checks |= {"requests": len(served), "max_abs_diff": diff, "tolerance": policy.infra_tolerance}
+            if not diff <= policy.infra_tolerance:
+                raise DeployError(f"served predictions differ from offline ones by {diff:.2e} > "
+                                  f"{policy.infra_tolerance:.0e} on {len(served)} real rows")  # fmt: skip
+        except (DeployError, ServingError) as err:
+            if added:
+                write_state(settings, state)  # unload it again; labels were never touched
+            raise _fail(
+                settings,
+                run_id,
+                version,
+                "infra_validation",
+                str(err),
+                state,
+                reject="rejected" if isinstance(err, DeployError) else None,
+                detail=checks,
+            ) from err
+        _record(settings, run_id, version, "infra_validation", True, "AVAILABLE, signature and predictions match",
+                read_state(settings), detail=checks)  # fmt: skip
+    return {"version": version, **checks}
+
+
+def _latencies(client: ServingClient, rows: list[dict[str, Any]], **target: Any) -> tuple[list[float], list, int]:
+    """Single-row requests one by one: (latencies ms, predictions, errors)."""
+    latencies, predictions, errors = [], [], 0
+    for row in rows:
+        began = time.perf_counter()
+        try:
+            predictions.append(float(np.ravel(client.predict_rows([row], **target))[0]))
+        except ServingError:
+            errors += 1
+        latencies.append((time.perf_counter() - began) * 1000)
+    return latencies, predictions, errors
+
+
+def compare(client: ServingClient, rows: list[dict[str, Any]], policy: DeployPolicy) -> dict[str, Any]:
+    """Canary against stable on the same requests: p99 latency, error rate, mean prediction shift."""
+    canary_ms, canary_p, canary_err = _latencies(client, rows, label="canary")
+    stable_ms, stable_p, stable_err = _latencies(client, rows, label="stable")
+    result = {
+        "requests": len(rows),
+        "canary_p99_ms": float(np.percentile(canary_ms, 99)),
+        "stable_p99_ms": float(np.percentile(stable_ms, 99)),
+        "canary_error_rate": canary_err / len(rows),
+        "stable_error_rate": stable_err / len(rows),
+        "canary_mean_prediction": float(np.mean(canary_p)) if canary_p else None,
+        "stable_mean_prediction": float(np.mean(stable_p)) if stable_p else None,
+    }
+    result["prediction_shift"] = (
+        abs(result["canary_mean_prediction"] - result["stable_mean_prediction"]) if canary_p and stable_p else None
+    )
+    problems = []
+    p99_limit = policy.max_p99_ratio * result["stable_p99_ms"] + policy.p99_slack_ms
+    if result["canary_p99_ms"] > p99_limit:
+        problems.append(f"p99 {result['canary_p99_ms']:.1f} ms > {p99_limit:.1f} ms")
+    if result["canary_error_rate"] > policy.max_error_rate:
+        problems.append(f"error rate {result['canary_error_rate']:.1%} > {policy.max_error_rate:.1%}")
+    if result["prediction_shift"] is None or result["prediction_shift"] > policy.max_prediction_shift:
+        problems.append(f"mean prediction shift {result['prediction_shift']} > {policy.max_prediction_shift}")
+    result["problems"] = problems
+    return result
+
+
+def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushed: dict[str, Any],
+           run_id: str) -> dict[str, Any]:  # fmt: skip
+    """Point `canary` at the validated version and compare it with `stable` on the same requests."""
+    version = plan["version"]
+    rows = (_load_requests(pushed["requests"])["rows"] * policy.canary_requests)[: policy.canary_requests]
+    with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
+        state = read_state(settings)
+        _expect(state, plan["labels"])
+        if version not in state.versions:
+            raise DeployError(f"version {version} is not loaded; infra validation must run first")
+        if state.stable == version:
+            return {"version": version, "skipped": "already stable"}
+        labelled = ServingState(state.versions, {**state.labels, "canary": version})
+        write_state(settings, labelled)  # step 2: the label moves to an AVAILABLE version
+        try:
+            wait_label(client, "canary", version, policy.load_timeout_s)
+            result = compare(client, rows, policy) if state.stable is not None else {"first_deployment": True}
+        except (DeployError, ServingError) as err:
+            write_state(settings, state)
+            raise _fail(settings, run_id, version, "canary", str(err), state) from err
+        if result.get("problems"):  # the canary label goes, and the version is unloaded at once
+            restored = ServingState([v for v in state.versions if v != version],
+                                    {k: v for k, v in state.labels.items() if k != "canary"})  # fmt: skip
+            write_state(settings, restored)
+            _set_status(settings, version, "canary")
+            raise _fail(settings, run_id, version, "canary", "; ".join(result["problems"]), restored,
+                        reject="rolled_back", detail=result)  # fmt: skip
+        _set_status(settings, version, "canary")
+        _record(settings, run_id, version, "canary", True,
+                "first deployment: no stable to compare with" if state.stable is None else "canary healthy",
+                labelled, detail=result)  # fmt: skip
+    return {"version": version, "labels": labelled.labels, **result}
+
+
+def _change(settings: Settings, run_id: str, action: str, version: int, before: ServingState,
+            after: ServingState, applied: Callable[[], None]) -> None:  # fmt: skip
+    """Write `after`, wait until the server `applied` it; if it does not, put `before` back and fail."""
+    write_state(settings, after)
+    try:
+        applied()
+    except (DeployError, ServingError) as err:
+        write_state(settings, before)
+        raise _fail(settings, run_id, version, action, str(err), before) from err
+
+
+def wait_label(client: ServingClient, label: str, version: int, timeout_s: float) -> None:
+    """Wait until the server routes `label` to `version` (TF Serving applies the config when it polls)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if int(client.status(label=label)[0]["version"]) == version:
+                return
+        except ServingError as err:
+            if err.status is None or err.status >= 500:
+                raise
+        if time.monotonic() > deadline:
+            raise DeployError(f"the server did not route label {label!r} to version {version} within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def promote(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """`stable` → the canary version; the old stable stays loaded (unlabelled) for the grace period."""
+    version = plan["version"]
+    with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
+        state = read_state(settings)
+        previous = state.stable
+        if previous == version:
+            return {"version": version, "stable": version, "previous": previous, "changed": False}
+        if state.canary != version:
+            raise DeployConflict(f"version {version} is not the canary (labels {state.labels}); run the canary first")
+        promoted = ServingState(state.versions, {"stable": version})
+        _change(settings, run_id, "promote", version, state, promoted,
+                lambda: wait_label(client, "stable", version, policy.load_timeout_s))  # fmt: skip
+        _set_status(settings, version, "production")
+        if previous is not None:
+            _set_status(settings, previous, "archived", f"replaced by version {version}")
+        _record(settings, run_id, version, "promote", True, f"stable {previous} → {version}", promoted, previous)
+    return {"version": version, "stable": version, "previous": previous, "changed": True}
+
+
+def rollback(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """`stable` → the version it replaced (or the form's version), in one step when still loaded."""
+    from include.train.registry import previous_stable
+
+    with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
+        state = read_state(settings)
+        current = state.stable
+        if current is None:
+            raise DeployError("nothing to roll back: no version is labelled stable")
+        target = plan.get("version") or previous_stable(settings.require_database_url(), settings.model_name, current)
+        if target is None or int(target) == current:
+            raise _fail(settings, run_id, current, "rollback", f"no earlier production version to roll back to from "
+                        f"version {current}; give one in the form", state)  # fmt: skip
+        target = int(target)
+        if target not in state.versions:  # retired after its grace period: load first, then label
+            _change(settings, run_id, "rollback", target, state, ServingState([*state.versions, target], state.labels),
+                    lambda: wait_available(client, target, policy.load_timeout_s))  # fmt: skip
+        rolled = ServingState(sorted({*state.versions, target}), {"stable": target})
+        _change(settings, run_id, "rollback", target, state, rolled,
+                lambda: wait_label(client, "stable", target, policy.load_timeout_s))  # fmt: skip
+        _set_status(settings, current, "rolled_back", f"rolled back to version {target}")
+        if state.canary is not None and state.canary not in (current, target):
+            _set_status(settings, state.canary, "rolled_back", f"canary dropped by the rollback to {target}")
+        _set_status(settings, target, "production")
+        _record(settings, run_id, target, "rollback", True, f"stable {current} → {target}", rolled, current)
+        _alert(settings, run_id, "rollback", target, Alert(
+            kind="rollback", key=f"{settings.model_name}:{current}->{target}:{run_id}", severity="warning",
+            title=f"{settings.model_name} rolled back: stable {current} → {target}",
+            impact=f"production now serves version {target}; version {current} is rolled_back and stays loaded "
+            f"for {policy.grace_hours:g} h for investigation",
+            details=[f"requested by run {run_id}"],
+            next_step=f"find out what was wrong with version {current} (its evaluation report, the drift reports)",
+        ))  # fmt: skip
+    return {"version": target, "stable": target, "rolled_back": current}
+
+
+def retire(settings: Settings, policy: DeployPolicy, run_id: str, at: dt.datetime | None = None) -> list[int]:
+    """Unload unlabelled versions whose grace period is over (or that were rejected); labels stay."""
+    from include.db import model_versions
+
+    at = at or now()
+    cutoff = at - dt.timedelta(hours=policy.grace_hours)
+    with serving_lock(settings, policy.lock_timeout_s):
+        state = read_state(settings)
+        idle = [v for v in state.versions if v not in state.labels.values()]
+        if not idle:
+            return []
+        with engine(settings.require_database_url()).connect() as conn:
+            rows = conn.execute(
+                sa.select(model_versions.c.version, model_versions.c.status, model_versions.c.updated_at)
+                .where(model_versions.c.version.in_(idle))
+            ).all()  # fmt: skip
+        expired = sorted(v for v, status, updated in rows if status == "rejected" or updated <= cutoff)
+        if expired:
+            kept = ServingState([v for v in state.versions if v not in expired], state.labels)
+            write_state(settings, kept)
+            for version in expired:
+                _record(settings, run_id, version, "retire", True,
+                        f"unloaded: unlabelled for over {policy.grace_hours:g} h", kept)  # fmt: skip
+    return expired

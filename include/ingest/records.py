@@ -1,0 +1,70 @@
+"""What ingestion records in Postgres per day: partition manifests, ingestion runs, quarantine counts
+and validation results. Each write is an upsert keyed on the day, so a retry rewrites the same rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from include.db import engine, ingestion_runs, partitions, quarantine_counts, upsert, validation_results
+
+
+def record_partition(
+    url: str, dataset: str, day: dt.date, uri: str, rows: int, sha256: str, run_id: str, at: dt.datetime
+) -> None:
+    with engine(url).begin() as conn:
+        upsert(
+            conn,
+            partitions,
+            [
+                {
+                    "dataset": dataset,
+                    "partition_date": day,
+                    "uri": uri,
+                    "rows": rows,
+                    "content_sha256": sha256,
+                    "run_id": run_id,
+                    "written_at": at,
+                }
+            ],
+        )
+
+
+def replace_quarantine_counts(url: str, day: dt.date, counts: dict[str, int], run_id: str) -> None:
+    """The day's counts per reason, replacing what an earlier run of the day recorded."""
+    with engine(url).begin() as conn:
+        conn.execute(sa.delete(quarantine_counts).where(quarantine_counts.c.partition_date == day))
+        upsert(
+            conn,
+            quarantine_counts,
+            [{"partition_date": day, "reason": r, "rows": n, "run_id": run_id} for r, n in counts.items()],
+        )
+
+
+def record_ingestion(url: str, row: dict[str, Any]) -> None:
+    with engine(url).begin() as conn:
+        upsert(conn, ingestion_runs, [row])
+
+
+def record_validation(url: str, row: dict[str, Any]) -> None:
+    row = {**row, "failures": json.loads(json.dumps(row["failures"], default=str))}
+    with engine(url).begin() as conn:
+        upsert(conn, validation_results, [row])
+
+
+def partition_rows(url: str, dataset: str, days: Iterable[dt.date]) -> dict[dt.date, int]:
+    """Row counts recorded for `dataset` on `days` (missing days are absent)."""
+    days = list(days)
+    if not days:
+        return {}
+    with engine(url).connect() as conn:
+        result = conn.execute(
+            sa.select(partitions.c.partition_date, partitions.c.rows).where(
+                partitions.c.dataset == dataset, partitions.c.partition_date.in_(days)
+            )
+        )
+        return {d: n for d, n in result}

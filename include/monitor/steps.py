@@ -1,0 +1,345 @@
+"""The steps of `nightshift_monitor`: score the new days with the stable model, compare them with
+the reference the training run saved (Evidently), judge against the policy, alert, ask for retraining.
+
+* **score**: the day's flights (labels are known once they have landed) joined point in time to
+  the `flight_delay_v1` features, scored by the `stable` serving model through the serving client
+  in batches, logged to `{lake}/predictions/date=…/` with the model version.
+* **report**: Evidently data drift of every model input (per feature and as a share), prediction
+  drift, and classification quality (ROC-AUC, precision, recall, log loss; Brier and calibration
+  error next to them). HTML to `{lake}/reports/drift/date=…/index.html`; one `drift_reports` row
+  per day and metric.
+* **judge**: every threshold in `MonitorPolicy`; a crossing raises one alert for the day. Drift on
+  `persist_days` consecutive days, or a quality drop, requests retraining, at most once a day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.contract.features import FLIGHT_KEY, LABEL_KEY, MODEL_FEATURES
+from include.contract.inputs import serving_columns
+from include.contract.metrics import expected_calibration_error
+from include.core import lake
+from include.core.alerts import Alert, send
+from include.core.assets import MONITOR_DAG
+from include.core.calendar import form_days, window_days
+from include.core.config import MonitorPolicy, Settings
+from include.db import drift_reports, engine, retrain_requests, upsert
+from include.monitor.drift import (
+    PREDICTION,
+    drift_thresholds,
+    empty_inputs,
+    evidently_report,
+    read_metrics,
+    worst_reference_day_auc,
+)
+from include.serving.client import client_for
+
+log = logging.getLogger(__name__)
+
+DAG_ID = MONITOR_DAG
+
+
+class MonitorError(AirflowFailException):
+    """Monitoring cannot run (no data for the day, no reference); the message says what to do.
+
+    Deterministic for the data at hand, so the task fails at once instead of retrying."""
+
+
+# -- score -----------------------------------------------------------------------------------------
+
+
+def day_frame(settings: Settings, day: dt.date) -> pd.DataFrame:
+    """The day's labelled flights with their point-in-time features (as training built them)."""
+    from include.train.dataset import DatasetError, join_features, labelled_flights
+
+    try:
+        entities = labelled_flights(lake.lake_root(settings), [day])
+    except DatasetError as err:
+        raise MonitorError(f"{day}: {err}") from err
+    joined, _ = join_features(settings, entities)
+    return joined
+
+
+def predictions_file(settings: Settings, day: dt.date):
+    """`{lake}/predictions/date=YYYY-MM-DD/part-0.parquet`: the day's flights, predictions and model version."""
+    return lake.lake_root(settings) / "predictions" / f"date={day.isoformat()}" / lake.PARTITION_FILE
+
+
+def score_day(settings: Settings, policy: MonitorPolicy, day: dt.date, run_id: str) -> dict[str, Any]:
+    """Score the day with the version `stable` points at now: every request names that version, so a
+    promotion while the day is scored cannot mix two models' predictions under one version number."""
+    frame = day_frame(settings, day)
+    predictions: list[float] = []
+    with client_for(settings) as client:
+        version = int(client.status(label="stable")[0]["version"])
+        for start in range(0, len(frame), policy.batch_size):
+            batch = frame.iloc[start : start + policy.batch_size]
+            predictions += [float(p) for p in np.ravel(client.predict_columns(serving_columns(batch),
+                                                                              version=version))]  # fmt: skip
+    scored = frame[list(dict.fromkeys([*FLIGHT_KEY, *MODEL_FEATURES, LABEL_KEY]))].assign(
+        **{PREDICTION: predictions, "model_version": version}
+    )
+    target = predictions_file(settings, day)
+    lake.write_parquet(target, scored)
+    log.info("%s: %d flights scored by version %d → %s", day, len(scored), version, lake.uri(target))
+    return {"day": day.isoformat(), "rows": len(scored), "model_version": version, "uri": lake.uri(target)}
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def reference_for(url: str, version: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The reference the version's training run saved (its test days, where the registry records them)."""
+    from airflow.sdk import ObjectStoragePath
+
+    from include.train.registry import get_version
+
+    row = get_version(url, version)
+    uri = row.get("reference_uri")
+    if not uri:
+        raise MonitorError(f"version {version} records no monitoring reference; retrain it with this release")
+    path = ObjectStoragePath(uri)
+    if not path.exists():
+        raise MonitorError(f"version {version}'s monitoring reference {uri} is missing from the lake; retrain it")
+    return lake.read_parquet(path), row
+
+
+@dataclass(frozen=True)
+class CalibratedReference:
+    """A version's reference with what its test days say about normal day-to-day variation."""
+
+    frame: pd.DataFrame
+    version: dict[str, Any]
+    thresholds: dict[str, float]
+    worst_day_auc: float | None
+
+
+@lru_cache(maxsize=4)
+def calibrated_reference(url: str, version: int, policy: MonitorPolicy) -> CalibratedReference:
+    """Read and calibrate once per version: the report task judges many days against the same one."""
+    frame, row = reference_for(url, version)
+    return CalibratedReference(frame, row, drift_thresholds(frame, policy),
+                               worst_reference_day_auc(frame, policy.min_rows))  # fmt: skip
+
+
+def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any], run_id: str) -> dict[str, Any]:
+    from sklearn.metrics import brier_score_loss
+
+    url = settings.require_database_url()
+    day = dt.date.fromisoformat(scored["day"])
+    began = time.monotonic()
+    current = lake.read_parquet(predictions_file(settings, day))
+    calibrated = calibrated_reference(url, scored["model_version"], policy)
+    reference, version, thresholds = calibrated.frame, calibrated.version, calibrated.thresholds
+    snapshot = evidently_report(reference, current, policy, thresholds)
+    metrics = read_metrics(snapshot)
+    folder = lake.lake_root(settings) / "reports" / "drift" / f"date={day.isoformat()}"
+    with tempfile.TemporaryDirectory(prefix="nightshift-drift-") as tmp:
+        snapshot.save_html(str(Path(tmp) / "index.html"))
+        lake.write_atomic(folder / "index.html", (Path(tmp) / "index.html").read_bytes())
+    report_uri = lake.uri(folder / "index.html")
+    y, p = current[LABEL_KEY].astype(int).to_numpy(), current[PREDICTION].to_numpy()
+    empty = empty_inputs(reference, current)
+    feature_drift = {f: metrics["drift"].get(f) for f in MODEL_FEATURES if f in metrics["drift"] or f in empty}
+    watched = [f for f in MODEL_FEATURES if f not in policy.exempt_features]
+    drifted = [f for f in watched if f in empty] + sorted(
+        (f for f in watched if f not in empty and feature_drift.get(f, 0.0) >= thresholds[f]),
+        key=lambda f: -feature_drift[f],
+    )
+    test_auc = float(version["metrics"]["auc"])
+    auc = metrics["quality"].get("RocAuc")
+    worst_day_auc = calibrated.worst_day_auc
+    judged = len(current) >= policy.min_rows and auc is not None
+    summary = {
+        "day": day.isoformat(),
+        "rows": len(current),
+        "model_version": scored["model_version"],
+        "drift_share": len(drifted) / len(watched),
+        "drifted_features": drifted,
+        "empty_features": empty,
+        "feature_drift": feature_drift,
+        "drift_thresholds": thresholds,
+        "prediction_drift": metrics["drift"].get(PREDICTION),
+        "prediction_rate": float(p.mean()),
+        "reference_prediction_rate": float(reference[PREDICTION].mean()),
+        "positive_rate": float(y.mean()),
+        "auc": auc,
+        "test_auc": test_auc,
+        "worst_test_day_auc": worst_day_auc,
+        # A day's AUC swings with its weather: a drop counts when it is past the policy's limit
+        # and below the version's worst test day too.
+        "max_auc_drop": max(policy.max_auc_drop, test_auc - worst_day_auc if worst_day_auc is not None else 0.0),
+        "precision": metrics["quality"].get("Precision"),
+        "recall": metrics["quality"].get("Recall"),
+        "log_loss": metrics["quality"].get("LogLoss"),
+        "brier": float(brier_score_loss(y, p)),
+        "ece": expected_calibration_error(y, p),
+        "quality_judged": judged,
+        "report": report_uri,
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    summary["prediction_rate_shift"] = abs(summary["prediction_rate"] - summary["reference_prediction_rate"])
+    summary["auc_drop"] = (test_auc - auc) if judged else None
+    record_metrics(url, summary, policy, run_id)
+    log.info("%s: drift share %.2f (%s), AUC %s vs test %.3f; report %s", day, summary["drift_share"],
+             ", ".join(drifted) or "none", f"{auc:.3f}" if auc else "n/a", test_auc, report_uri)  # fmt: skip
+    return summary
+
+
+def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run_id: str) -> None:
+    """One row per day and metric (and per feature for feature drift), replacing a re-run's."""
+    day = dt.date.fromisoformat(summary["day"])
+    rows: list[dict[str, Any]] = []
+
+    def add(metric: str, value: float | None, threshold: float | None = None, crossed: bool = False,
+            feature: str = "") -> None:  # fmt: skip
+        rows.append({"partition_date": day, "metric": metric, "feature": feature, "value": value,
+                     "threshold": threshold, "crossed": crossed})  # fmt: skip
+
+    for feature, score in summary["feature_drift"].items():
+        add("feature_drift", score, summary["drift_thresholds"][feature], feature in summary["drifted_features"],
+            feature)  # fmt: skip
+    add("drift_share", summary["drift_share"], policy.max_drift_share, summary["drift_share"] > policy.max_drift_share)
+    prediction_limit = summary["drift_thresholds"][PREDICTION]
+    add("prediction_drift", summary["prediction_drift"], prediction_limit,
+        (summary["prediction_drift"] or 0) >= prediction_limit)  # fmt: skip
+    add("prediction_rate", summary["prediction_rate"])
+    add("prediction_rate_shift", summary["prediction_rate_shift"], policy.max_prediction_rate_shift,
+        summary["prediction_rate_shift"] > policy.max_prediction_rate_shift)  # fmt: skip
+    add("positive_rate", summary["positive_rate"])
+    for name in ("auc", "precision", "recall", "log_loss", "brier", "ece"):
+        add(name, summary[name])
+    if summary["auc_drop"] is not None:
+        add("auc_drop", summary["auc_drop"], summary["max_auc_drop"], quality_dropped(summary))
+    now = dt.datetime.now(dt.UTC)
+    common = {"model_version": summary["model_version"], "rows": summary["rows"], "report_uri": summary["report"],
+              "run_id": run_id, "computed_at": now}  # fmt: skip
+    with engine(url).begin() as conn:
+        conn.execute(sa.delete(drift_reports).where(drift_reports.c.partition_date == day))
+        upsert(conn, drift_reports, [{**r, **common} for r in rows])
+
+
+# -- judge -----------------------------------------------------------------------------------------
+
+
+def quality_dropped(summary: dict[str, Any]) -> bool:
+    return summary["auc_drop"] is not None and summary["auc_drop"] > summary["max_auc_drop"]
+
+
+def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
+    found = []
+    if summary["drift_share"] > policy.max_drift_share:
+        found.append(f"{summary['drift_share']:.0%} of the model's inputs drifted (limit {policy.max_drift_share:.0%})")
+    for feature in summary["drifted_features"]:
+        score = summary["feature_drift"][feature]
+        found.append(f"{feature}: no values at all on the day or in the reference" if score is None
+                     else f"{feature}: drift {score:.3f} ≥ {summary['drift_thresholds'][feature]:.3f}")  # fmt: skip
+    if quality_dropped(summary):
+        worst = summary["worst_test_day_auc"]
+        found.append(f"ROC-AUC {summary['auc']:.3f}, {summary['auc_drop']:.3f} below the test AUC "
+                     f"{summary['test_auc']:.3f} (limit {summary['max_auc_drop']:.3f}"
+                     + (f"; the worst test day had {worst:.3f})" if worst is not None else ")"))  # fmt: skip
+    if summary["prediction_rate_shift"] > policy.max_prediction_rate_shift:
+        found.append(f"mean predicted risk {summary['prediction_rate']:.3f} vs "
+                     f"{summary['reference_prediction_rate']:.3f} on the reference "
+                     f"(limit ±{policy.max_prediction_rate_shift})")  # fmt: skip
+    return found
+
+
+def drift_streak(url: str, day: dt.date, policy: MonitorPolicy) -> int:
+    """Consecutive days up to `day` whose drift share crossed the limit."""
+    with engine(url).connect() as conn:
+        rows = dict(conn.execute(
+            sa.select(drift_reports.c.partition_date, drift_reports.c.crossed).where(
+                drift_reports.c.metric == "drift_share", drift_reports.c.partition_date <= day,
+                drift_reports.c.partition_date > day - dt.timedelta(days=policy.persist_days + 1))
+        ).all())  # fmt: skip
+    streak = 0
+    while rows.get(day - dt.timedelta(days=streak)):
+        streak += 1
+    return streak
+
+
+def _retrain_requested_today(url: str, at: dt.datetime) -> bool:
+    midnight = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    with engine(url).connect() as conn:
+        return (
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(retrain_requests)
+                .where(retrain_requests.c.requested_at >= midnight)
+            ).scalar_one()
+            > 0
+        )
+
+
+def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, Any]], run_id: str,
+          task_id: str = "judge") -> dict[str, Any]:  # fmt: skip
+    """One alert per day that crossed a threshold; retraining when drift persists or quality drops."""
+    url = settings.require_database_url()
+    now = dt.datetime.now(dt.UTC)
+    retrain_reason = None
+    alerted = []
+    for summary in summaries:
+        day = dt.date.fromisoformat(summary["day"])
+        found = crossings(summary, policy)
+        if not found:
+            continue
+        streak = drift_streak(url, day, policy)
+        quality = quality_dropped(summary)
+        wants = quality or streak >= policy.persist_days
+        if wants and retrain_reason is None and not _retrain_requested_today(url, now):
+            retrain_reason = (f"ROC-AUC dropped on {day}" if quality
+                              else f"drift persisted {streak} days up to {day}")  # fmt: skip
+            upsert_retrain(url, day, summary, retrain_reason, run_id, now)
+        if retrain_reason and wants:
+            next_step = f"retraining was requested ({retrain_reason}); check the new candidate in nightshift_train"
+        elif wants:
+            next_step = "retraining was already requested today; check nightshift_train"
+        else:
+            next_step = (f"the drifted share was over its limit {streak} day(s) in a row; "
+                         f"{policy.persist_days} in a row request retraining. "
+                         "Check the drifted features upstream (source data, weather feed)")  # fmt: skip
+        alert_id = send(url, Alert(
+            kind="quality_drop" if quality else "drift", key=day.isoformat(),
+            severity="critical" if quality else "warning",
+            title=f"{'Model quality dropped' if quality else 'Data drift'} on {day} (model version "
+                  f"{summary['model_version']}, {summary['rows']} flights)",
+            impact="predictions for these flights are less reliable than at training time" if quality else
+                   "the model sees inputs unlike its training data; its predictions may be off",
+            details=found, next_step=next_step, link=summary["report"],
+            dag_id=DAG_ID, task_id=task_id, run_id=run_id,
+        ))  # fmt: skip
+        alerted.append({"day": day.isoformat(), "alert_id": alert_id, "crossings": len(found)})
+    return {"alerts": alerted, "retrain": retrain_reason is not None, "retrain_reason": retrain_reason}
+
+
+def upsert_retrain(url: str, day: dt.date, summary: dict[str, Any], reason: str, run_id: str, at: dt.datetime) -> None:
+    with engine(url).begin() as conn:
+        upsert(conn, retrain_requests, [{
+            "partition_date": day, "reason": reason, "model_version": summary["model_version"],
+            "report_uri": summary["report"], "run_id": run_id, "requested_at": at,
+        }])  # fmt: skip
+
+
+def resolve_days(params: dict[str, Any], windows: list[list[str]]) -> list[dt.date]:
+    """The form's range, else the days the triggering ingestion published."""
+    days = form_days(params)
+    if days is not None:
+        return days
+    if not windows:
+        raise MonitorError("no days to monitor: give start_date/end_date, or run after nightshift_ingest")
+    return window_days(windows)

@@ -1,0 +1,171 @@
+"""`bin/nightshift`: set up and run nightshift on one Postgres (DATABASE_URL or embedded).
+
+Commands: db start|stop|url · prepare · demo · airflow · serve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from include.core.config import ConfigError, Settings, load_settings
+from include.ops.postgres import embedded_data_dir, resolve_database_url, stop_embedded
+from include.ops.runtime import UI_USERS, airflow_home, runtime_env
+
+log = logging.getLogger("nightshift")
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def prepare(settings: Settings) -> dict[str, str]:
+    """Postgres up, every schema migrated, settings imported, Feast applied; returns the env."""
+    from include.db.migrations import upgrade
+    from include.ops.airflow_settings import import_settings
+
+    started = time.monotonic()
+    where = "DATABASE_URL" if settings.database_url else f"embedded Postgres in {embedded_data_dir(settings.local_dir)}"
+    step(f"Postgres: {where}")
+    url = resolve_database_url(settings.database_url, settings.local_dir)
+    env = runtime_env(settings, url)
+    step("migrating nightshift's schema (alembic)")
+    upgrade(url)
+    step("migrating Airflow's metadata database")
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    step("importing airflow_settings.yaml (connections, variables, pools)")
+    counts = import_settings(settings.home / "airflow_settings.yaml", env)
+    print(f"    {counts}")
+    step("feast apply")
+    subprocess.run(
+        ["feast", "-c", str(settings.feast_repo), "apply", "--skip-source-validation"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    print(f"    ready in {time.monotonic() - started:.1f} s")
+    return env
+
+
+def ensure_passwords(settings: Settings) -> Path:
+    """A passwords file for the UI users, generated once, readable by its owner only."""
+    path = airflow_home(settings) / "passwords.json"
+    users = [u.split(":")[0] for u in UI_USERS.split(",")]
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if set(users) - set(known):
+        known |= {u: secrets.token_urlsafe(12) for u in users if u not in known}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=2))
+    path.chmod(0o600)
+    return path
+
+
+def run_airflow(settings: Settings) -> int:
+    """The full Airflow (api-server, scheduler, dag-processor, triggerer) and local serving, until Ctrl-C."""
+    from include.serving.process import local_server
+
+    env = prepare(settings)
+    passwords = ensure_passwords(settings)
+    users = "admin, analyst (user), oncall (op), viewer"
+    step(f"UI on {env['AIRFLOW__API__BASE_URL']} — users {users}; passwords in {passwords}")
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    serving_settings = load_settings(env)
+    try:
+        with local_server(serving_settings, env) as url:
+            step(f"TF Serving REST API (local, or the one already answering) on {url}")
+            procs = [subprocess.Popen(["airflow", c], env=env) for c in AIRFLOW_COMPONENTS]
+            try:
+                while not stopping and all(p.poll() is None for p in procs):
+                    time.sleep(1)
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                for p in procs:
+                    p.wait(timeout=60)
+    finally:
+        if not settings.database_url:
+            stop_embedded(embedded_data_dir(settings.local_dir))
+    return 0 if stopping else 1
+
+
+def run_local_serving(settings: Settings, port: int) -> int:
+    """TF Serving's REST API over `models.config` under NIGHTSHIFT_SERVING_DIR, until Ctrl-C."""
+    from include.serving.config import write_models_config
+    from include.serving.local_server import main as serve
+
+    config = settings.models_config
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if not config.exists():
+        write_models_config(config, [])
+    step(f"local TF Serving REST API on http://127.0.0.1:{port}/v1/models/… (config {config})")
+    serve(["--model_config_file", str(config), "--rest_api_port", str(port)])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nightshift", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    db = sub.add_parser("db", help="embedded Postgres")
+    db.add_argument("action", choices=["start", "stop", "url"])
+    sub.add_parser("prepare", help="migrate all schemas, import airflow_settings.yaml, feast apply")
+    demo = sub.add_parser("demo", help="set up, run the pipeline, print and write the summary")
+    demo.add_argument("--start", help="first day (default NIGHTSHIFT_BOOTSTRAP_START)")
+    demo.add_argument("--end", help="last day (default NIGHTSHIFT_BOOTSTRAP_END)")
+    demo.add_argument("--keep-postgres", action="store_true", help="leave the embedded Postgres running")
+    sub.add_parser("airflow", help="run the full Airflow with the UI on :8080")
+    serve = sub.add_parser("serve", help="the local TF-Serving-compatible REST server on .local/serving")
+    serve.add_argument("--port", type=int, default=8501)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("pgserver", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = load_settings()
+        if args.command == "db":
+            data_dir = embedded_data_dir(settings.local_dir)
+            if args.action == "stop":
+                print("stopped" if stop_embedded(data_dir) else "not running")
+            else:
+                print(resolve_database_url(settings.database_url, settings.local_dir))
+            return 0
+        if args.command == "prepare":
+            prepare(settings)
+            return 0
+        if args.command == "demo":
+            from include.ops.demo import run_demo
+
+            return run_demo(settings, prepare, args.start, args.end, keep_postgres=args.keep_postgres)
+        if args.command == "airflow":
+            return run_airflow(settings)
+        if args.command == "serve":
+            return run_local_serving(settings, args.port)
+    except ConfigError as err:
+        print(f"nightshift: configuration error: {err}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as err:
+        print(f"nightshift: `{' '.join(map(str, err.cmd))}` failed with exit code {err.returncode}", file=sys.stderr)
+        return 1
+    return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The environment every nightshift process runs with: one Postgres, one Airflow home, one lake.
+
+`runtime_env` is the only place that turns settings into Airflow's `AIRFLOW__*` variables, so the
+demo, the full Airflow, the CLI's `airflow …` calls and the tests all agree.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from include.core.config import Settings
+from include.core.feast import feast_variables
+from include.db import sqlalchemy_url
+
+UI_USERS = "admin:admin,analyst:user,oncall:op,viewer:viewer"
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.local_dir / "airflow"
+
+
+def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) plus everything Airflow, Feast and nightshift need."""
+    env = dict(os.environ if base is None else base)
+    home = airflow_home(settings)
+    venv_bin = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "NIGHTSHIFT_HOME": str(settings.home),
+            "NIGHTSHIFT_LOCAL_DIR": str(settings.local_dir),
+            "NIGHTSHIFT_DATABASE_URL": database_url,
+            "NIGHTSHIFT_LAKE": settings.lake_uri,
+            "NIGHTSHIFT_SOURCE": settings.source,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(settings.home), env.get("PYTHONPATH", "")) if p),
+            "PATH": os.pathsep.join((venv_bin, env.get("PATH", ""))),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(database_url, "psycopg2"),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(settings.home / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.home / "plugins"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": UI_USERS,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__API__PORT": env.get("AIRFLOW__API__PORT", "8080"),
+            "AIRFLOW__API__BASE_URL": env.get("AIRFLOW__API__BASE_URL", "http://localhost:8080"),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "GX_ANALYTICS_ENABLED": "False",
+            "FEAST_USAGE": "False",
+            "NO_PROXY": "*",
+        }
+    )
+    env.update(feast_variables(database_url))
+    return env

@@ -1,0 +1,147 @@
+"""Training sets: flights of a window joined point-in-time to Feast features, split by time.
+
+The entity frame carries what is known at scheduling time (carrier, route, distance, hours…);
+`get_historical_features` with the versioned FeatureService adds weather, delay history and plane
+attributes as of each scheduled departure. The most recent `test_days` are the test split, the
+`validation_days` before them validation, the rest train — never shuffled across time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from include.contract.features import (
+    ALL_FEAST_FEATURES,
+    EVENT_TIMESTAMP,
+    FEATURE_SERVICE,
+    LABEL_KEY,
+    MODEL_FEATURES,
+    SCHEDULE_CATEGORICAL,
+    SCHEDULE_NUMERIC,
+)
+from include.core import lake
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from airflow.sdk import ObjectStoragePath
+
+    from include.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+# Columns kept beside the features: identity and slicing, never model inputs.
+CONTEXT_COLUMNS = ["flight_date", "flight", "route", EVENT_TIMESTAMP]
+
+
+class DatasetError(RuntimeError):
+    """The window has too little data to train on; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Window:
+    end: dt.date
+    train_days: int
+    validation_days: int
+    test_days: int
+
+    @property
+    def start(self) -> dt.date:
+        return self.end - dt.timedelta(days=self.train_days + self.validation_days + self.test_days - 1)
+
+    def split_of(self, day: dt.date) -> str:
+        """Which split a day belongs to: contiguous, in time order."""
+        test_start = self.end - dt.timedelta(days=self.test_days - 1)
+        validation_start = test_start - dt.timedelta(days=self.validation_days)
+        if day >= test_start:
+            return "test"
+        return "validation" if day >= validation_start else "train"
+
+    def days(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=n) for n in range((self.end - self.start).days + 1)]
+
+
+def entity_frame(root: ObjectStoragePath, window: Window) -> pd.DataFrame:
+    """Labelled flights of the window, with entity keys and schedule-time columns only."""
+    return labelled_flights(root, window.days())
+
+
+def labelled_flights(root: ObjectStoragePath, days: list[dt.date]) -> pd.DataFrame:
+    """The days' flights with a known label, with entity keys and schedule-time columns only."""
+    frame = lake.read_partitions(root, "clean", "flights", days)
+    if frame is None:
+        raise DatasetError(f"no clean flights between {min(days)} and {max(days)}; ingest that range first")
+    frame = frame[frame[LABEL_KEY].notna()]
+    keep = list(dict.fromkeys([*SCHEDULE_CATEGORICAL, *SCHEDULE_NUMERIC, *CONTEXT_COLUMNS, LABEL_KEY]))
+    frame = frame[keep].copy()
+    frame[LABEL_KEY] = frame[LABEL_KEY].astype("int8")
+    frame["tailnum"] = frame["tailnum"].fillna("")
+    return frame.sort_values([EVENT_TIMESTAMP, "carrier", "flight"], kind="stable").reset_index(drop=True)
+
+
+def join_features(settings: Settings, entities: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Point-in-time join through the FeatureService; returns the frame and the registry version."""
+    from include.core.feast import open_store
+
+    store = open_store(settings)
+    service = store.get_feature_service(FEATURE_SERVICE)
+    joined = store.get_historical_features(entity_df=entities, features=service).to_df()
+    joined = joined.sort_values([EVENT_TIMESTAMP, "carrier", "flight"], kind="stable").reset_index(drop=True)
+    stamps = [service.last_updated_timestamp] + [
+        store.get_feature_view(p.name).last_updated_timestamp for p in service.feature_view_projections
+    ]
+    version = max(s for s in stamps if s is not None).isoformat()
+    return joined, f"{FEATURE_SERVICE}@{version}"
+
+
+def split_frame(frame: pd.DataFrame, window: Window) -> dict[str, pd.DataFrame]:
+    split = frame["flight_date"].map(window.split_of)
+    columns = [*MODEL_FEATURES, LABEL_KEY, *[c for c in CONTEXT_COLUMNS if c not in MODEL_FEATURES]]
+    return {name: frame.loc[split == name, columns].reset_index(drop=True) for name in SPLITS}
+
+
+def build_training_set(settings: Settings, window: Window, run_id: str) -> dict[str, Any]:
+    """Write `{lake}/datasets/<run>/{train,validation,test}.parquet` and a manifest; return it."""
+    root = lake.lake_root(settings)
+    entities = entity_frame(root, window)
+    joined, registry_version = join_features(settings, entities)
+    missing = [f for f in ALL_FEAST_FEATURES if f not in joined.columns]
+    if missing:
+        raise DatasetError(f"Feast returned no {missing}; run `bin/nightshift prepare` (feast apply)")
+    splits = split_frame(joined, window)
+    empty = [name for name, part in splits.items() if part.empty]
+    if empty:
+        raise DatasetError(f"splits {empty} are empty for {window.start}…{window.end}; widen the window")
+    folder = root / "datasets" / lake.safe_name(run_id)
+    digest = hashlib.sha256()
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "window": {k: str(v) for k, v in asdict(window).items()} | {"start": str(window.start)},
+        "features": MODEL_FEATURES,
+        "label": LABEL_KEY,
+        "feature_service": FEATURE_SERVICE,
+        "feast_registry_version": registry_version,
+        "splits": {},
+    }
+    for name, part in splits.items():
+        payload = lake.parquet_bytes(part)
+        digest.update(payload)
+        path = folder / f"{name}.parquet"
+        lake.write_atomic(path, payload)
+        manifest["splits"][name] = {
+            "uri": lake.uri(path),
+            "rows": len(part),
+            "positive_rate": round(float(part[LABEL_KEY].mean()), 6),
+            "first_day": str(part["flight_date"].min()),
+            "last_day": str(part["flight_date"].max()),
+        }
+    manifest["content_sha256"] = digest.hexdigest()
+    manifest["uri"] = lake.uri(folder)
+    lake.write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+    log.info("training set %s: %s", manifest["uri"], {k: v["rows"] for k, v in manifest["splits"].items()})
+    return manifest

@@ -1,0 +1,150 @@
+"""The steps of `nightshift_train` that run in the Airflow worker (no TensorFlow here).
+
+Building the training set, finding the champion, and the gate + registration that turn the
+training CLI's summaries into a registered, blessed or rejected model version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import subprocess
+from typing import Any
+
+import sqlalchemy as sa
+
+from include import db
+from include.core import lake
+from include.core.assets import TRAIN_DAG
+from include.core.config import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+DAG_ID = TRAIN_DAG
+VALIDATION_DAYS = 7
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def latest_validated_day(url: str) -> dt.date | None:
+    with db.engine(url).connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.max(db.validation_results.c.partition_date)).where(
+                db.validation_results.c.suite == "flights_clean", db.validation_results.c.success
+            )
+        ).scalar()
+
+
+def resolve_window(settings: Settings, params: dict[str, Any]):
+    from include.train.dataset import DatasetError, Window
+
+    url = settings.require_database_url()
+    end = dt.date.fromisoformat(params["end_date"]) if params.get("end_date") else latest_validated_day(url)
+    if end is None:
+        raise DatasetError("no validated day yet: run nightshift_ingest first")
+    return Window(end=end, train_days=int(params["train_days"]), validation_days=VALIDATION_DAYS,
+                  test_days=int(params["test_days"]))  # fmt: skip
+
+
+def _lineage(url: str, start: dt.date, end: dt.date) -> tuple[list[str], list[str]]:
+    """The ingestion and validation runs whose data the window used (latest per day)."""
+    with db.engine(url).connect() as conn:
+        ingested = conn.execute(
+            sa.select(sa.distinct(db.partitions.c.run_id)).where(
+                db.partitions.c.dataset == "clean/flights", db.partitions.c.partition_date.between(start, end)
+            )
+        ).scalars()
+        validated = conn.execute(
+            sa.select(sa.distinct(db.validation_results.c.run_id)).where(
+                db.validation_results.c.partition_date.between(start, end), db.validation_results.c.success
+            )
+        ).scalars()
+        return sorted(ingested), sorted(validated)
+
+
+def build_dataset(settings: Settings, params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    from include.train.dataset import build_training_set
+
+    window = resolve_window(settings, params)
+    manifest = build_training_set(settings, window, run_id)
+    ingestion, validation = _lineage(settings.require_database_url(), window.start, window.end)
+    models = lake.lake_root(settings) / "models" / lake.safe_name(run_id)
+    return {
+        "uri": manifest["uri"],
+        "models_uri": lake.uri(models),
+        "content_sha256": manifest["content_sha256"],
+        "window": manifest["window"],
+        "splits": {k: {"rows": v["rows"], "positive_rate": v["positive_rate"]} for k, v in manifest["splits"].items()},
+        "feature_service": manifest["feature_service"],
+        "feast_registry_version": manifest["feast_registry_version"],
+        "ingestion_run_ids": ingestion,
+        "validation_run_ids": validation,
+    }
+
+
+def champion_uri(settings: Settings) -> str:
+    from include.train.registry import production_version
+
+    champion = production_version(settings.require_database_url())
+    return champion["artifact_uri"] if champion else ""
+
+
+def gate_and_register(
+    settings: Settings,
+    params: dict[str, Any],
+    dataset: dict[str, Any],
+    tuned: dict[str, Any] | list[dict[str, Any]],
+    evaluated: dict[str, Any],
+    run_id: str,
+    at: dt.datetime,
+) -> dict[str, Any]:
+    """Register the candidate, run the gate, record every check, bless or reject."""
+    from include.train.gate import GateThresholds, run_gate, verdict
+    from include.train.registry import record_checks, register_candidate, set_report_uri, set_status
+
+    url = settings.require_database_url()
+    # One summary, or one per shard when tuning fanned out (a lazy XCom sequence).
+    shards = [tuned] if isinstance(tuned, dict) else list(tuned)
+    record = {
+        "dag_id": DAG_ID,
+        "run_id": run_id,
+        "code_version": code_version(),
+        "artifact_uri": evaluated["saved_model"],
+        "reference_uri": evaluated["reference"],
+        "dataset_uri": dataset["uri"],
+        "dataset_sha256": dataset["content_sha256"],
+        "data_window": dataset["window"],
+        "feature_service": dataset["feature_service"],
+        "feast_registry_version": dataset["feast_registry_version"],
+        "ingestion_run_ids": dataset["ingestion_run_ids"],
+        "validation_run_ids": dataset["validation_run_ids"],
+        "metrics": {**evaluated["metrics"], "gbdt_auc": evaluated["gbdt_auc"], "auc_ratio": evaluated["auc_ratio"],
+                    "slices": evaluated["slices"], "ensemble_weights": evaluated["weights"]},
+        "hyperparameters": {"tuner": shards[0]["tuner"], "shards": len(shards),
+                            "trials": sum(t["trials"] for t in shards),
+                            "members": [m["hyperparameters"] for t in shards for m in t["members"]]},
+        "params": params,
+    }  # fmt: skip
+    version = register_candidate(url, record, at)
+    checks = run_gate(evaluated, evaluated.get("champion"), GateThresholds.from_env())
+    record_checks(url, version, checks)
+    status = verdict(checks)
+    failed = [c.name for c in checks if not c.passed]
+    note = "all checks passed" if not failed else f"failed: {', '.join(failed)}"
+    if evaluated.get("champion") is None:
+        note += "; first model: no champion, value and sanity thresholds only"
+    set_status(url, version, status, at, note)
+    root = lake.lake_root(settings)
+    report = root / "reports" / "evaluation" / str(version)
+    lake.copy_tree(root / "models" / lake.safe_name(run_id) / "report", report)
+    set_report_uri(url, version, lake.uri(report / "index.html"))
+    log.info("model version %d %s (%s); report %s", version, status, note, lake.uri(report / "index.html"))
+    return {"version": version, "status": status, "note": note, "checks": len(checks), "failed_checks": failed,
+            "auc": evaluated["metrics"]["auc"], "gbdt_auc": evaluated["gbdt_auc"],
+            "auc_ratio": evaluated["auc_ratio"], "report": lake.uri(report / "index.html")}  # fmt: skip

@@ -1,0 +1,119 @@
+"""`tune`: keras-tuner searches the hyperparameters on train/validation, then the best
+`ensemble_size` configurations are retrained as the ensemble's members."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from include.trainer.io import read_split, seed_everything, upload_dir
+
+log = logging.getLogger("nightshift.trainer")
+
+TUNERS = ("hyperband", "bayesian", "random")
+BATCH_SIZE = 512
+
+
+def _hyperparameters(hp) -> dict[str, Any]:
+    return {
+        "units": hp.Int("units", 32, 128, step=32),
+        "layers": hp.Int("layers", 1, 3),
+        "dropout": hp.Float("dropout", 0.0, 0.3, step=0.1),
+        "embedding_dim": hp.Choice("embedding_dim", [4, 8, 16]),
+        "learning_rate": hp.Choice("learning_rate", [1e-3, 3e-3, 1e-2]),
+    }
+
+
+def make_tuner(kind: str, stats, max_trials: int, epochs: int, seed: int, directory: Path):
+    import keras_tuner as kt
+
+    from include.trainer.model import build_model
+
+    def build(hp):
+        return build_model(stats, _hyperparameters(hp))
+
+    common = {
+        "objective": kt.Objective("val_auc", direction="max"),
+        "seed": seed,
+        "directory": str(directory),
+        "project_name": "search",
+        "overwrite": True,
+    }
+    if kind == "hyperband":
+        return kt.Hyperband(
+            build, max_epochs=epochs, factor=3, hyperband_iterations=1, max_consecutive_failed_trials=2, **common
+        )
+    if kind == "bayesian":
+        return kt.BayesianOptimization(build, max_trials=max_trials, **common)
+    if kind == "random":
+        return kt.RandomSearch(build, max_trials=max_trials, **common)
+    raise SystemExit(f"unknown tuner {kind!r}; choose one of {', '.join(TUNERS)}")
+
+
+def _early_stopping():
+    import keras
+
+    return keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=2, restore_best_weights=True)
+
+
+def tune(args: argparse.Namespace) -> dict[str, Any]:
+    import keras
+    import pandas as pd
+
+    from include.contract.inputs import to_model_inputs
+    from include.trainer.model import FeatureStats, build_model, labels
+
+    started = time.monotonic()
+    if not 0 <= args.shard < args.shards:
+        raise SystemExit(f"--shard {args.shard} is outside 0…{args.shards - 1}")
+    # Shards search the same space from different seeds; evaluate pools their members.
+    seed = args.seed + 1000 * args.shard
+    out = f"{args.out.rstrip('/')}/shard_{args.shard}" if args.shards > 1 else args.out
+    seed_everything(seed)
+    train, validation = read_split(args.dataset, "train"), read_split(args.dataset, "validation")
+    stats = FeatureStats.from_frame(train)
+    x_train, y_train = to_model_inputs(train), labels(train)
+    x_val, y_val = to_model_inputs(validation), labels(validation)
+    work = Path(tempfile.mkdtemp(prefix="nightshift-tune-"))
+    tuner = make_tuner(args.tuner, stats, args.max_trials, args.epochs, seed, work / "tuner")
+    tuner.search(
+        x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=BATCH_SIZE,
+        callbacks=[_early_stopping(), keras.callbacks.TensorBoard(str(work / "tensorboard" / "search"))], verbose=0,
+    )  # fmt: skip
+    trials = []
+    for trial in tuner.oracle.trials.values():
+        trials.append({"trial_id": trial.trial_id, "status": str(trial.status), "score": trial.score,
+                       **trial.hyperparameters.values})  # fmt: skip
+    pd.DataFrame(trials).sort_values("score", ascending=False).to_csv(work / "trials.csv", index=False)
+    best = tuner.get_best_hyperparameters(num_trials=args.ensemble_size)
+    members = []
+    for index, hp in enumerate(best):
+        keras.utils.set_random_seed(seed + index)
+        params = _hyperparameters(hp)
+        model = build_model(stats, params)
+        history = model.fit(
+            x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=BATCH_SIZE,
+            callbacks=[_early_stopping(), keras.callbacks.TensorBoard(str(work / "tensorboard" / f"member_{index}"))],
+            verbose=0,
+        )  # fmt: skip
+        model.save(work / f"member_{index}.keras")
+        members.append({"index": index, "hyperparameters": params,
+                        "val_auc": round(float(max(history.history["val_auc"])), 6),
+                        "epochs": len(history.history["val_auc"])})  # fmt: skip
+        log.info("member %d: val_auc %.4f with %s", index, members[-1]["val_auc"], params)
+    (work / "stats.json").write_text(json.dumps(stats.to_dict()))
+    summary = {
+        "command": "tune", "tuner": args.tuner, "seed": seed, "shard": args.shard, "shards": args.shards,
+        "trials": len(trials), "members": members, "out": out, "seconds": round(time.monotonic() - started, 1),
+    }  # fmt: skip
+    (work / "tune.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(work / "tuner", ignore_errors=True)  # checkpoints of every trial: large, not needed
+    upload_dir(work, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary

@@ -1,0 +1,28 @@
+"""The model registry on Postgres: a retried registration reuses its version; the lifecycle refuses bad moves."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+
+def test_registry_status_transitions(db_url) -> None:
+    from include.train.registry import TransitionError, get_version, register_candidate, set_status
+
+    now = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
+    record = {
+        "dag_id": "t", "run_id": "unit_registry", "code_version": "x", "artifact_uri": "file:///m",
+        "dataset_uri": "file:///d", "dataset_sha256": "0" * 64, "data_window": {}, "feature_service": "f",
+        "feast_registry_version": "v", "ingestion_run_ids": [], "validation_run_ids": [], "metrics": {},
+        "hyperparameters": {}, "params": {},
+    }  # fmt: skip
+    version = register_candidate(db_url, record, now)
+    assert register_candidate(db_url, record, now) == version  # a retried task reuses its version
+    later = register_candidate(db_url, {**record, "run_id": "unit_registry_2"}, now)
+    assert later > version
+    set_status(db_url, version, "rejected", now)
+    with pytest.raises(TransitionError, match="rejected; it cannot become production"):
+        set_status(db_url, version, "production", now)
+    set_status(db_url, later, "blessed", now, note="ok")
+    assert get_version(db_url, later)["status"] == "blessed"
