@@ -48,10 +48,6 @@ class FeatureStats:
     def to_dict(self) -> dict[str, Any]:
         return {"vocabularies": self.vocabularies, "means": self.means, "variances": self.variances}
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> FeatureStats:
-        return cls(raw["vocabularies"], raw["means"], raw["variances"])
-
 
 @keras.saving.register_keras_serializable(package="nightshift")
 class FillMissing(layers.Layer):
