@@ -136,7 +136,8 @@ def classify_rows(raw: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.Ser
     flag(~parsed["carrier"].isin(known_carriers()), "unknown_carrier")
 
     candidates = reason.isna()
-    dup = parsed.loc[candidates].duplicated(subset=["carrier", "flight", "origin"], keep="first")
+    # Within a partition the day is fixed: the rest of the flight key identifies a flight.
+    dup = parsed.loc[candidates].duplicated(subset=FLIGHT_KEY[1:], keep="first")
     flag(dup.reindex(raw.index, fill_value=False), "duplicate")
     return parsed, reason
 

