@@ -16,8 +16,8 @@ import time
 import sqlalchemy as sa
 
 from include import db
+from include.core.assets import INGEST_DAG as DAG_ID
 from include.core.config import load_settings
-from include.ingest.steps import DAG_ID
 from include.ops.cli import prepare
 from include.ops.demo import run_dag
 from include.ops.postgres import embedded_data_dir, stop_embedded

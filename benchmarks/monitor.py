@@ -23,7 +23,7 @@ import pandas as pd
 def main(argv: list[str] | None = None) -> int:
     from include.contract.features import MODEL_FEATURES
     from include.core.config import MonitorPolicy, load_settings
-    from include.monitor.steps import evidently_report
+    from include.monitor.drift import drift_thresholds, evidently_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000])
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         current = source.sample(n=size, replace=True, random_state=2).reset_index(drop=True)
         current["temp"] = current["temp"] + 15.0
         began = time.perf_counter()
-        snapshot = evidently_report(reference, current, policy)
+        snapshot = evidently_report(reference, current, policy, drift_thresholds(reference, policy))
         run_s = time.perf_counter() - began
         began = time.perf_counter()
         snapshot.save_html(str(settings.local_dir / "bench" / "evidently.html"))
