@@ -9,11 +9,11 @@ import pandas as pd
 
 COPIED = ("dag_id", "code_version", "dataset_uri", "dataset_sha256", "data_window", "feature_service",
           "feast_registry_version", "ingestion_run_ids", "validation_run_ids", "metrics", "hyperparameters",
-          "params")  # fmt: skip
+          "params", "reference_uri")  # fmt: skip
 
 
 def register_copy(db_url: str, base: dict[str, Any], artifact_uri: str, tag: str) -> int:
-    """A blessed registry version with `base`'s lineage and metrics, serving `artifact_uri`."""
+    """A blessed registry version with `base`'s lineage, metrics and monitoring reference, serving `artifact_uri`."""
     from include.train.registry import register_candidate, set_status
 
     at = dt.datetime.now(dt.UTC)

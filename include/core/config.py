@@ -159,10 +159,10 @@ class DeployPolicy:
     infra_tolerance: float = 1e-4  # max |served - offline| prediction difference
     warmup_records: int = 8
     load_timeout_s: float = 120.0  # for a version to become AVAILABLE after models.config changes
-    canary_requests: int = 100  # single-row requests sent to each of canary and stable
+    canary_requests: int = 100  # single-row requests sent to each of canary and stable (at least 50)
     max_error_rate: float = 0.01
-    max_p99_ratio: float = 3.0  # canary p99 <= ratio * stable p99 + p99_slack_ms
-    p99_slack_ms: float = 25.0
+    max_latency_ratio: float = 3.0  # canary p50 and p90 <= ratio * stable's + latency_slack_ms
+    latency_slack_ms: float = 25.0
     max_prediction_shift: float = 0.10  # |mean canary - mean stable| prediction on the same rows
     grace_hours: float = 24.0  # a replaced version stays loaded this long, for an instant rollback
     lock_timeout_s: float = 300.0

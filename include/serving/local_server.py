@@ -10,7 +10,10 @@ runs the real `tensorflow/serving` image. Implemented (https://www.tensorflow.or
 Errors come back as `{"error": "..."}` with TF Serving's HTTP codes. `models.config` and the
 version directories are re-read when they change, as with `--model_config_file_poll_wait_seconds`.
 
-    python -m include.serving.local_server --model_config_file PATH [--rest_api_port 8501]
+    python -m include.serving.local_server --model_config_file PATH [--rest_api_port 8501] [--port_file PATH]
+
+`--rest_api_port 0` binds any free port; the port bound is printed and, with `--port_file`, written
+there (atomically) before the first request is taken, so a caller never has to guess a free port.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import argparse
 import json
 import logging
 import re
+import socket
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,31 +70,51 @@ class ServedModel:
 
 
 class ModelManager:
-    """Loads what `models.config` asks for; reloads when the file or version folders change."""
+    """Loads what `models.config` asks for; reloads when the file or version folders change.
 
-    def __init__(self, config_file: Path) -> None:
+    Loading (a SavedModel and its warmup replay) takes seconds, so it runs outside `_lock`, which
+    only guards reading and swapping `models`: predictions keep being answered from the state in
+    force while a reload runs, as TF Serving keeps serving the old versions until the new ones load.
+    """
+
+    def __init__(self, config_file: Path, loader: Callable[[int, Path, float], LoadedVersion] | None = None) -> None:
         self.config_file = config_file
         self.models: dict[str, ServedModel] = {}
+        self._loader = loader or load_version
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._seen: tuple = ()
 
-    def _fingerprint(self) -> tuple:
+    def _fingerprint(self, base_paths: Iterable[str]) -> tuple:
         parts: list[Any] = [self.config_file.stat().st_mtime_ns if self.config_file.exists() else 0]
-        for model in self.models.values():
-            base = Path(model.entry.base_path)
+        for base in map(Path, base_paths):
             if base.exists():
                 parts += sorted((p.name, (p / "saved_model.pb").exists()) for p in base.iterdir() if p.is_dir())
         return tuple(parts)
 
-    def refresh(self) -> None:
+    def _current(self) -> tuple[dict[str, ServedModel], tuple]:
         with self._lock:
-            if self._fingerprint() == self._seen and self.models:
-                return
+            return self.models, self._seen
+
+    def refresh(self) -> None:
+        models, seen = self._current()
+        if models and self._fingerprint(m.entry.base_path for m in models.values()) == seen:
+            return
+        # One loader at a time. Once a state is in force, the others answer from it rather than wait;
+        # before the first load there is none, so they wait (TF Serving answers only once loaded).
+        if not self._load_lock.acquire(blocking=not models):
+            return
+        try:
+            models, seen = self._current()  # what the previous loader left
             entries = read_models_config(self.config_file) if self.config_file.exists() else []
+            # Taken before loading: a change made while versions load is seen by the next refresh.
+            fingerprint = self._fingerprint({e.name: e.base_path for e in entries}.values())
+            if models and fingerprint == seen:
+                return
             fresh: dict[str, ServedModel] = {}
             for entry in entries:
                 served = ServedModel(entry, {})
-                previous = self.models.get(entry.name)
+                previous = models.get(entry.name)
                 for version in self._wanted(entry):
                     path = Path(entry.base_path) / str(version)
                     old = previous.versions.get(version) if previous else None
@@ -97,11 +122,13 @@ class ModelManager:
                     if old and old.state == "AVAILABLE" and old.stamp == stamp:
                         served.versions[version] = old
                     else:
-                        served.versions[version] = self._load(version, path, stamp)
+                        served.versions[version] = self._loader(version, path, stamp)
                 served.labels = self._labels(entry, served, previous)
                 fresh[entry.name] = served
-            self.models = fresh
-            self._seen = self._fingerprint()
+            with self._lock:
+                self.models, self._seen = fresh, fingerprint
+        finally:
+            self._load_lock.release()
 
     @staticmethod
     def _labels(entry: ModelEntry, served: ServedModel, previous: ServedModel | None) -> dict[str, int]:
@@ -130,28 +157,9 @@ class ModelManager:
         )
         return numeric[-1:]
 
-    @staticmethod
-    def _load(version: int, path: Path, stamp: float) -> LoadedVersion:
-        import tensorflow as tf
-
-        loaded = LoadedVersion(version, path, stamp=stamp)
-        if not (path / "saved_model.pb").exists():
-            loaded.state, loaded.error = (
-                "END",
-                f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}",
-            )
-            return loaded
-        try:
-            loaded.signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-            loaded.warmed_up = _warm_up(loaded.signature, path / WARMUP_FILE)
-            loaded.state = "AVAILABLE"
-        except Exception as err:  # a corrupt export (or failing warmup) must never be served
-            loaded.state, loaded.error = "END", f"{type(err).__name__}: {err}"
-        return loaded
-
     def resolve(self, model: str, version: str | None, label: str | None) -> tuple[ServedModel, LoadedVersion]:
         self.refresh()
-        served = self.models.get(model)
+        served = self._current()[0].get(model)
         if served is None:
             raise ServingError(404, f"Servable not found for request: Latest({model})")
         if label is not None:
@@ -171,6 +179,26 @@ class ModelManager:
         if loaded is None:
             raise ServingError(404, f"Servable not found for request: Specific({model}, {number})")
         return served, loaded
+
+
+def load_version(version: int, path: Path, stamp: float) -> LoadedVersion:
+    """Load one version folder and replay its warmup records; a broken one ends in state END."""
+    import tensorflow as tf
+
+    loaded = LoadedVersion(version, path, stamp=stamp)
+    if not (path / "saved_model.pb").exists():
+        loaded.state, loaded.error = (
+            "END",
+            f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}",
+        )
+        return loaded
+    try:
+        loaded.signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        loaded.warmed_up = _warm_up(loaded.signature, path / WARMUP_FILE)
+        loaded.state = "AVAILABLE"
+    except Exception as err:  # a corrupt export (or failing warmup) must never be served
+        loaded.state, loaded.error = "END", f"{type(err).__name__}: {err}"
+    return loaded
 
 
 def _warm_up(signature: Any, records: Path) -> int:
@@ -334,15 +362,37 @@ def create_app(config_file: Path) -> FastAPI:
     return app
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port`; port 0 takes any free one (see `getsockname()`)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_config_file", required=True, type=Path)
-    parser.add_argument("--rest_api_port", type=int, default=8501)
+    parser.add_argument("--rest_api_port", type=int, default=8501, help="0: any free port")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port_file", type=Path, help="write the port bound here")
     args = parser.parse_args(argv)
-    uvicorn.run(create_app(args.model_config_file), host=args.host, port=args.rest_api_port, log_level="warning")
+    sock = bind(args.host, args.rest_api_port)
+    port = sock.getsockname()[1]
+    if args.port_file:
+        staging = args.port_file.with_name(f".{args.port_file.name}.tmp")
+        staging.write_text(str(port))
+        staging.replace(args.port_file)
+    print(f"local TF Serving REST API listening on {args.host}:{port}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(args.model_config_file), log_level="warning"))
+    server.run(sockets=[sock])
 
 
 if __name__ == "__main__":

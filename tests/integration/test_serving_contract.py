@@ -1,15 +1,17 @@
 """TF Serving REST API contract, written from TF Serving's REST API documentation.
 
-Runs against the local server (started here on a free port over a temporary base path), and
+Runs against the local server (started here on a port it picks, over a temporary base path), and
 against a real TF Serving when TF_SERVING_URL points at one serving this test's models.config
 (base path in TF_SERVING_BASE_PATH, polled with --model_config_file_poll_wait_seconds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +22,7 @@ import pytest
 from include.contract.features import MODEL_FEATURES
 from include.serving.client import ServingClient, ServingError
 from include.serving.config import ModelEntry, read_models_config, write_models_config
-from include.serving.process import free_port
+from include.serving.process import is_up, local_server
 
 pytestmark = pytest.mark.integration
 MODEL = "flight_delay"
@@ -59,31 +61,33 @@ def base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(base) -> str:
+def url(base) -> Iterator[str]:
     if os.environ.get("TF_SERVING_URL"):
         yield os.environ["TF_SERVING_URL"]
         return
     import uvicorn
 
-    from include.serving.local_server import create_app
+    from include.serving.local_server import bind, create_app
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(base / "models.config"), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = bind("127.0.0.1", 0)  # held from here on: no other process can take the port meanwhile
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(base / "models.config"), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    for _ in range(100):
+    for _ in range(300):
         if server.started:
             break
         time.sleep(0.1)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+    sock.close()
 
 
 @pytest.fixture(scope="module")
-def client(url) -> ServingClient:
-    return ServingClient(url, MODEL, retries=1, backoff=0.1)
+def client(url) -> Iterator[ServingClient]:
+    with ServingClient(url, MODEL, retries=1, backoff=0.1) as client:
+        yield client
 
 
 def test_model_status_lists_every_version_available(client) -> None:
@@ -159,10 +163,12 @@ def test_client_raises_the_servers_message(client) -> None:
     assert caught.value.status == 404
 
 
-def test_client_retries_then_fails_when_serving_is_down() -> None:
-    down = ServingClient(f"http://127.0.0.1:{free_port()}", MODEL, retries=2, backoff=0.05)
+def test_client_retries_then_fails_when_serving_is_down(refused_url) -> None:
     started = time.monotonic()
-    with pytest.raises(ServingError, match=r"unreachable.*after 3 attempts"):
+    with (
+        ServingClient(refused_url, MODEL, retries=2, backoff=0.05) as down,
+        pytest.raises(ServingError, match=r"unreachable.*after 3 attempts"),
+    ):
         down.status()
     assert time.monotonic() - started >= 0.15  # 0.05 + 0.10 of backoff
 
@@ -217,3 +223,22 @@ def test_warmup_records_are_replayed_on_load(client, base) -> None:
                                                             entry.labels)])  # fmt: skip
     assert client.is_available(6)
     assert client.predict_rows([_row()], version=6)
+
+
+def test_the_local_server_binds_a_port_of_its_own_and_reports_it(settings, tmp_path) -> None:
+    """Port 0 in NIGHTSHIFT_SERVING_URL: each server binds a free port itself, and `local_server` yields
+    the URL it really serves on (no port is picked first and bound later, where another could take it)."""
+    anywhere = dataclasses.replace(settings, serving_dir=tmp_path, serving_url="http://127.0.0.1:0")
+    with local_server(anywhere) as first, local_server(anywhere) as second:
+        ports = [int(u.rpartition(":")[2]) for u in (first, second)]
+        assert 0 not in ports
+        assert ports[0] != ports[1]
+        assert is_up(first)
+        assert is_up(second)
+        with ServingClient(first, MODEL, retries=0) as on_first, pytest.raises(ServingError) as caught:
+            on_first.status()
+        assert caught.value.status == 404  # an empty models.config: the server itself, answering
+        log = (tmp_path / "server.log").read_text()
+        assert all(f"listening on 127.0.0.1:{port}" in log for port in ports)
+    assert not is_up(first)
+    assert not list(tmp_path.glob(".server-*.port"))

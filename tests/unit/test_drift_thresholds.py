@@ -63,9 +63,13 @@ def reference() -> pd.DataFrame:
     return _frame(DAYS)
 
 
-def test_each_limit_is_the_most_a_reference_day_differs_from_the_others(reference) -> None:
+@pytest.fixture(scope="module")
+def limits(reference) -> dict[str, float]:
+    return drift_thresholds(reference, MonitorPolicy())
+
+
+def test_each_limit_is_the_most_a_reference_day_differs_from_the_others(reference, limits) -> None:
     policy = MonitorPolicy()
-    limits = drift_thresholds(reference, policy)
     assert set(limits) == {*MODEL_FEATURES, PREDICTION}
     assert all(limit >= policy.feature_drift_threshold for limit in limits.values())
     for column in ("temp", "pressure"):
@@ -76,9 +80,10 @@ def test_each_limit_is_the_most_a_reference_day_differs_from_the_others(referenc
     assert limits["distance"] == policy.feature_drift_threshold  # constant: no day differs
 
 
-def _judge_day(monkeypatch, tmp_path, reference: pd.DataFrame, current: pd.DataFrame, policy: MonitorPolicy):
-    """The monitor's report step on `current` against `reference`, as version VERSION whose test AUC is the
-    reference's; returns the summary and the metric rows it would have written."""
+def _judge_day(monkeypatch, tmp_path, reference: pd.DataFrame, limits: dict[str, float], current: pd.DataFrame,
+               policy: MonitorPolicy) -> dict:  # fmt: skip
+    """The monitor's report step on `current` against `reference` (calibrated to `limits`), as version VERSION
+    whose test AUC is the reference's; returns the day's summary."""
     from sklearn.metrics import roc_auc_score
 
     from include.core import lake
@@ -90,7 +95,7 @@ def _judge_day(monkeypatch, tmp_path, reference: pd.DataFrame, current: pd.DataF
     lake.write_parquet(steps.predictions_file(settings, day), current.assign(model_version=VERSION))
     test_auc = roc_auc_score(reference[LABEL_KEY], reference[PREDICTION])
     calibrated = steps.CalibratedReference(reference, {"version": VERSION, "metrics": {"auc": test_auc}},
-                                           drift_thresholds(reference, policy),
+                                           limits,
                                            worst_reference_day_auc(reference, policy.min_rows))  # fmt: skip
     written: list[dict] = []
     monkeypatch.setattr(steps, "calibrated_reference", lambda url, version, p: calibrated)
@@ -100,14 +105,14 @@ def _judge_day(monkeypatch, tmp_path, reference: pd.DataFrame, current: pd.DataF
     return summary
 
 
-def test_a_day_like_the_reference_crosses_nothing(monkeypatch, tmp_path, reference) -> None:
+def test_a_day_like_the_reference_crosses_nothing(monkeypatch, tmp_path, reference, limits) -> None:
     """The reference's own days, re-drawn: real weather the version was tested on."""
     from include.monitor.steps import crossings, quality_dropped
 
     policy = MonitorPolicy()
     for day in (DAYS[2], DAYS[5]):  # the days whose temperature differs most from the rest
         today = _frame([day], seed=7)
-        summary = _judge_day(monkeypatch, tmp_path, reference, today, policy)
+        summary = _judge_day(monkeypatch, tmp_path, reference, limits, today, policy)
         assert summary["drifted_features"] == []
         assert not quality_dropped(summary)
         assert crossings(summary, policy) == []
@@ -115,12 +120,12 @@ def test_a_day_like_the_reference_crosses_nothing(monkeypatch, tmp_path, referen
         assert summary["feature_drift"]["temp"] > policy.feature_drift_threshold
 
 
-def test_a_day_with_shifted_temperature_drifts_on_temperature_only(monkeypatch, tmp_path, reference) -> None:
+def test_a_day_with_shifted_temperature_drifts_on_temperature_only(monkeypatch, tmp_path, reference, limits) -> None:
     from include.monitor.steps import crossings, quality_dropped
 
     policy = MonitorPolicy()
     shifted = _frame([DAYS[0]], seed=7).assign(temp=lambda f: f["temp"] + 40)
-    summary = _judge_day(monkeypatch, tmp_path, reference, shifted, policy)
+    summary = _judge_day(monkeypatch, tmp_path, reference, limits, shifted, policy)
     assert summary["drifted_features"] == ["temp"]
     expected = _evidently_drift(reference["temp"], shifted["temp"])
     assert summary["feature_drift"]["temp"] == pytest.approx(expected, rel=1e-6)
@@ -130,14 +135,14 @@ def test_a_day_with_shifted_temperature_drifts_on_temperature_only(monkeypatch, 
     assert found[0].startswith("temp: drift ")
 
 
-def test_a_day_whose_predictions_are_inverted_is_a_quality_drop(monkeypatch, tmp_path, reference) -> None:
+def test_a_day_whose_predictions_are_inverted_is_a_quality_drop(monkeypatch, tmp_path, reference, limits) -> None:
     """Same inputs as a reference day, but the model ranks the flights backwards: AUC about 1 - test AUC."""
     from include.monitor.steps import crossings, quality_dropped
 
     policy = MonitorPolicy()
     today = _frame([DAYS[3]], seed=7)
     today[PREDICTION] = 0.65 - today[PREDICTION]  # same spread and mean, order reversed
-    summary = _judge_day(monkeypatch, tmp_path, reference, today, policy)
+    summary = _judge_day(monkeypatch, tmp_path, reference, limits, today, policy)
     assert summary["drifted_features"] == []
     assert summary["auc"] < 0.5
     assert quality_dropped(summary)

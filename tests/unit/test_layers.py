@@ -59,3 +59,33 @@ def test_a_cycle_between_sibling_modules_fails_the_check(tree: Path) -> None:
     result = _lint(tree)
     assert result.returncode != 0
     assert "No import cycles" in result.stdout
+
+
+def test_the_training_image_runs_from_what_its_dockerfile_copies(tmp_path: Path) -> None:
+    """Only the files the Dockerfile COPYs of include/, on an empty path: every trainer module imports."""
+    dockerfile = (ROOT / "docker" / "train.Dockerfile").read_text().splitlines()
+    copied = [
+        line.split()[1] for line in dockerfile if line.startswith("COPY ") and line.split()[1].startswith("include")
+    ]
+    assert sorted(copied) == ["include/__init__.py", "include/contract/", "include/trainer/"]
+    for source in copied:
+        if source.endswith("/"):
+            shutil.copytree(ROOT / source, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, tmp_path / source)
+    modules = sorted(f"include.trainer.{p.stem}" for p in (tmp_path / "include" / "trainer").glob("*.py")
+                     if p.stem not in ("__init__", "__main__"))  # fmt: skip
+    assert "include.trainer.model" in modules
+    probe = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print(sorted(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(tmp_path),
+                                 "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = result.stdout.strip().splitlines()[-1]
+    assert "'airflow'" not in loaded
+    assert "'feast'" not in loaded
+    help_text = subprocess.run([sys.executable, "-m", "include.trainer", "--help"], cwd=tmp_path, text=True,
+                               capture_output=True, timeout=120, env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert help_text.returncode == 0, help_text.stderr
+    assert "{tune,evaluate}" in help_text.stdout

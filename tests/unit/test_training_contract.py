@@ -138,19 +138,13 @@ def test_gpu_pod_renders_and_validates(tmp_path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_local_backend_runs_the_same_command(monkeypatch) -> None:
-    from include.train import backends as train_backends
+def test_local_backend_fails_the_task_when_the_entry_point_fails(tmp_path) -> None:
+    """A real subprocess whose arguments the entry point refuses (before any TensorFlow import): the task
+    fails naming the command. tests/integration/test_training_cli.py runs a successful `tune`."""
+    from include.train.backends import run_training_cli
 
-    seen = {}
-
-    def fake_run(command, **kwargs):
-        seen["command"] = command
-        return subprocess.CompletedProcess(command, 0, stdout='log line\n{"command": "tune", "trials": 3}\n')
-
-    monkeypatch.setattr(train_backends.subprocess, "run", fake_run)
-    summary = train_backends.run_training_cli(["tune", "--dataset", "d", "--out", "o"])
-    assert seen["command"][1:] == ["-m", "include.trainer", "tune", "--dataset", "d", "--out", "o"]
-    assert summary == {"command": "tune", "trials": 3}
+    with pytest.raises(RuntimeError, match=r"-m include\.trainer tune .* exited with 2"):
+        run_training_cli(["tune", "--dataset", tmp_path.as_uri(), "--out", tmp_path.as_uri(), "--tuner", "grid"])
 
 
 def test_train_dockerfile_lints_clean() -> None:
