@@ -1,97 +1,41 @@
 """The ML Ops view's data and pages: runs, model versions, deployments, validations, drift and alerts.
 
-Read-only queries over nightshift's Postgres tables, rendered as small HTML pages that sit in an
-iframe of the Airflow UI. Every value that comes from data or from the request is escaped, and a
-link is only ever a relative path or http(s) (never `javascript:`); no connection, password or
-token is part of a page. Links to Airflow's own pages open in the top window. Lake files (Data
-Docs, evaluation and drift reports, dataset manifests) are served by the plugin under
-`/mlops/files/`. The plugin (`plugins/nightshift_mlops.py`) serves these behind Airflow's auth.
+Read-only queries (SQLAlchemy Core over `include.db`'s tables), rendered by the Jinja2 templates in
+`templates/` with autoescape on, as small HTML pages that sit in an iframe of the Airflow UI. A link
+is only ever a relative path or http(s) (never `javascript:`); no connection, password or token is
+part of a page. Links to Airflow's own pages open in the top window. Lake files (Data Docs,
+evaluation and drift reports, dataset manifests) are served by the app under `/mlops/files/`. The
+app (`include/mlops/app.py`) serves these behind Airflow's auth.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import math
+from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import jinja2
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
-from include.db import engine
+from include import db
 
 PREFIX = "/mlops"
 PAGES = {"runs": "Runs", "versions": "Model versions", "deployments": "Deployments", "validations": "Validations",
          "drift": "Drift", "alerts": "Alerts"}  # fmt: skip
+TEMPLATES = Path(__file__).parent / "templates"
 # Lake files the view may serve: reports (Data Docs, evaluation, Evidently) and dataset manifests.
 SERVABLE_ZONES = ("reports",)
 SERVABLE_NAMES = ("manifest.json",)
-STYLE = """
-:root{--fg:#1f2933;--muted:#52606d;--line:#e4e7eb;--head:#f5f7fa;--accent:#017cee}
-*{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:var(--fg)}
-header{padding:12px 20px 0;border-bottom:1px solid var(--line)}
-nav a{display:inline-block;padding:6px 12px;margin-right:2px;color:var(--muted);text-decoration:none;
-  border-bottom:2px solid transparent}nav a.on{color:var(--fg);border-color:var(--accent);font-weight:600}
-main{padding:16px 20px 32px}h1{font-size:20px;margin:4px 0 12px}h2{font-size:16px;margin:24px 0 8px}
-a{color:var(--accent)}td a,.nowrap{white-space:nowrap}td a.run{white-space:normal;word-break:break-all}
-table{border-collapse:collapse;width:100%;margin:4px 0 8px}
-td,th{border-bottom:1px solid var(--line);padding:6px 8px;text-align:left;vertical-align:top}
-th{background:var(--head);font-weight:600;color:var(--muted);font-size:12px;text-transform:uppercase}
-tbody tr:hover{background:#fafbfc}.num{text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;background:#eef2f6}
-.critical,.failed,.rejected,.rolled_back{background:#fee4e2;color:#b42318}.warning,.canary{background:#fef0c7;color:#b54708}
-.ok,.passed,.production,.stable,.blessed{background:#d1fadf;color:#027a48}.info,.candidate,.archived{background:#eef2f6}
-.cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:8px}.card{border:1px solid var(--line);border-radius:8px;
-  padding:10px 14px;min-width:150px}.card .k{color:var(--muted);font-size:12px}.card .v{font-size:20px;font-weight:600}
-.muted{color:var(--muted)}code,pre{font:12px ui-monospace,monospace}pre{background:var(--head);padding:10px;
-  border-radius:6px;white-space:pre-wrap}form.inline{display:inline}.actions{margin:12px 0;padding:12px;
-  border:1px solid var(--line);border-radius:8px;background:var(--head)}
-button{font:inherit;padding:4px 12px;border-radius:6px;border:1px solid #9aa5b1;background:#fff;cursor:pointer}
-button.danger{border-color:#b42318;color:#b42318}select,input{font:inherit;padding:3px 6px}
-.params span{display:inline-block;margin:0 6px 2px 0}"""
+# Versions a promote may name: blessed, or served before.
+PROMOTABLE = ("blessed", "archived", "rolled_back", "canary")
 
 
-# ---------------------------------------------------------------- HTML helpers
-
-
-def e(value: Any) -> str:
-    """Escape anything for HTML text and attributes."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-# The UI shows the view in an iframe sandboxed without `allow-top-navigation` (and without modals),
-# so a link cannot take the whole window to an Airflow page. The view is same-origin, so it asks
-# the UI's own router instead: push the path on the top window's history and let it re-render.
-# Without a parent (the view opened alone) links behave as plain links.
-TOP_LINKS = """document.addEventListener("click", (event) => {
-  const a = event.target.closest("a[data-airflow]");
-  if (!a || window.top === window || event.button !== 0 || event.ctrlKey || event.metaKey) return;
-  try {
-    const history = window.top.history;
-    history.pushState({usr: null, key: Math.random().toString(36).slice(2), idx: (history.state?.idx ?? 0) + 1},
-                      "", a.getAttribute("href"));
-    window.top.dispatchEvent(new PopStateEvent("popstate", {state: history.state}));
-    event.preventDefault();
-  } catch (err) { /* not same-origin: follow the link inside the frame */ }
-});"""
-
-
-def page(title: str, body: str, active: str = "", subtitle: str = "", head: str = "") -> str:
-    nav = "".join(f'<a href="{PREFIX}/{key}"{" class=on" if key == active else ""}>{e(name)}</a>'
-                  for key, name in PAGES.items())  # fmt: skip
-    sub = f'<p class="muted">{subtitle}</p>' if subtitle else ""
-    return (f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>{e(title)} · nightshift ML Ops</title>"
-            f"<style>{STYLE}</style><script>{TOP_LINKS}</script>{head}</head><body><header><nav>{nav}</nav></header>"
-            f"<main><h1>{e(title)}</h1>{sub}{body}</main></body></html>")  # fmt: skip
-
-
-def table(headers: list[str], rows: list[list[str]], empty: str = "none yet") -> str:
-    """`rows` hold already-escaped cell HTML."""
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    body = body or f"<tr><td colspan={len(headers)} class=muted>{e(empty)}</td></tr>"
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+# ---------------------------------------------------------------- links
 
 
 def safe_href(href: str | None) -> str | None:
@@ -103,26 +47,10 @@ def safe_href(href: str | None) -> str | None:
     return href if urlsplit(href).scheme in ("http", "https") else None
 
 
-def link(href: str | None, text: Any, top: bool = False, css: str = "") -> str:
-    """An escaped link; `top` marks a page of Airflow's own UI, which `TOP_LINKS` opens in the whole window."""
-    safe = safe_href(href)
-    if not safe:
-        return e(text)
-    return f'<a href="{e(safe)}"{" data-airflow" if top else ""}{f" class={css}" if css else ""}>{e(text)}</a>'
-
-
-def badge(value: Any, kind: str | None = None) -> str:
-    return f'<span class="badge {e(kind or value)}">{e(value)}</span>'
-
-
 def run_href(dag_id: str | None, run_id: str | None) -> str | None:
     if not dag_id or not run_id:
         return None
     return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
-
-
-def run_link(dag_id: str | None, run_id: str | None, text: str | None = None) -> str:
-    return link(run_href(dag_id, run_id), text or run_id or "", top=True, css="run")
 
 
 def view_href(path: str, **query: Any) -> str:
@@ -159,6 +87,9 @@ def href_for(target: str | None, lake_uri: str) -> tuple[str | None, bool]:
     return safe_href(target), True
 
 
+# ---------------------------------------------------------------- values shown in the templates
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -167,87 +98,99 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def when(value: dt.datetime | None) -> str:
-    return f"<span class=nowrap>{e(value.astimezone(dt.UTC).strftime('%Y-%m-%d %H:%M') if value else '')}</span>"
+def utc(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if value else ""
 
 
-def params_html(params: dict[str, Any] | None) -> str:
-    shown = {k: v for k, v in (params or {}).items() if v not in (None, "")}
-    if not shown:
-        return '<span class="muted">defaults</span>'
-    items = "".join(f"<span><code>{e(k)}</code>={e(v)}</span>" for k, v in shown.items())
-    return f'<div class="params">{items}</div>'
+def upstream_sources(events: list[dict[str, Any]] | None) -> list[tuple[Any, Any, Any]]:
+    """The (asset, DAG, run) that started a run, once each: one run can send several events of an asset."""
+    sources = ((ev.get("name"), ev.get("source_dag_id"), ev.get("source_run_id")) for ev in events or [])
+    return list(dict.fromkeys(sources))
 
 
-def _rows(url: str, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    with engine(url).connect() as conn:
-        return [dict(r) for r in conn.execute(sa.text(query), params or {}).mappings()]
+def delivery_outcome(result: str) -> tuple[str, str, str]:
+    """A channel's outcome as (label, badge kind, reason), without its details: a webhook URL or a mail
+    server's reply can carry secrets, so only a reason that is a bare name (an exception's) is kept."""
+    if result.startswith(("sent", "posted")):
+        return "delivered", "ok", ""
+    if result.startswith("skipped"):
+        return "not configured", "info", ""
+    reason = result.split(":")[1].strip() if result.count(":") >= 2 else ""
+    return "failed", "failed", reason if reason.isidentifier() else ""
+
+
+# ---------------------------------------------------------------- templates
+
+
+@cache
+def environment() -> jinja2.Environment:
+    """The templates, with autoescape on: a value is markup only when a macro made it so."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, finalize=lambda value: "" if value is None else value,
+    )  # fmt: skip
+    env.globals.update(prefix=PREFIX, pages=PAGES, safe_href=safe_href, run_href=run_href, view_href=view_href,
+                       upstream_sources=upstream_sources, delivery_outcome=delivery_outcome)  # fmt: skip
+    env.filters.update(fmt=fmt, utc=utc)
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def macros() -> Any:
+    """The page helpers of `macros.html.j2` (link, badge, run_link, params, upstream, delivery…) as callables."""
+    return environment().get_template("macros.html.j2").module
+
+
+def _rows(url: str, query: sa.Select) -> list[dict[str, Any]]:
+    with db.engine(url).connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
 
 
 # ---------------------------------------------------------------- runs (lineage)
 
-RUN_HEADERS = ["queued for (UTC)", "DAG", "run", "type", "by", "form values (Params)", "produced"]
+
+def runs(url: str, dag_id: str | None, limit: int = 100) -> list[dict[str, Any]]:
+    query = sa.select(db.runs).order_by(db.runs.c.run_after.desc()).limit(limit)
+    return _rows(url, query.where(db.runs.c.dag_id == dag_id) if dag_id else query)
 
 
-def runs(url: str, dag_id: str | None, limit: int = 100) -> list[list[str]]:
-    rows = _rows(url, """
-        SELECT * FROM nightshift.runs WHERE (CAST(:dag AS text) IS NULL OR dag_id = :dag)
-        ORDER BY run_after DESC LIMIT :n""", {"dag": dag_id, "n": limit})  # fmt: skip
-    produced = products(url, [r["run_id"] for r in rows])
-    return [[
-        when(r["run_after"]), e(r["dag_id"]), run_link(r["dag_id"], r["run_id"]),
-        e(r["run_type"]) + upstream(r["assets"]), e(r["triggered_by"] or ""), params_html(r["params"]),
-        "<br>".join(produced.get(r["run_id"], [])),
-    ] for r in rows]  # fmt: skip
-
-
-def upstream(events: list[dict[str, Any]] | None) -> str:
-    """The asset events that started a run, each with the upstream run that produced it."""
-    sources = dict.fromkeys((ev.get("name"), ev.get("source_dag_id"), ev.get("source_run_id")) for ev in events or [])
-    return "".join(f"<br><span class=muted>{e(name)} from</span> {run_link(dag_id, run_id, dag_id)}"
-                   for name, dag_id, run_id in sources)  # fmt: skip
-
-
-def products(url: str, run_ids: list[str]) -> dict[str, list[str]]:
-    """What each run produced, as links into the view: days ingested, validations, versions, deployments…"""
+def products(url: str, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """What each run produced, by kind: days ingested, validations, versions, deployments, drift days, alerts."""
     if not run_ids:
         return {}
-    ids = {"ids": run_ids}
-    out: dict[str, list[str]] = {}
-
-    def add(run_id: str, html_: str) -> None:
-        out.setdefault(run_id, []).append(html_)
-
-    for r in _rows(url, """SELECT run_id, count(*) AS days, sum(rows_clean) AS rows FROM nightshift.ingestion_runs
-                           WHERE run_id = ANY(:ids) GROUP BY run_id""", ids):  # fmt: skip
-        add(r["run_id"], f"{e(r['days'])} day(s) ingested, {e(r['rows'] or 0)} clean flights")
-    for r in _rows(
-        url,
-        """SELECT run_id, count(*) AS n, count(*) FILTER (WHERE NOT success) AS failed
-                           FROM nightshift.validation_results WHERE run_id = ANY(:ids) GROUP BY run_id""",
-        ids,
-    ):
-        text = f"{r['n']} validation(s)" + (f", {r['failed']} failed" if r["failed"] else ", all passed")
-        add(r["run_id"], link(view_href("validations", run_id=r["run_id"]), text))
-    for r in _rows(url, "SELECT run_id, version, status FROM nightshift.model_versions WHERE run_id = ANY(:ids)", ids):
-        add(r["run_id"], link(view_href(f"versions/{r['version']}"), f"model version {r['version']}") + " "
-            + badge(r["status"]))  # fmt: skip
-    for r in _rows(url, """SELECT run_id, version, action, succeeded FROM nightshift.deployments
-                           WHERE run_id = ANY(:ids) ORDER BY id""", ids):  # fmt: skip
-        outcome = badge("ok") if r["succeeded"] else badge("failed")
-        add(r["run_id"], link(view_href("deployments"), f"{r['action']} v{r['version']}") + " " + outcome)
-    for r in _rows(url, """SELECT run_id, count(DISTINCT partition_date) AS days FROM nightshift.drift_reports
-                           WHERE run_id = ANY(:ids) GROUP BY run_id""", ids):  # fmt: skip
-        add(r["run_id"], link(view_href("drift"), f"{r['days']} day(s) of drift reports"))
-    for r in _rows(url, "SELECT run_id, count(*) AS n FROM nightshift.alerts WHERE run_id = ANY(:ids) GROUP BY run_id",
-                   ids):  # fmt: skip
-        add(r["run_id"], link(view_href("alerts", run_id=r["run_id"]), f"{r['n']} alert(s)"))
+    ingested, validated, registered = db.ingestion_runs, db.validation_results, db.model_versions
+    deployed, drift, alerted = db.deployments, db.drift_reports, db.alerts
+    queries = {
+        "ingested": sa.select(ingested.c.run_id, sa.func.count().label("days"),
+                              sa.func.sum(ingested.c.rows_clean).label("flights"))
+        .where(ingested.c.run_id.in_(run_ids)).group_by(ingested.c.run_id),
+        "validations": sa.select(validated.c.run_id, sa.func.count().label("n"),
+                                 sa.func.count().filter(sa.not_(validated.c.success)).label("failed"))
+        .where(validated.c.run_id.in_(run_ids)).group_by(validated.c.run_id),
+        "version": sa.select(registered.c.run_id, registered.c.version, registered.c.status)
+        .where(registered.c.run_id.in_(run_ids)),
+        "deployment": sa.select(deployed.c.run_id, deployed.c.version, deployed.c.action, deployed.c.succeeded)
+        .where(deployed.c.run_id.in_(run_ids)).order_by(deployed.c.id),
+        "drift": sa.select(drift.c.run_id, sa.func.count(sa.distinct(drift.c.partition_date)).label("days"))
+        .where(drift.c.run_id.in_(run_ids)).group_by(drift.c.run_id),
+        "alerts": sa.select(alerted.c.run_id, sa.func.count().label("n"))
+        .where(alerted.c.run_id.in_(run_ids)).group_by(alerted.c.run_id),
+    }  # fmt: skip
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind, query in queries.items():
+        for r in _rows(url, query):
+            out.setdefault(r["run_id"], []).append({"kind": kind, **r})
     return out
 
 
-# ---------------------------------------------------------------- model versions
+def runs_page(dag_id: str | None, rows: list[dict[str, Any]], produced: dict[str, list[dict[str, Any]]]) -> str:
+    return render("runs.html.j2", dag_id=dag_id, runs=rows, produced=produced)
 
-VERSION_HEADERS = ["version", "status", "serving", "registered (UTC)", "AUC", "vs GBDT", "gate", "training run"]
+
+# ---------------------------------------------------------------- model versions
 
 
 def _labels_of(state: Any) -> dict[int, list[str]]:
@@ -257,217 +200,155 @@ def _labels_of(state: Any) -> dict[int, list[str]]:
     return labels
 
 
-def versions(url: str, state: Any, limit: int = 100) -> list[list[str]]:
-    rows = _rows(url, "SELECT * FROM nightshift.model_versions ORDER BY version DESC LIMIT :n", {"n": limit})
-    checks = _rows(url, "SELECT version, name, passed FROM nightshift.gate_checks")
-    labels = _labels_of(state)
+def versions(url: str, limit: int = 100) -> list[dict[str, Any]]:
+    mv = db.model_versions
+    return _rows(url, sa.select(mv).order_by(mv.c.version.desc()).limit(limit))
+
+
+def model_version(url: str, version: int) -> dict[str, Any] | None:
+    found = _rows(url, sa.select(db.model_versions).where(db.model_versions.c.version == version))
+    return found[0] if found else None
+
+
+def gate_checks(url: str, versions_: list[int]) -> dict[int, list[dict[str, Any]]]:
+    gc = db.gate_checks
     by_version: dict[int, list[dict[str, Any]]] = {}
-    for c in checks:
+    for c in _rows(url, sa.select(gc).where(gc.c.version.in_(versions_)).order_by(gc.c.kind, gc.c.name)):
         by_version.setdefault(c["version"], []).append(c)
-
-    def gate(version: int) -> str:
-        done = by_version.get(version, [])
-        failed = [c["name"] for c in done if not c["passed"]]
-        if not done:
-            return '<span class="muted">not run</span>'
-        return badge(f"{len(done) - len(failed)}/{len(done)} passed", "failed" if failed else "passed") + (
-            " " + e(", ".join(failed)) if failed else "")  # fmt: skip
-
-    return [[
-        link(view_href(f"versions/{r['version']}"), f"v{r['version']}"), badge(r["status"]),
-        " ".join(badge(label, "stable" if label == "stable" else "canary") for label in labels.get(r["version"], [])),
-        when(r["created_at"]), f"<span class=num>{e(fmt(r['metrics'].get('auc')))}</span>",
-        f"<span class=num>{e(fmt(r['metrics'].get('auc_ratio'), 3))}×</span>", gate(r["version"]),
-        run_link(r["dag_id"], r["run_id"]),
-    ] for r in rows]  # fmt: skip
+    return by_version
 
 
-def version_detail(url: str, version: int, state: Any, lake_uri: str) -> str | None:
-    """The version's page body: metrics, gate checks, serving, lineage and the run's form values."""
-    found = _rows(url, "SELECT * FROM nightshift.model_versions WHERE version = :v", {"v": version})
-    if not found:
-        return None
-    v = found[0]
-    metrics = v["metrics"]
-    labels = _labels_of(state).get(version, [])
-    cards = "".join(f'<div class="card"><div class="k">{e(k)}</div><div class="v">{v_}</div></div>' for k, v_ in [
-        ("status", badge(v["status"])), ("serving as", " ".join(badge(x, x) for x in labels) or "—"),
-        ("ROC-AUC", e(fmt(metrics.get("auc")))), ("GBDT baseline AUC", e(fmt(metrics.get("gbdt_auc")))),
-        ("ECE", e(fmt(metrics.get("ece")))), ("Brier", e(fmt(metrics.get("brier")))),
-    ])  # fmt: skip
-    scalar = sorted((k, m) for k, m in metrics.items() if isinstance(m, int | float))
-    metric_rows = [[f"<code>{e(k)}</code>", f"<span class=num>{e(fmt(float(m)))}</span>"] for k, m in scalar]
-    checks = _rows(url, "SELECT * FROM nightshift.gate_checks WHERE version = :v ORDER BY kind, name", {"v": version})
-    check_rows = [[
-        e(c["name"]), e(c["kind"]), badge("passed") if c["passed"] else badge("failed"),
-        f"<span class=num>{e(fmt(c['observed']))}</span>", f"<span class=num>{e(fmt(c['threshold']))}</span>",
-        e(c["detail"]),
-    ] for c in checks]  # fmt: skip
-    deployed = _rows(url, "SELECT * FROM nightshift.deployments WHERE version = :v ORDER BY id DESC", {"v": version})
-    validation_ids = list(v["validation_run_ids"] or [])
-    ingest_ids = list(v["ingestion_run_ids"] or [])
-    window = v["data_window"] or {}
-    lineage = [
-        ["training run", run_link(v["dag_id"], v["run_id"])],
-        ["form values", params_html(v["params"])],
-        ["dataset", f"<code>{e(v['dataset_uri'])}</code> "
-         + link(file_href(v["dataset_uri"].rstrip("/") + "/manifest.json", lake_uri), "manifest")],
-        ["dataset SHA-256", f"<code>{e(v['dataset_sha256'])}</code>"],
-        ["data window", e(", ".join(f"{k} {w}" for k, w in window.items()))],
-        ["features", f"Feast FeatureService <code>{e(v['feature_service'])}</code>, registry version "
-         f"<code>{e(v['feast_registry_version'])}</code>"],
-        ["ingestion runs", ", ".join(run_link("nightshift_ingest", r) for r in ingest_ids) or "none"],
-        ["validation runs", ", ".join(link(view_href("validations", run_id=r), r) for r in validation_ids) or "none"],
-        ["code version", f"<code>{e(v['code_version'])}</code>"],
-        ["evaluation report", link(file_href(v["report_uri"], lake_uri), "ROC / PR / calibration / slices")],
-        ["SavedModel", f"<code>{e(v['artifact_uri'])}</code>"],
-    ]  # fmt: skip
-    return (
-        f'<div class="cards">{cards}</div>'
-        + (f"<p>{e(v['gate_note'])}</p>" if v["gate_note"] else "")
-        + "<h2>Gate checks</h2>" + table(["check", "kind", "result", "observed", "threshold", "detail"], check_rows)
-        + "<h2>Lineage</h2>" + table(["", ""], lineage)
-        + "<h2>Deployments</h2>" + table(DEPLOYMENT_HEADERS, [_deployment_row(d) for d in deployed])
-        + "<h2>Test metrics</h2>" + table(["metric", "value"], metric_rows)
-        + "<h2>Hyperparameters</h2><pre>" + e(json.dumps(v["hyperparameters"], indent=2, default=str)) + "</pre>"
+def versions_page(rows: list[dict[str, Any]], checks: dict[int, list[dict[str, Any]]], state: Any) -> str:
+    labels = _labels_of(state)
+    shown = [{**r, "labels": labels.get(r["version"], []), "checks": checks.get(r["version"], [])} for r in rows]
+    return render("versions.html.j2", versions=shown)
+
+
+def version_page(version: dict[str, Any], checks: list[dict[str, Any]], deployed: list[dict[str, Any]], state: Any,
+                 lake_uri: str) -> str:  # fmt: skip
+    """The version's page: metrics, gate checks, serving, lineage and the run's form values."""
+    metrics = version["metrics"]
+    return render(
+        "version.html.j2", v=version, checks=checks, deployed=deployed,
+        labels=_labels_of(state).get(version["version"], []),
+        metric_rows=[(k, float(m)) for k, m in sorted(metrics.items()) if isinstance(m, int | float)],
+        manifest_href=file_href(version["dataset_uri"].rstrip("/") + "/manifest.json", lake_uri),
+        report_href=file_href(version["report_uri"], lake_uri),
+        hyperparameters=json.dumps(version["hyperparameters"], indent=2, default=str),
     )  # fmt: skip
 
 
 # ---------------------------------------------------------------- deployments
 
-DEPLOYMENT_HEADERS = ["when (UTC)", "version", "action", "outcome", "stable after", "canary after", "reason", "run"]
 
-
-def _deployment_row(r: dict[str, Any]) -> list[str]:
-    return [
-        when(r["created_at"]), link(view_href(f"versions/{r['version']}"), f"v{r['version']}"), e(r["action"]),
-        badge("ok") if r["succeeded"] else badge("failed"), e(fmt(r["stable_version"])),
-        e(fmt(r["canary_version"])), e(r["reason"]), run_link(r["dag_id"], r["run_id"]),
-    ]  # fmt: skip
-
-
-def deployments(url: str, limit: int = 100) -> list[list[str]]:
-    rows = _rows(url, "SELECT * FROM nightshift.deployments ORDER BY id DESC LIMIT :n", {"n": limit})
-    return [_deployment_row(r) for r in rows]
-
-
-def confirm_action(action: str, version: int | None, state: Any, rollback_target: int | None) -> str:
-    """What the action will do, in words, with the button that does it (POST, same origin)."""
-    stable = getattr(state, "stable", None)
-    if action == "rollback":
-        target = version or rollback_target
-        what = (f"<code>stable</code> moves from v{e(stable)} back to <b>v{e(target)}</b>, the version it replaced; "
-                f"v{e(stable)} becomes <i>rolled_back</i> and stays loaded for the grace period."
-                if stable and target else
-                "There is nothing to roll back to: no earlier version served as <code>stable</code>.")  # fmt: skip
-    else:
-        what = (f"<b>v{e(version)}</b> is pushed, validated on the server and tried as <code>canary</code> next to "
-                f"stable v{e(stable)}; it becomes <code>stable</code> only when healthy.")  # fmt: skip
-    if action == "rollback" and not (stable and (version or rollback_target)):
-        return f"<p>{what}</p><p>{link(view_href('deployments'), 'back to deployments')}</p>"
-    hidden = f'<input type="hidden" name="version" value="{e(version)}">' if version else ""
-    return (f"<p>{what}</p><form method=post action={PREFIX}/actions>"
-            f'<input type="hidden" name="action" value="{e(action)}">{hidden}'
-            f'<button class="danger" type="submit">Confirm {e(action)}</button> &nbsp; '
-            f'{link(view_href("deployments"), "cancel")}</form>')  # fmt: skip
-
-
-def requested_run(action: str, run: dict[str, Any]) -> str:
-    """The banner after an action: the deploy run it triggered, followed until it ends."""
-    state = run.get("state") or "queued"
-    kind = {"success": "ok", "failed": "failed"}.get(state, "info")
-    follow = "" if state in ("success", "failed") else " The page refreshes until the run ends."
-    return (f'<div class="actions">{e(action.title())} requested as {e(run.get("triggering_user_name") or "you")}: '
-            f"{run_link(run.get('dag_id'), run.get('dag_run_id'))} {badge(state, kind)}.{follow}</div>")  # fmt: skip
+def deployments(url: str, version: int | None = None, limit: int | None = 100) -> list[dict[str, Any]]:
+    query = sa.select(db.deployments).order_by(db.deployments.c.id.desc()).limit(limit)
+    return _rows(url, query.where(db.deployments.c.version == version) if version is not None else query)
 
 
 def promotable_versions(url: str) -> list[int]:
     """Versions a promote may name: blessed, or served before (archived / rolled back)."""
-    rows = _rows(
-        url,
-        """SELECT version FROM nightshift.model_versions
-                         WHERE status IN ('blessed', 'archived', 'rolled_back', 'canary') ORDER BY version DESC""",
-    )
-    return [r["version"] for r in rows]
+    mv = db.model_versions
+    query = sa.select(mv.c.version).where(mv.c.status.in_(PROMOTABLE)).order_by(mv.c.version.desc())
+    return [r["version"] for r in _rows(url, query)]
 
 
-def serving_now(model: str, state: Any, can_act: bool, promotable: list[int]) -> str:
-    stable, canary = getattr(state, "stable", None), getattr(state, "canary", None)
-    cards = "".join(f'<div class="card"><div class="k">{e(k)}</div><div class="v">{v}</div></div>' for k, v in [
-        ("model", e(model)),
-        ("stable", link(view_href(f"versions/{stable}"), f"v{stable}") if stable else "—"),
-        ("canary", link(view_href(f"versions/{canary}"), f"v{canary}") if canary else "—"),
-        ("loaded versions", e(", ".join(f"v{x}" for x in getattr(state, "versions", []) or []) or "—")),
-    ])  # fmt: skip
-    if not can_act:
-        actions = ('<p class="muted">Read-only: promote and roll back need the <b>op</b> or <b>admin</b> '
-                   "role.</p>")  # fmt: skip
-    else:
-        options = "".join(f'<option value="{e(v)}">v{e(v)}</option>' for v in promotable)
-        actions = (
-            '<div class="actions"><b>On-call actions</b> trigger <code>nightshift_deploy</code> '
-            "through Airflow's API as you, after you confirm.<br><br>"
-            f'<form class="inline" method="get" action="{PREFIX}/actions/confirm">'
-            '<input type="hidden" name="action" value="rollback">'
-            '<button class="danger" type="submit">Roll back stable…</button></form> &nbsp; '
-            f'<form class="inline" method="get" action="{PREFIX}/actions/confirm">'
-            '<input type="hidden" name="action" value="promote">'
-            f'<label>version <select name="version" required>{options}</select></label> '
-            '<button type="submit">Promote…</button></form></div>'
-        )  # fmt: skip
-    return f'<div class="cards">{cards}</div>{actions}'
+def rollback_target(url: str, model: str, stable: int) -> int | None:
+    """The version `stable` pointed at before `stable`'s last successful promotion: what a rollback restores."""
+    d = db.deployments
+    query = (
+        sa.select(d.c.previous_stable_version)
+        .where(d.c.model == model, d.c.version == stable, d.c.succeeded, d.c.action == "promote")
+        .order_by(d.c.id.desc()).limit(1)
+    )  # fmt: skip
+    with db.engine(url).connect() as conn:
+        return conn.execute(query).scalar()
+
+
+def deployments_page(model: str, state: Any, can_act: bool, promotable: list[int], history: list[dict[str, Any]],
+                     requested: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """Serving now (with the on-call actions), then the history; `requested` is the deploy run an action
+    triggered (Airflow's DAG run JSON), shown as a banner the page follows until the run ends."""
+    banner = None
+    if requested:
+        banner = {
+            "action": (requested.get("conf") or {}).get("action", "deploy"),
+            "user": requested.get("triggering_user_name") or "you",
+            "dag_id": requested.get("dag_id"), "run_id": requested.get("dag_run_id"),
+            "state": requested.get("state") or "queued",
+        }  # fmt: skip
+    return render(
+        "deployments.html.j2", model=model, stable=getattr(state, "stable", None),
+        canary=getattr(state, "canary", None), loaded=list(getattr(state, "versions", None) or []),
+        can_act=can_act, promotable=promotable, history=history, banner=banner,
+    )  # fmt: skip
+
+
+def confirm_page(action: str, version: int | None, model: str, state: Any, previous: int | None) -> str:
+    """What the action will do, in words, with the button that does it (POST, same origin); `previous` is
+    what a rollback restores unless `version` names one."""
+    return render("confirm.html.j2", action=action, version=version, model=model,
+                  stable=getattr(state, "stable", None), target=version or previous)  # fmt: skip
 
 
 # ---------------------------------------------------------------- validations
 
-VALIDATION_HEADERS = ["day", "suite", "result", "expectations", "critical failed", "warnings", "what failed",
-                      "Data Docs", "run"]  # fmt: skip
+
+def validations(url: str, run_id: str | None, day: dt.date | None, limit: int = 100) -> list[dict[str, Any]]:
+    v, ingested = db.validation_results, db.ingestion_runs
+    dags = sa.select(ingested.c.run_id, ingested.c.dag_id).distinct().subquery("i")
+    query = (
+        sa.select(v, dags.c.dag_id).select_from(v.outerjoin(dags, dags.c.run_id == v.c.run_id))
+        .order_by(v.c.partition_date.desc(), v.c.suite).limit(limit)
+    )  # fmt: skip
+    if run_id is not None:
+        query = query.where(v.c.run_id == run_id)
+    if day is not None:
+        query = query.where(v.c.partition_date == day)
+    return _rows(url, query)
 
 
-def validations(url: str, lake_uri: str, run_id: str | None, day: dt.date | None, limit: int = 100) -> list[list[str]]:
-    rows = _rows(url, """
-        SELECT v.*, i.dag_id FROM nightshift.validation_results v
-        LEFT JOIN (SELECT DISTINCT run_id, dag_id FROM nightshift.ingestion_runs) i USING (run_id)
-        WHERE (CAST(:run AS text) IS NULL OR v.run_id = :run) AND (CAST(:day AS date) IS NULL OR partition_date = :day)
-        ORDER BY partition_date DESC, suite LIMIT :n""", {"run": run_id, "day": day, "n": limit})  # fmt: skip
-    return [[
-        f"<span class=nowrap>{e(r['partition_date'])}</span>", e(r["suite"]),
-        badge("passed") if r["success"] else badge("failed"),
-        f"<span class=num>{e(r['evaluated'])}</span>", f"<span class=num>{e(r['critical_failed'])}</span>",
-        f"<span class=num>{e(r['warning_failed'])}</span>",
-        e("; ".join(str(f.get("expectation", f)) if isinstance(f, dict) else str(f) for f in r["failures"][:3])),
-        link(file_href(r["docs_uri"], lake_uri), "Data Docs"),
-        run_link(r["dag_id"] or "nightshift_ingest", r["run_id"]),
-    ] for r in rows]  # fmt: skip
+def validations_page(rows: list[dict[str, Any]], lake_uri: str, run_id: str | None, day: dt.date | None) -> str:
+    shown = [{
+        **r, "docs_href": file_href(r["docs_uri"], lake_uri),
+        "what_failed": "; ".join(str(f.get("expectation", f)) if isinstance(f, dict) else str(f)
+                                 for f in r["failures"][:3]),
+    } for r in rows]  # fmt: skip
+    return render("validations.html.j2", validations=shown, run_id=run_id, day=day)
 
 
 # ---------------------------------------------------------------- drift
 
-DRIFT_HEADERS = ["day", "model", "flights", "drift share", "AUC", "crossed", "drifted inputs", "report"]
-
 
 def drift_series(url: str, days: int = 90) -> list[dict[str, Any]]:
-    return _rows(
-        url,
-        """
-        SELECT partition_date AS day,
-               max(value) FILTER (WHERE metric = 'drift_share') AS drift_share,
-               max(value) FILTER (WHERE metric = 'auc') AS auc,
-               bool_or(crossed) FILTER (WHERE metric <> 'retrain_requested') AS crossed,
-               array_remove(array_agg(feature ORDER BY value DESC)
-                            FILTER (WHERE crossed AND metric = 'feature_drift'), NULL)
-                   AS drifted,
-               max(report_uri) AS report, max(model_version) AS model_version, max(rows) AS rows
-        FROM nightshift.drift_reports GROUP BY partition_date ORDER BY partition_date DESC LIMIT :n""",
-        {"n": days},
-    )
+    """Per monitored day (newest first): drift share, AUC, the inputs that drifted, and the retraining asked for."""
+    d, retrain = db.drift_reports, db.retrain_requests
+    query = (
+        sa.select(
+            d.c.partition_date.label("day"),
+            sa.func.max(d.c.value).filter(d.c.metric == "drift_share").label("drift_share"),
+            sa.func.max(d.c.value).filter(d.c.metric == "auc").label("auc"),
+            sa.func.bool_or(d.c.crossed).label("crossed"),
+            sa.func.array_remove(
+                sa.func.array_agg(aggregate_order_by(d.c.feature, d.c.value.desc()))
+                .filter(sa.and_(d.c.crossed, d.c.metric == "feature_drift")),
+                sa.null(),
+            ).label("drifted"),
+            sa.func.max(d.c.report_uri).label("report"), sa.func.max(d.c.model_version).label("model_version"),
+            sa.func.max(d.c.rows).label("rows"), sa.func.max(retrain.c.reason).label("retrain_reason"),
+        )
+        .select_from(d.outerjoin(retrain, retrain.c.partition_date == d.c.partition_date))
+        .group_by(d.c.partition_date).order_by(d.c.partition_date.desc()).limit(days)
+    )  # fmt: skip
+    return _rows(url, query)
 
 
-def drift_chart(series: list[dict[str, Any]], width: int = 760, height: int = 220) -> str:
-    """An inline SVG of drift share and ROC-AUC by day (oldest left), both on a 0…1 axis."""
+def drift_chart(series: list[dict[str, Any]], width: int = 760, height: int = 220) -> dict[str, Any] | None:
+    """Where the SVG chart of drift share and ROC-AUC by day (oldest left, both on a 0…1 axis) draws what;
+    None under two monitored days."""
     points = [s for s in reversed(series) if s["drift_share"] is not None]
     if len(points) < 2:
-        return '<p class="muted">The chart needs two monitored days.</p>'
+        return None
     left, right, top, bottom = 36, 24, 24, 28
     step = (width - left - right) / (len(points) - 1)
 
@@ -477,107 +358,74 @@ def drift_chart(series: list[dict[str, Any]], width: int = 760, height: int = 22
     def y(value: float) -> float:
         return top + (1 - value) * (height - top - bottom)
 
-    grid = "".join(f'<line x1="{left}" x2="{width - right}" y1="{y(g):.1f}" y2="{y(g):.1f}" stroke="#e4e7eb"/>'
-                   f'<text x="{left - 6}" y="{y(g) + 4:.1f}" font-size="10" text-anchor="end" fill="#52606d">'
-                   f"{g:g}</text>" for g in (0, 0.25, 0.5, 0.75, 1.0))  # fmt: skip
-
-    def series_svg(key: str, color: str) -> str:
-        kept = [(i, p[key]) for i, p in enumerate(points) if p[key] is not None]
-        coords = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in kept)
-        dots = "".join(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="3" fill="{color}"><title>'
-                       f"{e(points[i]['day'])} {e(key)} {v:.3f}</title></circle>" for i, v in kept)  # fmt: skip
-        return f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/>{dots}'
-
+    lines = [{
+        "key": key, "color": color,
+        "dots": [(x(i), y(p[key]), p["day"], p[key]) for i, p in enumerate(points) if p[key] is not None],
+    } for key, color in (("drift_share", "#b54708"), ("auc", "#017cee"))]  # fmt: skip
     every = max(1, len(points) // 12)
-    labels = "".join(f'<text x="{x(i):.1f}" y="{height - 8}" font-size="10" text-anchor="middle" fill="#52606d">'
-                     f"{e(p['day'].strftime('%m-%d'))}</text>"
-                     for i, p in enumerate(points) if i % every == 0)  # fmt: skip
-    return (f'<svg width="{width}" height="{height}" role="img" aria-label="drift share and ROC-AUC by day">'
-            f'{grid}{series_svg("drift_share", "#b54708")}{series_svg("auc", "#017cee")}{labels}'
-            f'<text x="{left}" y="14" font-size="12" fill="#b54708">● drift share</text>'
-            f'<text x="{left + 100}" y="14" font-size="12" fill="#017cee">● ROC-AUC</text></svg>')  # fmt: skip
+    return {
+        "width": width, "height": height, "left": left, "right": width - right,
+        "grid": [(y(g), g) for g in (0, 0.25, 0.5, 0.75, 1.0)], "lines": lines,
+        "ticks": [(x(i), p["day"]) for i, p in enumerate(points) if i % every == 0],
+    }  # fmt: skip
 
 
-def drift_rows(series: list[dict[str, Any]]) -> list[list[str]]:
-    return [[
-        f"<span class=nowrap>{e(s['day'])}</span>",
-        link(view_href(f"versions/{s['model_version']}"), f"v{s['model_version']}"),
-        f"<span class=num>{e(s['rows'])}</span>", f"<span class=num>{e(fmt(s['drift_share'], 2))}</span>",
-        f"<span class=num>{e(fmt(s['auc'], 3))}</span>", badge("yes", "warning") if s["crossed"] else "no",
-        e(", ".join((s["drifted"] or [])[:6]) + (" …" if len(s["drifted"] or []) > 6 else "")),
-        link(view_href("drift/report", day=s["day"].isoformat()), "Evidently report"),
-    ] for s in series]  # fmt: skip
-
-
-def report_frame(day: dt.date, src: str, days: list[dt.date]) -> str:
-    """The day's Evidently report in a frame, under the view's navigation, with the days around it."""
-    earlier, later = [d for d in days if d < day], [d for d in days if d > day]
-    steps = [link(view_href("drift"), "all days")]
-    if earlier:
-        steps.append(link(view_href("drift/report", day=max(earlier).isoformat()), f"← {max(earlier)}"))
-    if later:
-        steps.append(link(view_href("drift/report", day=min(later).isoformat()), f"{min(later)} →"))
-    steps.append(link(src, "the report alone"))
-    frame = "width:100%;height:calc(100vh - 150px);border:1px solid #e4e7eb;border-radius:8px"
-    return (f"<p>{' · '.join(steps)}</p>"
-            f'<iframe title="Evidently report for {e(day)}" src="{e(src)}" style="{frame}"></iframe>')  # fmt: skip
+def drift_page(series: list[dict[str, Any]]) -> str:
+    return render("drift.html.j2", series=series, chart=drift_chart(series))
 
 
 def monitored_days(url: str) -> list[dt.date]:
-    return [r["d"] for r in _rows(url, "SELECT DISTINCT partition_date AS d FROM nightshift.drift_reports ORDER BY 1")]
+    day = db.drift_reports.c.partition_date
+    return [r["d"] for r in _rows(url, sa.select(day.label("d")).distinct().order_by(day))]
 
 
 def report_uri(url: str, day: dt.date) -> str | None:
-    query = "SELECT max(report_uri) AS uri FROM nightshift.drift_reports WHERE partition_date = :d"
-    rows = _rows(url, query, {"d": day})
-    return rows[0]["uri"] if rows else None
+    d = db.drift_reports
+    with db.engine(url).connect() as conn:
+        return conn.execute(sa.select(sa.func.max(d.c.report_uri)).where(d.c.partition_date == day)).scalar()
+
+
+def drift_report_page(day: dt.date, src: str, days: list[dt.date]) -> str:
+    """The day's Evidently report in a frame, under the view's navigation, with the days around it."""
+    earlier, later = [d for d in days if d < day], [d for d in days if d > day]
+    return render("drift_report.html.j2", day=day, src=src, earlier=max(earlier, default=None),
+                  later=min(later, default=None))  # fmt: skip
 
 
 # ---------------------------------------------------------------- alerts
 
-ALERT_HEADERS = ["when (UTC)", "severity", "kind", "what happened", "source"]
 
-
-def alerts(url: str, severity: str | None, kind: str | None, run_id: str | None, limit: int = 200) -> list[list[str]]:
-    rows = _rows(url, """
-        SELECT id, created_at, severity, kind, title, dag_id, task_id, run_id FROM nightshift.alerts
-        WHERE (CAST(:severity AS text) IS NULL OR severity = :severity)
-          AND (CAST(:kind AS text) IS NULL OR kind = :kind)
-          AND (CAST(:run AS text) IS NULL OR run_id = :run)
-        ORDER BY id DESC LIMIT :n""", {"severity": severity, "kind": kind, "run": run_id, "n": limit})  # fmt: skip
-    return [[
-        when(r["created_at"]), badge(r["severity"]), e(r["kind"]), link(view_href(f"alerts/{r['id']}"), r["title"]),
-        run_link(r["dag_id"], r["run_id"], " / ".join(x for x in (r["dag_id"], r["task_id"]) if x) or None),
-    ] for r in rows]  # fmt: skip
-
-
-def alert_detail(url: str, alert_id: int, lake_uri: str) -> tuple[str, str] | None:
-    found = _rows(url, "SELECT * FROM nightshift.alerts WHERE id = :id", {"id": alert_id})
-    if not found:
-        return None
-    a = found[0]
-    target, top = href_for(a["link"], lake_uri)
-    delivered = [[e(channel), delivery(str(d))] for channel, d in sorted((a["deliveries"] or {}).items())]
-    facts = [
-        ["when (UTC)", when(a["created_at"])], ["severity", badge(a["severity"])], ["kind", e(a["kind"])],
-        ["look here", link(target, "open", top=top) if target else e(a["link"] or "")],
-        ["source", run_link(a["dag_id"], a["run_id"], " / ".join(x for x in (a["dag_id"], a["task_id"]) if x))],
-        ["deduplication key", f"<code>{e(a['dedup_key'])}</code>"],
-    ]  # fmt: skip
-    body = (table(["", ""], facts) + "<h2>Message</h2><pre>" + e(a["message"]) + "</pre>"
-            + "<h2>Delivery</h2>" + table(["channel", "result"], delivered))  # fmt: skip
-    return a["title"], body
-
-
-def delivery(result: str) -> str:
-    """A channel's outcome without its details: a webhook URL or a mail server's reply can carry secrets."""
-    if result.startswith(("sent", "posted")):
-        return badge("delivered", "ok")
-    if result.startswith("skipped"):
-        return badge("not configured", "info")
-    reason = result.split(":")[1].strip() if result.count(":") >= 2 else ""
-    return badge("failed", "failed") + (f" <code>{e(reason)}</code>" if reason.isidentifier() else "")
+def alerts(
+    url: str, severity: str | None, kind: str | None, run_id: str | None, limit: int = 200
+) -> list[dict[str, Any]]:
+    a = db.alerts
+    query = (
+        sa.select(a.c.id, a.c.created_at, a.c.severity, a.c.kind, a.c.title, a.c.dag_id, a.c.task_id, a.c.run_id)
+        .order_by(a.c.id.desc()).limit(limit)
+    )  # fmt: skip
+    for column, value in ((a.c.severity, severity), (a.c.kind, kind), (a.c.run_id, run_id)):
+        if value is not None:
+            query = query.where(column == value)
+    return _rows(url, query)
 
 
 def alert_kinds(url: str) -> list[str]:
-    return [r["kind"] for r in _rows(url, "SELECT DISTINCT kind FROM nightshift.alerts ORDER BY kind")]
+    kind = db.alerts.c.kind
+    return [r["kind"] for r in _rows(url, sa.select(kind).distinct().order_by(kind))]
+
+
+def alerts_page(rows: list[dict[str, Any]], severities: list[str], kinds: list[str], severity: str | None,
+                kind: str | None, run_id: str | None) -> str:  # fmt: skip
+    return render("alerts.html.j2", alerts=rows, severities=list(severities), kinds=kinds, severity=severity,
+                  kind=kind, run_id=run_id)  # fmt: skip
+
+
+def alert(url: str, alert_id: int) -> dict[str, Any] | None:
+    found = _rows(url, sa.select(db.alerts).where(db.alerts.c.id == alert_id))
+    return found[0] if found else None
+
+
+def alert_page(found: dict[str, Any], lake_uri: str) -> str:
+    target, top = href_for(found["link"], lake_uri)
+    deliveries = [(channel, str(d)) for channel, d in sorted((found["deliveries"] or {}).items())]
+    return render("alert.html.j2", alert=found, target=target, top=top, deliveries=deliveries)

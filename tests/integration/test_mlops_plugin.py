@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from include import db
 from include.core.alerts import Alert, send
-from include.db import drift_reports
+from include.db import deployments, drift_reports, model_versions, retrain_requests
 from include.mlops import views as mlops
 
 pytestmark = pytest.mark.integration
@@ -132,18 +132,14 @@ def test_a_validation_s_data_docs_are_served_from_the_lake(api, settings, lake_d
 
 
 def test_an_alert_page_shows_the_message_but_not_the_webhook_url(api, db_url) -> None:
-    import sqlalchemy as sa
-
-    from include.db import engine
-
     client, token = api
     alert_id = send(db_url, Alert(kind="probe", key="detail", severity="warning", title="Probe <alert>",
                                   impact="what it means", link="javascript:alert(3)"))  # fmt: skip
-    with engine(db_url).begin() as conn:
+    with db.engine(db_url).begin() as conn:
         conn.execute(
-            sa.text("UPDATE nightshift.alerts SET deliveries = :d WHERE id = :id"),
-            {"d": json.dumps({"webhook": "posted to https://hooks.example/T0/SECRET (200)"}), "id": alert_id},
-        )
+            sa.update(db.alerts).where(db.alerts.c.id == alert_id)
+            .values(deliveries={"webhook": "posted to https://hooks.example/T0/SECRET (200)"})
+        )  # fmt: skip
     page = client.get(f"/mlops/alerts/{alert_id}", headers=token("viewer")).text
     assert "Probe &lt;alert&gt;" in page
     assert "what it means" in page
@@ -152,8 +148,9 @@ def test_an_alert_page_shows_the_message_but_not_the_webhook_url(api, db_url) ->
     assert 'href="javascript' not in page
 
 
-def test_the_drift_page_lists_only_drifted_inputs(db_url) -> None:
-    """A day's retraining request is recorded next to its metrics; its reason is not an input."""
+def test_the_drift_page_lists_only_drifted_inputs_and_the_day_s_retraining_request(api, db_url) -> None:
+    """A day's retraining request lives in its own table; its reason shows in its own column, not as an input."""
+    client, token = api
     day = dt.date(1999, 2, 1)
     common = {"partition_date": day, "model_version": 1, "rows": 900, "report_uri": "file:///x", "run_id": "probe",
               "computed_at": dt.datetime.now(dt.UTC), "threshold": 0.1}  # fmt: skip
@@ -161,14 +158,59 @@ def test_the_drift_page_lists_only_drifted_inputs(db_url) -> None:
         {"metric": "feature_drift", "feature": "temp", "value": 0.9, "crossed": True},
         {"metric": "feature_drift", "feature": "dewp", "value": 0.05, "crossed": False},
         {"metric": "drift_share", "feature": "", "value": 0.04, "crossed": False},
-        {"metric": "retrain_requested", "feature": "ROC-AUC dropped on 1999-02-01", "value": 1.0, "crossed": True},
     ]
+    request = {"partition_date": day, "reason": "ROC-AUC dropped on 1999-02-01 <probe>", "model_version": 1,
+               "report_uri": "file:///x", "run_id": "probe", "requested_at": dt.datetime.now(dt.UTC)}  # fmt: skip
     with db.engine(db_url).begin() as conn:
         conn.execute(sa.insert(drift_reports), [{**common, **r} for r in rows])
+        conn.execute(sa.insert(retrain_requests), [request])
     try:
         series = {s["day"]: s for s in mlops.drift_series(db_url, days=10_000)}
         assert series[day]["drifted"] == ["temp"]
         assert series[day]["drift_share"] == 0.04
+        assert series[day]["crossed"] is True
+        assert series[day]["retrain_reason"] == "ROC-AUC dropped on 1999-02-01 <probe>"
+        page = client.get("/mlops/drift", headers=token("viewer")).text
+        assert "<th>retraining requested</th>" in page
+        assert "<td>ROC-AUC dropped on 1999-02-01 &lt;probe&gt;</td>" in page
     finally:
         with db.engine(db_url).begin() as conn:
             conn.execute(sa.delete(drift_reports).where(drift_reports.c.partition_date == day))
+            conn.execute(sa.delete(retrain_requests).where(retrain_requests.c.partition_date == day))
+
+
+def _probe_version(conn: sa.Connection, tag: str) -> int:
+    at = dt.datetime.now(dt.UTC)
+    return conn.execute(sa.insert(model_versions).returning(model_versions.c.version).values(
+        status="archived", dag_id="nightshift_train", run_id=f"mlops-probe-{tag}", code_version="probe",
+        artifact_uri="file:///x", dataset_uri="file:///x", dataset_sha256="0", data_window={}, feature_service="x",
+        feast_registry_version="0", ingestion_run_ids=[], validation_run_ids=[], metrics={}, hyperparameters={},
+        params={}, created_at=at, updated_at=at,
+    )).scalar_one()  # fmt: skip
+
+
+def _deployed(conn: sa.Connection, model: str, version: int, action: str, succeeded: bool, previous: int) -> None:
+    conn.execute(sa.insert(deployments).values(
+        model=model, version=version, action=action, succeeded=succeeded, previous_stable_version=previous,
+        reason="probe", detail={}, dag_id="nightshift_deploy", run_id="mlops-probe", created_at=dt.datetime.now(dt.UTC),
+    ))  # fmt: skip
+
+
+def test_a_rollback_goes_back_to_what_the_last_successful_promotion_replaced(db_url) -> None:
+    model = "mlops_probe_model"
+    with db.engine(db_url).begin() as conn:
+        first, second, third = (_probe_version(conn, tag) for tag in ("a", "b", "c"))
+        _deployed(conn, model, second, "promote", True, first)
+        _deployed(conn, model, second, "promote", False, third)  # failed: not what it replaced
+        _deployed(conn, model, second, "rollback", True, third)  # not a promotion
+        _deployed(conn, "another_model", second, "promote", True, third)
+    try:
+        assert mlops.rollback_target(db_url, model, second) == first
+        assert mlops.rollback_target(db_url, model, third) is None
+        with db.engine(db_url).begin() as conn:
+            _deployed(conn, model, second, "promote", True, third)
+        assert mlops.rollback_target(db_url, model, second) == third  # the latest promotion counts
+    finally:
+        with db.engine(db_url).begin() as conn:
+            conn.execute(sa.delete(deployments).where(deployments.c.run_id == "mlops-probe"))
+            conn.execute(sa.delete(model_versions).where(model_versions.c.run_id.like("mlops-probe-%")))

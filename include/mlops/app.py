@@ -1,0 +1,208 @@
+"""The ML Ops view's FastAPI app: runs, model versions, deployments, validations, drift and alerts.
+
+Mounted by Airflow's API server at `/mlops` (see `plugins/nightshift_mlops.py`), behind Airflow's own
+auth: no token gives 401; any role that may view plugins can read; promote and rollback need the
+right to manage the `serving_deploy` pool (op and admin), and they only ever trigger
+`nightshift_deploy` through Airflow's REST API with the caller's own token — the view writes no
+state itself. The pages come from `include.mlops.views`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import mimetypes
+from typing import Annotated
+from urllib.parse import quote, urlencode, urlsplit
+
+from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, PoolDetails
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_view
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from include.core.config import load_settings
+from include.mlops import views
+from include.mlops.views import PREFIX
+from include.serving.state import read_state
+
+DEPLOY_DAG = "nightshift_deploy"
+ACTIONS = ("promote", "rollback")
+
+app = FastAPI(title="nightshift ML Ops", dependencies=[Depends(requires_access_view(AccessView.PLUGINS))],
+              docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
+
+
+def _settings():
+    return load_settings()
+
+
+def _url() -> str:
+    return _settings().require_database_url()
+
+
+def can_operate(user) -> bool:
+    """op and admin may promote and roll back: SimpleAuthManager lets them edit pools, user and viewer not."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager().is_authorized_pool(method="PUT", details=PoolDetails(name="serving_deploy"), user=user)
+
+
+def requires_serving_operator(request: Request, user: GetUserDep) -> None:
+    if not can_operate(user):
+        raise HTTPException(403, "promote and rollback need the op or admin role")
+    origin = request.headers.get("origin") or request.headers.get("referer") or ""
+    if origin and urlsplit(origin).netloc != request.url.netloc:
+        raise HTTPException(403, "cross-site request refused")
+
+
+def _html(body: str) -> HTMLResponse:
+    return HTMLResponse(body, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+@app.get("/")
+def overview() -> RedirectResponse:
+    return RedirectResponse(f"{PREFIX}/deployments")
+
+
+ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="currentColor" '
+    'stroke-width="2"><path d="M3 3v18h18"/><path d="M7 15l4-4 3 3 5-6"/></svg>'
+)
+
+
+@app.get("/icon.svg")
+def icon() -> Response:
+    return Response(ICON, media_type="image/svg+xml")
+
+
+@app.get("/runs", response_class=HTMLResponse)
+def runs_page(dag_id: str | None = None) -> HTMLResponse:
+    dag_id = dag_id or None
+    url = _url()
+    rows = views.runs(url, dag_id)
+    return _html(views.runs_page(dag_id, rows, views.products(url, [r["run_id"] for r in rows])))
+
+
+@app.get("/versions", response_class=HTMLResponse)
+def versions_page() -> HTMLResponse:
+    url = _url()
+    rows = views.versions(url)
+    checks = views.gate_checks(url, [r["version"] for r in rows])
+    return _html(views.versions_page(rows, checks, read_state(_settings())))
+
+
+@app.get("/versions/{version}", response_class=HTMLResponse)
+def version_page(version: int) -> HTMLResponse:
+    settings, url = _settings(), _url()
+    found = views.model_version(url, version)
+    if found is None:
+        raise HTTPException(404, f"no model version {version}")
+    checks = views.gate_checks(url, [version]).get(version, [])
+    deployed = views.deployments(url, version=version, limit=None)
+    return _html(views.version_page(found, checks, deployed, read_state(settings), settings.lake_uri))
+
+
+@app.get("/deployments", response_class=HTMLResponse)
+def deployments_page(request: Request, user: GetUserDep, requested: str | None = None) -> HTMLResponse:
+    settings, url = _settings(), _url()
+    run = None
+    if requested:
+        response = _airflow_api(request, "GET", f"/dags/{DEPLOY_DAG}/dagRuns/{quote(requested, safe='')}")
+        run = response.json() if response.status_code == 200 else None
+    return _html(views.deployments_page(settings.model_name, read_state(settings), can_operate(user),
+                                        views.promotable_versions(url), views.deployments(url), run))  # fmt: skip
+
+
+@app.get("/validations", response_class=HTMLResponse)
+def validations_page(run_id: str | None = None, day: dt.date | None = None) -> HTMLResponse:
+    rows = views.validations(_url(), run_id or None, day)
+    return _html(views.validations_page(rows, _settings().lake_uri, run_id or None, day))
+
+
+@app.get("/drift", response_class=HTMLResponse)
+def drift_page() -> HTMLResponse:
+    return _html(views.drift_page(views.drift_series(_url())))
+
+
+@app.get("/drift/report", response_class=HTMLResponse)
+def drift_report(day: Annotated[dt.date, Query()]) -> HTMLResponse:
+    src = views.file_href(views.report_uri(_url(), day), _settings().lake_uri)
+    if not src:
+        raise HTTPException(404, f"no drift report for {day}")
+    return _html(views.drift_report_page(day, src, views.monitored_days(_url())))
+
+
+@app.get("/alerts", response_class=HTMLResponse)
+def alerts_page(severity: str | None = None, kind: str | None = None, run_id: str | None = None) -> HTMLResponse:
+    from include.core.alerts import SEVERITIES
+
+    severity, kind, run_id = severity or None, kind or None, run_id or None
+    if severity is not None and severity not in SEVERITIES:
+        raise HTTPException(400, f"severity must be one of {', '.join(SEVERITIES)}")
+    url = _url()
+    rows = views.alerts(url, severity, kind, run_id)
+    return _html(views.alerts_page(rows, list(SEVERITIES), views.alert_kinds(url), severity, kind, run_id))
+
+
+@app.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(alert_id: int) -> HTMLResponse:
+    found = views.alert(_url(), alert_id)
+    if found is None:
+        raise HTTPException(404, f"no alert {alert_id}")
+    return _html(views.alert_page(found, _settings().lake_uri))
+
+
+@app.get("/files/{path:path}")
+def lake_file(path: str) -> Response:
+    """A report or manifest from the lake (Data Docs, evaluation, Evidently); nothing else is served."""
+    from include.core.lake import lake_root
+
+    if not views.servable(path):
+        raise HTTPException(404, "not a report")
+    target = lake_root(_settings()) / path
+    if not target.is_file():
+        raise HTTPException(404, f"{path} is not in the lake")
+    media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    # Reports carry data values and their own scripts: they run in an opaque origin, never with
+    # Airflow's cookies or API (the CSP sandbox), yet may draw their charts (allow-scripts).
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox allow-scripts"}
+    return Response(target.read_bytes(), media_type=media, headers=headers)
+
+
+def _airflow_api(request: Request, method: str, path: str, **kwargs):
+    """Airflow's REST API on this same server, called with the caller's own token (cookie or header)."""
+    import httpx
+
+    token = request.cookies.get("_token") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    return httpx.request(method, f"{str(request.base_url).rstrip('/')}/api/v2{path}",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)  # fmt: skip
+
+
+def _check_action(action: str, version: int | None) -> None:
+    if action not in ACTIONS:
+        raise HTTPException(400, "action must be promote or rollback")
+    if action == "promote" and version is None:
+        raise HTTPException(400, "promote needs a version")
+
+
+@app.get("/actions/confirm", response_class=HTMLResponse, dependencies=[Depends(requires_serving_operator)])
+def confirm(action: str, version: int | None = None) -> HTMLResponse:
+    """What promote or rollback will do, before it is done (the UI's iframe cannot show a confirm dialog)."""
+    _check_action(action, version)
+    settings = _settings()
+    state = read_state(settings)
+    target = views.rollback_target(_url(), settings.model_name, state.stable) if state.stable else None
+    return _html(views.confirm_page(action, version, settings.model_name, state, target))
+
+
+@app.post("/actions", dependencies=[Depends(requires_serving_operator)])
+def act(request: Request, action: Annotated[str, Form()], version: Annotated[int | None, Form()] = None):
+    """Promote or roll back by triggering `nightshift_deploy` through Airflow's API, as the caller."""
+    _check_action(action, version)
+    response = _airflow_api(request, "POST", f"/dags/{DEPLOY_DAG}/dagRuns", json={
+        "logical_date": None, "conf": {"action": action, "version": version},
+        "note": f"{action} from the ML Ops view",
+    })  # fmt: skip
+    if response.status_code >= 400:
+        raise HTTPException(response.status_code, f"Airflow refused the run: {response.text[:300]}")
+    run_id = response.json()["dag_run_id"]
+    return RedirectResponse(f"{PREFIX}/deployments?{urlencode({'requested': run_id})}", status_code=303)
