@@ -58,6 +58,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     settings = load_settings({**os.environ, "NIGHTSHIFT_DATABASE_URL": url})
     os.environ.update(runtime_env(settings, url))
+    # One Fernet key for this process and every `airflow …` subprocess: this process imports Airflow before
+    # any airflow.cfg exists, and a key generated in memory here would not decrypt the Variables that
+    # `airflow variables import` encrypts later with the key of the file it writes.
+    from cryptography.fernet import Fernet
+
+    os.environ["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -23,7 +23,7 @@ from include.core import lake
 from include.core.alerts import Alert, send
 from include.core.config import ConfigError, MonitorPolicy
 from include.db import alerts, drift_reports
-from include.monitor.steps import judge, predictions_file, quality_dropped, report_day
+from include.monitor.steps import judge, predictions_file, report_day
 
 pytestmark = pytest.mark.integration
 DAY = dt.date(2013, 8, 1)
@@ -139,14 +139,44 @@ def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model,
     verdict_again = judge(settings, policy, [summary], "drift-test")  # a retry: deduplicated
     assert len(verdict["alerts"]) == 1
     assert verdict_again["alerts"][0]["alert_id"] is None
-    kind = "quality_drop" if quality_dropped(summary) else "drift"
-    row = _assert_one(db_url, alert_receivers, kind, "critical" if kind == "quality_drop" else "warning", "drift-test")
+    assert not verdict["retrain"]  # one day of drift is not yet a persisting one
+    # The fault is in the inputs, so the alert is a drift warning, not a quality drop.
+    row = _assert_one(db_url, alert_receivers, "drift", "warning", "drift-test")
+    assert [r for r in _alerts(db_url, "quality_drop") if r["run_id"] == "drift-test"] == []
     assert row["link"] == summary["report"]
     assert "temp" in row["message"]
     assert "Next:" in row["message"]
     html = ObjectStoragePath(summary["report"]).read_text()
     assert '"temp"' in html
     assert "Detected" in html
+
+
+def test_predictions_ranked_backwards_give_exactly_one_quality_drop_alert(monitored, stable_model, trained, settings,
+                                                                          db_url, alert_receivers) -> None:  # fmt: skip
+    """The next day's real inputs, with the stable model's predictions handed back to the flights in reverse
+    order: the same values (no prediction drift), ROC-AUC about 1 - the day's, far below the test AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    from include.contract.features import LABEL_KEY
+    from include.contract.inputs import serving_columns
+    from include.monitor.steps import day_frame
+    from include.serving.client import client_for
+
+    frame = day_frame(settings, DRIFT_DAY)
+    predictions = np.ravel(client_for(settings).predict_columns(serving_columns(frame), label="stable"))
+    backwards = np.sort(predictions)[::-1][predictions.argsort().argsort()]
+    labels = frame[LABEL_KEY].astype(int)
+    assert roc_auc_score(labels, backwards) < trained[1]["metrics"]["auc"] - 0.2 < roc_auc_score(labels, predictions)
+    lake.write_parquet(predictions_file(settings, DRIFT_DAY), frame.assign(prediction=backwards,
+                                                                           model_version=stable_model))  # fmt: skip
+    policy = MonitorPolicy.from_env()
+    summary = report_day(settings, policy, {"day": DRIFT_DAY.isoformat(), "model_version": stable_model},
+                         "quality-test")  # fmt: skip
+    assert summary["auc"] == pytest.approx(roc_auc_score(labels, backwards))
+    assert len(judge(settings, policy, [summary], "quality-test")["alerts"]) == 1
+    row = _assert_one(db_url, alert_receivers, "quality_drop", "critical", "quality-test")
+    assert "ROC-AUC" in row["message"]
+    assert row["link"] == summary["report"]
 
 
 def test_an_input_with_no_values_is_reported_as_drifted_not_a_crash(monitored, stable_model, settings,
