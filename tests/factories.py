@@ -56,3 +56,14 @@ def with_bad_rows(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
         "duplicate": 1,
     }
     return pd.concat([raw, pd.DataFrame(bad)], ignore_index=True), expected
+
+
+def recorded_run(db_url: str, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The run's lineage row in `nightshift.runs`, as the callback recorded it."""
+    import sqlalchemy as sa
+
+    from include.db import engine, runs
+
+    with engine(db_url).connect() as conn:
+        row = conn.execute(sa.select(runs).where(runs.c.dag_id == dag_id, runs.c.run_id == run_id)).mappings().first()
+    return dict(row) if row else None

@@ -12,8 +12,6 @@ import json
 import logging
 from typing import Any
 
-import sqlalchemy as sa
-
 from include.db import engine, runs, upsert
 
 log = logging.getLogger("nightshift.lineage")
@@ -60,13 +58,6 @@ def record_run(context: dict[str, Any]) -> None:
 
     with engine(load_settings().require_database_url()).begin() as conn:
         upsert(conn, runs, [run_row(context)])
-
-
-def get_run(url: str, dag_id: str, run_id: str) -> dict[str, Any] | None:
-
-    with engine(url).connect() as conn:
-        row = conn.execute(sa.select(runs).where(runs.c.dag_id == dag_id, runs.c.run_id == run_id)).mappings().first()
-    return dict(row) if row else None
 
 
 def unknown_conf_keys(conf: dict[str, Any] | None, declared: Any) -> list[str]:

