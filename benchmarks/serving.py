@@ -15,6 +15,7 @@ Writes `.local/bench/serving.json`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import threading
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from include.contract.inputs import rows_to_arrays
     from include.core.config import load_settings
     from include.serving.client import ServingClient
-    from include.serving.process import free_port, local_server
+    from include.serving.process import local_server
     from include.serving.state import read_state
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,24 +95,29 @@ def main(argv: list[str] | None = None) -> int:
             iter(signature(**{k: tf.constant(v) for k, v in rows_to_arrays(selected).items()}).values())
         )
 
-    # A private server on a free port, so a running `bin/nightshift serve` is not disturbed.
-    private = dataclasses.replace(settings, serving_url=f"http://127.0.0.1:{free_port()}")
+    # A private server on a port it binds itself, so a running `bin/nightshift serve` is not disturbed.
+    private = dataclasses.replace(settings, serving_url="http://127.0.0.1:0")
     results: dict[str, Any] = {"version": state.stable, "cpu_count": os.cpu_count(), "concurrency": CONCURRENCY}
-    with local_server(private):
-        client = ServingClient(private.serving_url, settings.model_name, retries=0)
+    with (
+        local_server(private) as url,
+        ServingClient(url, settings.model_name, retries=0) as client,
+        contextlib.ExitStack() as per_thread,
+    ):
 
         def rest(selected: list[dict[str, Any]], c: ServingClient = client) -> Callable[[], Any]:
             return lambda: c.predict_rows(selected, version=state.stable)
+
+        def rest_on_own_connection() -> Callable[[], Any]:
+            return rest(rows[:1], per_thread.enter_context(ServingClient(url, settings.model_name)))
 
         results["single_row"] = {"rest": percentiles(timed(rest(rows[:1]), args.requests)),
                                  "direct": percentiles(timed(direct(rows[:1]), args.requests))}  # fmt: skip
         results["batch_100"] = {"rest": percentiles(timed(rest(batch), args.requests // 5)),
                                 "direct": percentiles(timed(direct(batch), args.requests // 5))}  # fmt: skip
         results["requests_per_s"] = {
-            "rest": throughput(lambda: rest(rows[:1], ServingClient(private.serving_url, settings.model_name)),
-                               args.seconds),
+            "rest": throughput(rest_on_own_connection, args.seconds),
             "direct": throughput(lambda: direct(rows[:1]), args.seconds),
-        }  # fmt: skip
+        }
     single = results["single_row"]
     results["rest_overhead_p50_ms"] = round(single["rest"]["p50_ms"] - single["direct"]["p50_ms"], 3)
     out = settings.local_dir / "bench" / "serving.json"

@@ -101,6 +101,10 @@ class ServingClient:
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
     def __enter__(self) -> ServingClient:
         return self
 

@@ -86,7 +86,12 @@ class ModelManager:
         self._seen: tuple = ()
 
     def _fingerprint(self, base_paths: Iterable[str]) -> tuple:
-        parts: list[Any] = [self.config_file.stat().st_mtime_ns if self.config_file.exists() else 0]
+        # The inode too: each atomic write is a new file, even within one tick of the (coarse) file clock.
+        try:
+            stat = self.config_file.stat()
+            parts: list[Any] = [(stat.st_mtime_ns, stat.st_ino)]
+        except FileNotFoundError:
+            parts = [0]
         for base in map(Path, base_paths):
             if base.exists():
                 parts += sorted((p.name, (p / "saved_model.pb").exists()) for p in base.iterdir() if p.is_dir())

@@ -1,4 +1,6 @@
-"""Shared integration fixtures: the DAG bag, and one trained model for the train and deploy tests.
+"""Shared integration fixtures: the DAG bag, one trained model for the train and deploy tests, the
+local serving process, and the alert receivers. Every server here binds port 0 and reports the
+port it got, so no port is picked first and bound later (where another process can take it).
 
 June–July 2013 is ingested first (its own days, apart from the ingest tests' May), then the train
 DAG trains on 44 days, validates on 7 and tests on the last 10, with a small budget.
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,6 @@ import sqlalchemy as sa
 
 from include import db
 from include.core.config import load_settings
-from include.serving.process import free_port
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 START, END = dt.date(2013, 6, 1), dt.date(2013, 7, 31)
@@ -62,9 +65,16 @@ def alert_receivers():
         def log_message(self, *args) -> None:
             pass
 
-    smtp = Controller(Mailbox(), hostname="127.0.0.1", port=free_port())
+    class AnyPortController(Controller):
+        """aiosmtpd binds port 0 fine but then probes `self.port` (still 0): read the bound one first."""
+
+        def _trigger_server(self) -> None:
+            self.port = self.server.sockets[0].getsockname()[1]
+            super()._trigger_server()
+
+    smtp = AnyPortController(Mailbox(), hostname="127.0.0.1", port=0)
     smtp.start()
-    web = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=web.serve_forever, daemon=True).start()
     os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
         "conn_type": "smtp", "host": "127.0.0.1", "port": smtp.port,
@@ -104,24 +114,48 @@ def trained(dagbag, db_url):
 
 @pytest.fixture(scope="session")
 def serving(tmp_path_factory):
-    """The local server on a free port over a fresh serving dir, configured through the environment."""
+    """The local server over a fresh serving dir, on the port it bound, configured through the environment."""
     from include.serving.process import local_server
 
     saved = {k: os.environ.get(k) for k in ("NIGHTSHIFT_SERVING_DIR", "NIGHTSHIFT_SERVING_URL")}
     os.environ["NIGHTSHIFT_SERVING_DIR"] = str(tmp_path_factory.mktemp("serving"))
-    os.environ["NIGHTSHIFT_SERVING_URL"] = f"http://127.0.0.1:{free_port()}"
-    os.environ["NIGHTSHIFT_DEPLOY_CANARY_REQUESTS"] = "20"
-    settings = load_settings()
+    os.environ["NIGHTSHIFT_SERVING_URL"] = "http://127.0.0.1:0"  # any free port
     try:
-        with local_server(settings):
-            yield settings
+        with local_server(load_settings()) as url:
+            os.environ["NIGHTSHIFT_SERVING_URL"] = url  # what the DAGs' tasks read
+            yield load_settings()
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        os.environ.pop("NIGHTSHIFT_DEPLOY_CANARY_REQUESTS", None)
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A URL where nothing answers: its port stays bound (so no server can take it) but never listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def clients_closed(monkeypatch) -> Iterator[None]:
+    """Fails the test if a ServingClient opened during it (by the test or the steps it runs) is left open."""
+    from include.serving.client import ServingClient
+
+    opened: list[ServingClient] = []
+    init = ServingClient.__init__
+
+    def tracked(self: ServingClient, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(ServingClient, "__init__", tracked)
+    yield
+    left_open = [f"{c.base_url} ({c.model})" for c in opened if not c.closed]
+    assert not left_open, f"ServingClient left open: {left_open}; use it in a `with` block"
 
 
 @pytest.fixture(scope="session")

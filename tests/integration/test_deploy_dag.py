@@ -2,7 +2,9 @@
 
 Versions are registered from the model the `trained` fixture made (an identical copy, so its
 canary is healthy), from an untrained model of the same signature (a canary that shifts
-predictions), and from a SavedModel with a corrupt `saved_model.pb`.
+predictions), and from a SavedModel with a corrupt `saved_model.pb`. Each test registers the
+versions it deploys and brings serving to the state it starts from (`no_model_served`, `stable`),
+so it passes alone as well as in any order.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import datetime as dt
 import os
 import shutil
 import threading
+import time
+import uuid
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.core.config import DeployPolicy
-from include.db import alerts, deployments
+from include.core.config import DeployPolicy, Settings
+from include.db import alerts, deployments, model_versions
 from include.deploy.steps import (
     DeployConflict,
     DeployError,
+    canary,
     infra_validate,
     plan,
     promote,
@@ -29,18 +35,18 @@ from include.deploy.steps import (
     retire,
     serving_lock,
 )
-from include.serving.client import client_for
-from include.serving.config import WARMUP_FILE
-from include.serving.process import free_port
-from include.serving.state import read_state
-from include.train.registry import get_version
+from include.serving.client import ServingError, client_for
+from include.serving.config import WARMUP_FILE, read_models_config, write_models_config
+from include.serving.state import ServingState, read_state
+from include.train.registry import get_version, set_status
 from tests.factories import register_copy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clients_closed")]
 
 
 @pytest.fixture(scope="module")
-def versions(trained, db_url, tmp_path_factory) -> dict[str, int]:
+def artifacts(trained, tmp_path_factory) -> dict[str, str]:
+    """SavedModels to register versions from: the trained one, an untrained one, a corrupt copy."""
     from include.trainer.io import read_split
     from include.trainer.model import FeatureStats, build_model
 
@@ -53,13 +59,65 @@ def versions(trained, db_url, tmp_path_factory) -> dict[str, int]:
     corrupt = work / "corrupt"
     shutil.copytree(row["artifact_uri"].removeprefix("file://"), corrupt)
     (corrupt / "saved_model.pb").write_bytes(b"\x08\x01 not a protobuf")
-    return {
-        "a": register_copy(db_url, row, row["artifact_uri"], "a"),
-        "b": register_copy(db_url, row, row["artifact_uri"], "b"),
-        "untrained": register_copy(db_url, row, untrained.as_uri(), "untrained"),
-        "corrupt": register_copy(db_url, row, corrupt.as_uri(), "corrupt"),
-        "spare": register_copy(db_url, row, row["artifact_uri"], "spare"),
-    }
+    return {"trained": row["artifact_uri"], "untrained": untrained.as_uri(), "corrupt": corrupt.as_uri()}
+
+
+@pytest.fixture
+def new_version(trained, artifacts, db_url) -> Callable[..., int]:
+    """Registers a blessed version, never deployed before, of one of the `artifacts`."""
+    _, row, _ = trained
+    return lambda kind="trained": register_copy(db_url, row, artifacts[kind], f"{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def _wait_for_server(served: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DeployPolicy().load_timeout_s
+    while not served():
+        assert time.monotonic() < deadline, f"the server did not apply models.config: {what}"
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def no_model_served(serving, db_url) -> Settings:
+    """Serving as on a fresh install: no entry for the model in models.config, nothing of it in
+    production or canary in the registry. Version folders stay on disk, unserved."""
+    others = [e for e in read_models_config(serving.models_config) if e.name != serving.model_name]
+    write_models_config(serving.models_config, others)
+    with db.engine(db_url).connect() as conn:
+        live = conn.execute(
+            sa.select(model_versions.c.version).where(model_versions.c.status.in_(("production", "canary")))
+        ).scalars().all()  # fmt: skip
+    for version in live:
+        set_status(db_url, version, "archived", dt.datetime.now(dt.UTC), "serving reset by a deploy test")
+
+    def unserved() -> bool:
+        with client_for(serving, retries=0) as client:
+            try:
+                client.status()
+            except ServingError as err:
+                return err.status == 404
+        return False
+
+    _wait_for_server(unserved, f"{serving.model_name} unloaded")
+    return serving
+
+
+def _deploy_with_steps(settings: Settings, version: int, run_id: str) -> None:
+    """push → infra validation → canary → promote, as the DAG runs them, without Airflow."""
+    policy = DeployPolicy.from_env()
+    planned = plan(settings, {"version": version, "action": "promote"}, [])
+    pushed = push(settings, policy, planned, run_id)
+    infra_validate(settings, policy, planned, pushed, run_id)
+    canary(settings, policy, planned, pushed, run_id)
+    promote(settings, policy, planned, run_id)
+
+
+@pytest.fixture
+def stable(no_model_served, new_version) -> int:
+    """A fresh version deployed as `stable` on otherwise empty serving: loaded alone, no canary."""
+    version = new_version()
+    _deploy_with_steps(no_model_served, version, f"stable-fixture-{version}")
+    assert read_state(no_model_served) == ServingState([version], {"stable": version})
+    return version
 
 
 def _deploy(dagbag, **conf):
@@ -77,8 +135,14 @@ def _history(db_url: str, version: int) -> list[tuple[str, bool, str]]:
     return [tuple(r) for r in rows]
 
 
-def test_first_deploy_validates_then_promotes(dagbag, serving, versions, db_url) -> None:
-    a = versions["a"]
+def _stable_on_server(settings: Settings) -> int:
+    with client_for(settings) as client:
+        return int(client.status(label="stable")[0]["version"])
+
+
+def test_first_deploy_validates_then_promotes(dagbag, no_model_served, new_version, db_url) -> None:
+    serving = no_model_served
+    a = new_version()
     run, states = _deploy(dagbag, version=a, action="promote")
     assert run.state == "success", states
     assert states["rollback"] == "skipped"
@@ -98,8 +162,7 @@ def test_first_deploy_validates_then_promotes(dagbag, serving, versions, db_url)
     assert validated["signature"]
     assert validated["requests"] == DeployPolicy().infra_requests
     assert validated["max_abs_diff"] <= DeployPolicy().infra_tolerance
-    client = client_for(serving)
-    assert int(client.status(label="stable")[0]["version"]) == a
+    assert _stable_on_server(serving) == a
     with db.engine(db_url).connect() as conn:
         events = conn.execute(sa.text(
             "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
@@ -107,58 +170,72 @@ def test_first_deploy_validates_then_promotes(dagbag, serving, versions, db_url)
     assert [e["stable"] for e in events] == [a]
 
 
-def test_pushing_again_never_overwrites_a_version(serving, versions, db_url) -> None:
-    a = versions["a"]
+def test_pushing_again_never_overwrites_a_version(serving, new_version) -> None:
+    a = new_version()
+    planned = plan(serving, {"version": a, "action": "canary"}, [])
+    assert push(serving, DeployPolicy(), planned, "first")["pushed"] is True
     pb = serving.model_dir / str(a) / "saved_model.pb"
     before = pb.stat().st_mtime_ns
-    again = push(serving, DeployPolicy(), plan(serving, {"version": a, "action": "canary"}, []), "retry")
+    again = push(serving, DeployPolicy(), planned, "retry")
     assert again["pushed"] is False
     assert pb.stat().st_mtime_ns == before
 
 
-def test_canary_action_serves_the_new_version_next_to_stable(dagbag, serving, versions, db_url) -> None:
-    a, b = versions["a"], versions["b"]
+def test_canary_action_serves_the_new_version_next_to_stable(dagbag, stable, new_version, serving, db_url) -> None:
+    b = new_version()
     run, states = _deploy(dagbag, version=b, action="canary")
     assert run.state == "success", states
     assert states["promote"] == "skipped"
-    assert read_state(serving).labels == {"stable": a, "canary": b}
+    assert read_state(serving).labels == {"stable": stable, "canary": b}
     assert get_version(db_url, b)["status"] == "canary"
-    canary = [r for r in _history(db_url, b) if r[0] == "canary"][-1]
-    assert canary[1]
-    assert canary[2] == "canary healthy"
+    canary_step = [r for r in _history(db_url, b) if r[0] == "canary"][-1]
+    assert canary_step[1]
+    assert canary_step[2] == "canary healthy"
 
 
-def test_promote_moves_stable_and_keeps_the_old_version_loaded(dagbag, serving, versions, db_url) -> None:
-    a, b = versions["a"], versions["b"]
+def test_promote_moves_stable_and_keeps_the_old_version_loaded(dagbag, stable, new_version, serving, db_url) -> None:
+    b = new_version()
     run, states = _deploy(dagbag, version=b, action="promote")
     assert run.state == "success", states
     state = read_state(serving)
     assert state.labels == {"stable": b}
-    assert a in state.versions  # grace period: a rollback needs no load
-    assert get_version(db_url, a)["status"] == "archived"
+    assert stable in state.versions  # grace period: a rollback needs no load
+    assert get_version(db_url, stable)["status"] == "archived"
     assert get_version(db_url, b)["status"] == "production"
+    with db.engine(db_url).connect() as conn:
+        verdict = conn.execute(
+            sa.select(deployments.c.detail).where(deployments.c.version == b, deployments.c.action == "canary")
+        ).scalar_one()  # fmt: skip
+    assert verdict["requests"] == DeployPolicy().canary_requests  # the canary was judged, on the numbers kept
+    assert verdict["problems"] == []
+    assert 0 < verdict["canary_p50_ms"] <= verdict["canary_p90_ms"] <= verdict["p90_limit_ms"]
 
 
-def test_rollback_returns_stable_to_the_previous_version(dagbag, serving, versions, db_url, alert_receivers) -> None:
-    a, b = versions["a"], versions["b"]
+def test_rollback_returns_stable_to_the_previous_version(dagbag, stable, new_version, serving, db_url,
+                                                         alert_receivers) -> None:  # fmt: skip
+    a, b = stable, new_version()
+    _deploy_with_steps(serving, b, "rollback-test-promote")
+    assert read_state(serving).labels == {"stable": b}
     run, states = _deploy(dagbag, action="rollback")
     assert run.state == "success", states
     assert states["push"] == "skipped"
     assert read_state(serving).labels == {"stable": a}
-    assert int(client_for(serving).status(label="stable")[0]["version"]) == a
+    assert _stable_on_server(serving) == a
     assert get_version(db_url, a)["status"] == "production"
     assert get_version(db_url, b)["status"] == "rolled_back"
     assert _history(db_url, a)[-1] == ("rollback", True, f"stable {b} → {a}")
     with db.engine(db_url).connect() as conn:
-        alerted = conn.execute(sa.select(alerts).where(alerts.c.kind == "rollback")).mappings().all()
+        alerted = conn.execute(
+            sa.select(alerts).where(alerts.c.kind == "rollback", alerts.c.run_id == run.run_id)
+        ).mappings().all()  # fmt: skip
     assert len(alerted) == 1
     assert alerted[0]["severity"] == "warning"
     assert alerted[0]["deliveries"]["webhook"].startswith("posted to")
     assert sum(alerted[0]["title"] in m["subject"] for m in alert_receivers["mails"]) == 1
 
 
-def test_a_corrupt_saved_model_never_gets_a_label(dagbag, serving, versions, db_url) -> None:
-    bad = versions["corrupt"]
+def test_a_corrupt_saved_model_never_gets_a_label(dagbag, stable, new_version, serving, db_url) -> None:
+    bad = new_version("corrupt")
     before = read_state(serving)
     run, states = _deploy(dagbag, version=bad, action="promote")
     assert run.state == "failed"
@@ -171,8 +248,9 @@ def test_a_corrupt_saved_model_never_gets_a_label(dagbag, serving, versions, db_
     assert "push failed: SavedModel does not load" in row["gate_note"]
 
 
-def test_an_unhealthy_canary_is_rolled_back_and_stable_keeps_serving(dagbag, serving, versions, db_url) -> None:
-    untrained = versions["untrained"]
+def test_an_unhealthy_canary_is_rolled_back_and_stable_keeps_serving(dagbag, stable, new_version, serving,
+                                                                      db_url) -> None:  # fmt: skip
+    untrained = new_version("untrained")
     before = read_state(serving)
     os.environ["NIGHTSHIFT_DEPLOY_MAX_PREDICTION_SHIFT"] = "0.001"
     try:
@@ -181,19 +259,20 @@ def test_an_unhealthy_canary_is_rolled_back_and_stable_keeps_serving(dagbag, ser
         os.environ.pop("NIGHTSHIFT_DEPLOY_MAX_PREDICTION_SHIFT")
     assert run.state == "failed"
     assert (states["infra_validate"], states["canary"], states["promote"]) == ("success", "failed", "upstream_failed")
-    assert read_state(serving).labels == before.labels
+    assert read_state(serving).labels == before.labels == {"stable": stable}
+    assert _stable_on_server(serving) == stable
     assert get_version(db_url, untrained)["status"] == "rolled_back"
     action, ok, reason = _history(db_url, untrained)[-1]
     assert (action, ok) == ("canary", False)
     assert "mean prediction shift" in reason
 
 
-def test_serving_down_fails_the_deploy_and_leaves_stable_untouched(serving, versions, db_url) -> None:
-    spare = versions["spare"]
+def test_serving_down_fails_the_deploy_and_leaves_stable_untouched(serving, new_version, db_url, refused_url) -> None:
+    spare = new_version()
     planned = plan(serving, {"version": spare, "action": "promote"}, [])
     pushed = push(serving, DeployPolicy(), planned, "down-test")
     before = read_state(serving)
-    down = dataclasses.replace(serving, serving_url=f"http://127.0.0.1:{free_port()}")
+    down = dataclasses.replace(serving, serving_url=refused_url)
     with pytest.raises(Exception, match="unreachable"):
         infra_validate(down, DeployPolicy(load_timeout_s=5), planned, pushed, "down-test")
     assert read_state(serving) == before
@@ -201,8 +280,8 @@ def test_serving_down_fails_the_deploy_and_leaves_stable_untouched(serving, vers
     assert _history(db_url, spare)[-1][:2] == ("infra_validation", False)
 
 
-def test_racing_deploys_cannot_both_move_labels(serving, versions) -> None:
-    spare = versions["spare"]
+def test_racing_deploys_cannot_both_move_labels(serving, new_version) -> None:
+    spare = new_version()
     planned = plan(serving, {"version": spare, "action": "promote"}, [])
     held, release = threading.Event(), threading.Event()
 
@@ -213,7 +292,7 @@ def test_racing_deploys_cannot_both_move_labels(serving, versions) -> None:
 
     thread = threading.Thread(target=other_deploy)
     thread.start()
-    held.wait(5)
+    assert held.wait(5)
     try:
         with pytest.raises(DeployConflict, match="held the serving lock"):
             promote(serving, DeployPolicy(lock_timeout_s=1), planned, "race")
@@ -226,20 +305,23 @@ def test_racing_deploys_cannot_both_move_labels(serving, versions) -> None:
         infra_validate(serving, DeployPolicy(), stale, pushed, "race")
 
 
-def test_retire_unloads_unlabelled_versions_after_the_grace_period(serving, versions, db_url) -> None:
+def test_retire_unloads_unlabelled_versions_after_the_grace_period(stable, new_version, serving) -> None:
+    idle = new_version()
+    planned = plan(serving, {"version": idle, "action": "canary"}, [])
+    infra_validate(serving, DeployPolicy(), planned, push(serving, DeployPolicy(), planned, "retire-test"),
+                   "retire-test")  # fmt: skip
     state = read_state(serving)
-    idle = [v for v in state.versions if v not in state.labels.values()]
-    assert idle
+    assert state == ServingState(sorted([stable, idle]), {"stable": stable})  # loaded, unlabelled
     assert retire(serving, DeployPolicy(grace_hours=24), "retire-test") == []
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=25)
-    assert retire(serving, DeployPolicy(grace_hours=24), "retire-test", at=later) == sorted(idle)
-    after = read_state(serving)
-    assert after.labels == state.labels
-    assert after.versions == sorted(state.labels.values())
+    assert retire(serving, DeployPolicy(grace_hours=24), "retire-test", at=later) == [idle]
+    assert read_state(serving) == ServingState([stable], {"stable": stable})
 
 
-def test_an_unknown_or_rejected_version_is_refused(serving, versions) -> None:
+def test_an_unknown_or_rejected_version_is_refused(serving, new_version, db_url) -> None:
+    rejected = new_version()
+    set_status(db_url, rejected, "rejected", dt.datetime.now(dt.UTC), "rejected by a test")
     with pytest.raises(DeployError, match="not in the registry"):
-        plan(serving, {"version": 9999, "action": "promote"}, [])
-    with pytest.raises(DeployError, match="rejected"):
-        plan(serving, {"version": versions["corrupt"], "action": "promote"}, [])
+        plan(serving, {"version": 999_999, "action": "promote"}, [])
+    with pytest.raises(DeployError, match=f"model version {rejected} is rejected"):
+        plan(serving, {"version": rejected, "action": "promote"}, [])

@@ -24,7 +24,7 @@ from include.serving.client import ServingClient, ServingError
 from include.serving.config import ModelEntry, read_models_config, write_models_config
 from include.serving.process import is_up, local_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clients_closed")]
 MODEL = "flight_delay"
 
 
