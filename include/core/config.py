@@ -169,7 +169,18 @@ class DeployPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeployPolicy:
+        env = os.environ if env is None else env
+        for old, new in RENAMED_DEPLOY_SETTINGS.items():
+            if old in env:
+                raise ConfigError(f"{old} is now {new} (the canary judges p50 and p90, not p99); rename it")
         return cls(**env_overrides(cls(), "NIGHTSHIFT_DEPLOY_", env))
+
+
+# Settings of an earlier release: refused with their new name rather than silently ignored.
+RENAMED_DEPLOY_SETTINGS = {
+    "NIGHTSHIFT_DEPLOY_MAX_P99_RATIO": "NIGHTSHIFT_DEPLOY_MAX_LATENCY_RATIO",
+    "NIGHTSHIFT_DEPLOY_P99_SLACK_MS": "NIGHTSHIFT_DEPLOY_LATENCY_SLACK_MS",
+}
 
 
 def env_overrides(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> dict[str, Any]:

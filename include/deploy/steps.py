@@ -48,7 +48,7 @@ from include.core.config import DeployPolicy, Settings
 from include.db import engine
 from include.serving.client import ServingClient, ServingError, client_for
 from include.serving.config import WARMUP_FILE
-from include.serving.state import ServingState, read_state, write_state
+from include.serving.state import ServingState, read_state, rollback_target, write_state
 
 log = logging.getLogger(__name__)
 
@@ -483,14 +483,12 @@ def promote(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_
 
 def rollback(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
     """`stable` → the version it replaced (or the form's version), in one step when still loaded."""
-    from include.train.registry import previous_stable
-
     with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
         state = read_state(settings)
         current = state.stable
         if current is None:
             raise DeployError("nothing to roll back: no version is labelled stable")
-        target = plan.get("version") or previous_stable(settings.require_database_url(), settings.model_name, current)
+        target = plan.get("version") or rollback_target(settings.require_database_url(), settings.model_name, current)
         if target is None or int(target) == current:
             raise _fail(settings, run_id, current, "rollback", f"no earlier production version to roll back to from "
                         f"version {current}; give one in the form", state)  # fmt: skip

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from include.core.config import load_settings
 from include.mlops import views
 from include.mlops.views import PREFIX
-from include.serving.state import read_state
+from include.serving.state import read_state, rollback_target
 
 DEPLOY_DAG = "nightshift_deploy"
 ACTIONS = ("promote", "rollback")
@@ -190,7 +190,7 @@ def confirm(action: str, version: int | None = None) -> HTMLResponse:
     _check_action(action, version)
     settings = _settings()
     state = read_state(settings)
-    target = views.rollback_target(_url(), settings.model_name, state.stable) if state.stable else None
+    target = rollback_target(_url(), settings.model_name, state.stable) if state.stable else None
     return _html(views.confirm_page(action, version, settings.model_name, state, target))
 
 

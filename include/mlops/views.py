@@ -253,18 +253,6 @@ def promotable_versions(url: str) -> list[int]:
     return [r["version"] for r in _rows(url, query)]
 
 
-def rollback_target(url: str, model: str, stable: int) -> int | None:
-    """The version `stable` pointed at before `stable`'s last successful promotion: what a rollback restores."""
-    d = db.deployments
-    query = (
-        sa.select(d.c.previous_stable_version)
-        .where(d.c.model == model, d.c.version == stable, d.c.succeeded, d.c.action == "promote")
-        .order_by(d.c.id.desc()).limit(1)
-    )  # fmt: skip
-    with db.engine(url).connect() as conn:
-        return conn.execute(query).scalar()
-
-
 def deployments_page(model: str, state: Any, can_act: bool, promotable: list[int], history: list[dict[str, Any]],
                      requested: dict[str, Any] | None = None) -> str:  # fmt: skip
     """Serving now (with the on-call actions), then the history; `requested` is the deploy run an action

@@ -8,7 +8,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
+
 from include.core.config import Settings
+from include.db import deployments, engine
 from include.serving.config import ModelEntry, read_models_config, write_models_config
 
 log = logging.getLogger(__name__)
@@ -49,3 +52,15 @@ def write_state(settings: Settings, state: ServingState) -> None:
     mine = ModelEntry(settings.model_name, settings.serving_model_base, sorted(set(state.versions)), state.labels)
     write_models_config(settings.models_config, [*others, mine])
     log.info("models.config: versions %s, labels %s", sorted(set(state.versions)), state.labels)
+
+
+def rollback_target(url: str, model: str, stable: int) -> int | None:
+    """The version `stable` pointed at before `stable`'s last successful promotion: what a rollback restores."""
+    d = deployments
+    query = (
+        sa.select(d.c.previous_stable_version)
+        .where(d.c.model == model, d.c.version == stable, d.c.succeeded, d.c.action == "promote")
+        .order_by(d.c.id.desc()).limit(1)
+    )  # fmt: skip
+    with engine(url).connect() as conn:
+        return conn.execute(query).scalar()

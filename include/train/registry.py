@@ -88,17 +88,6 @@ def record_deployment(url: str, row: dict[str, Any]) -> int:
         return conn.execute(sa.insert(deployments).values(row).returning(deployments.c.id)).scalar_one()
 
 
-def previous_stable(url: str, model: str, version: int) -> int | None:
-    """The version `stable` pointed at before the last successful promotion of `version`."""
-    with engine(url).connect() as conn:
-        return conn.execute(
-            sa.select(deployments.c.previous_stable_version).where(
-                deployments.c.model == model, deployments.c.version == version, deployments.c.succeeded,
-                deployments.c.action == "promote",
-            ).order_by(deployments.c.id.desc()).limit(1)
-        ).scalar()  # fmt: skip
-
-
 def latest_blessed(url: str) -> int | None:
     with engine(url).connect() as conn:
         return conn.execute(

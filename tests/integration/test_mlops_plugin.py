@@ -13,6 +13,7 @@ from include import db
 from include.core.alerts import Alert, send
 from include.db import deployments, drift_reports, model_versions, retrain_requests
 from include.mlops import views as mlops
+from include.serving.state import rollback_target
 
 pytestmark = pytest.mark.integration
 PAGES = ["/mlops/runs", "/mlops/runs?dag_id=nightshift_ingest", "/mlops/versions", "/mlops/deployments",
@@ -205,11 +206,11 @@ def test_a_rollback_goes_back_to_what_the_last_successful_promotion_replaced(db_
         _deployed(conn, model, second, "rollback", True, third)  # not a promotion
         _deployed(conn, "another_model", second, "promote", True, third)
     try:
-        assert mlops.rollback_target(db_url, model, second) == first
-        assert mlops.rollback_target(db_url, model, third) is None
+        assert rollback_target(db_url, model, second) == first
+        assert rollback_target(db_url, model, third) is None
         with db.engine(db_url).begin() as conn:
             _deployed(conn, model, second, "promote", True, third)
-        assert mlops.rollback_target(db_url, model, second) == third  # the latest promotion counts
+        assert rollback_target(db_url, model, second) == third  # the latest promotion counts
     finally:
         with db.engine(db_url).begin() as conn:
             conn.execute(sa.delete(deployments).where(deployments.c.run_id == "mlops-probe"))

@@ -78,3 +78,11 @@ def test_repo_settings_file_converts_to_airflow_import_shapes() -> None:
 def test_settings_file_errors_name_the_entry() -> None:
     with pytest.raises(SettingsFileError, match="lacks \\['pool_slot'\\]"):
         convert({"airflow": {"pools": [{"pool_name": "p"}]}})
+
+
+def test_a_renamed_deploy_setting_is_refused_with_its_new_name() -> None:
+    from include.core.config import DeployPolicy
+
+    assert DeployPolicy.from_env({"NIGHTSHIFT_DEPLOY_MAX_LATENCY_RATIO": "2.5"}).max_latency_ratio == 2.5
+    with pytest.raises(ConfigError, match="NIGHTSHIFT_DEPLOY_MAX_P99_RATIO is now NIGHTSHIFT_DEPLOY_MAX_LATENCY_RATIO"):
+        DeployPolicy.from_env({"NIGHTSHIFT_DEPLOY_MAX_P99_RATIO": "2.5"})
