@@ -67,3 +67,13 @@ def recorded_run(db_url: str, dag_id: str, run_id: str) -> dict[str, Any] | None
     with engine(db_url).connect() as conn:
         row = conn.execute(sa.select(runs).where(runs.c.dag_id == dag_id, runs.c.run_id == run_id)).mappings().first()
     return dict(row) if row else None
+
+
+def unused_port() -> int:
+    """A port nothing listens on now, for a server that must know its port before it starts (Airflow's
+    api-server). Everything that can bind port 0 itself does so instead: this one can be taken in between."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,6 @@ from urllib.parse import urlsplit
 import httpx
 
 from include.core.config import ConfigError, Settings
-
-
-def free_port() -> int:
-    """Deprecated, racy: the port is free when asked, not when used. Kept only for the tests that
-    still import it (tests/integration/test_s3_lake.py, test_ui_and_api.py); bind port 0 instead."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def is_up(url: str) -> bool:

@@ -128,8 +128,8 @@ def test_injected_weather_drift_gives_exactly_one_alert(monitored, stable_model,
     frame["wind_speed"] = frame["wind_speed"] * 4 + 20
     frame["pressure"] = frame["pressure"] - 80.0
     frame["visib"] = 0.5
-    client = client_for(settings)
-    predictions = np.ravel(client.predict_columns(serving_columns(frame), label="stable"))
+    with client_for(settings) as client:
+        predictions = np.ravel(client.predict_columns(serving_columns(frame), version=stable_model))
     scored = frame.assign(prediction=predictions, model_version=stable_model)
     lake.write_parquet(predictions_file(settings, DRIFT_DAY), scored)
     policy = MonitorPolicy.from_env()
@@ -163,7 +163,8 @@ def test_predictions_ranked_backwards_give_exactly_one_quality_drop_alert(monito
     from include.serving.client import client_for
 
     frame = day_frame(settings, DRIFT_DAY)
-    predictions = np.ravel(client_for(settings).predict_columns(serving_columns(frame), label="stable"))
+    with client_for(settings) as client:
+        predictions = np.ravel(client.predict_columns(serving_columns(frame), label="stable"))
     backwards = np.sort(predictions)[::-1][predictions.argsort().argsort()]
     labels = frame[LABEL_KEY].astype(int)
     assert roc_auc_score(labels, backwards) < trained[1]["metrics"]["auc"] - 0.2 < roc_auc_score(labels, predictions)
@@ -189,7 +190,8 @@ def test_an_input_with_no_values_is_reported_as_drifted_not_a_crash(monitored, s
 
     frame = day_frame(settings, DRIFT_DAY)
     frame["carrier_delay_rate_7d"] = np.nan
-    predictions = np.ravel(client_for(settings).predict_columns(serving_columns(frame), label="stable"))
+    with client_for(settings) as client:
+        predictions = np.ravel(client.predict_columns(serving_columns(frame), label="stable"))
     lake.write_parquet(predictions_file(settings, DRIFT_DAY), frame.assign(prediction=predictions,
                                                                            model_version=stable_model))  # fmt: skip
     policy = MonitorPolicy.from_env()

@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.serving.process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +26,9 @@ DAYS = [dt.date(2013, 6, 10), dt.date(2013, 6, 11)]
 def s3_endpoint():
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)  # the server binds a free port itself
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,

@@ -32,9 +32,8 @@ import sqlalchemy as sa
 
 from include import db
 from include.ops.cli import AIRFLOW_COMPONENTS, ensure_passwords
-from include.serving.process import free_port
 from tests.factories import recorded_run as get_run
-from tests.factories import register_copy
+from tests.factories import register_copy, unused_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -110,33 +109,50 @@ def monitored(dagbag, serving, stable_model, trained, db_url) -> None:
 @pytest.fixture(scope="module")
 def airflow(rollback_ready, monitored, settings, tmp_path_factory) -> Iterator[Airflow]:
     """api-server, scheduler, dag-processor and triggerer, as `bin/nightshift airflow` starts them."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": url,
-           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__API__WORKERS": "1"}  # fmt: skip
     logs = ARTIFACTS / "airflow-logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    procs = [
-        subprocess.Popen(["airflow", c], env=env, stdout=(logs / f"{c}.log").open("w"), stderr=subprocess.STDOUT)
-        for c in AIRFLOW_COMPONENTS
-    ]
-    try:
+    for attempt in range(1, 4):
+        # The api-server must know its port before it starts (the other components call it at
+        # AIRFLOW__API__BASE_URL), so it cannot bind port 0: if another process takes the port in
+        # between, it exits and the stack starts again on another one.
+        port = unused_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": url,
+               "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__API__WORKERS": "1"}  # fmt: skip
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir(parents=True)
+        procs = [
+            subprocess.Popen(["airflow", c], env=env, stdout=(logs / f"{c}.log").open("w"), stderr=subprocess.STDOUT)
+            for c in AIRFLOW_COMPONENTS
+        ]
         stack = Airflow(url, json.loads(ensure_passwords(settings).read_text()))
-        _wait_until_ready(stack, procs)
+        try:
+            _wait_until_ready(stack, procs)
+            break
+        except AssertionError:
+            api_server = procs[AIRFLOW_COMPONENTS.index("api-server")]
+            taken = api_server.poll() is not None and "address already in use" in (
+                logs / "api-server.log").read_text().lower()  # fmt: skip
+            _stop(procs)
+            if not taken or attempt == 3:
+                raise
+    try:
         # The deployment as on-call runs it: deploy is live; train and monitor stay paused here
         # (their Asset triggers would start runs these tests do not ask for).
         for dag_id, paused in (("nightshift_deploy", False), ("nightshift_train", True), ("nightshift_monitor", True)):
             assert stack.api("PATCH", f"/dags/{dag_id}", json={"is_paused": paused}).status_code == 200
         yield stack
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _wait_until_ready(stack: Airflow, procs: list[subprocess.Popen], timeout_s: float = 180) -> None:
