@@ -76,12 +76,6 @@ class ServingClient:
     def status(self, version: int | None = None, label: str | None = None) -> list[dict[str, Any]]:
         return self._call("GET", self._path(version, label))["model_version_status"]
 
-    def is_available(self, version: int) -> bool:
-        try:
-            return any(s["state"] == "AVAILABLE" for s in self.status(version=version))
-        except ServingError:
-            return False
-
     def metadata(self, version: int | None = None, label: str | None = None) -> dict[str, Any]:
         return self._call("GET", self._path(version, label) + "/metadata")
 

@@ -186,7 +186,6 @@ def test_reload_picks_up_new_versions_and_never_serves_a_corrupt_one(client, bas
     assert states["4"]["state"] == "AVAILABLE"
     assert states["3"]["state"] != "AVAILABLE"
     assert states["3"]["status"]["error_message"]
-    assert not client.is_available(3)
     with pytest.raises(ServingError) as caught:
         client.predict_rows([_row()], version=3)
     assert caught.value.status == 503
@@ -201,7 +200,7 @@ def test_a_label_only_moves_to_a_version_already_available(client, base) -> None
     entry = read_models_config(base / "models.config")[0]
     at_once = ModelEntry(MODEL, entry.base_path, [*entry.versions, 5], {**entry.labels, "canary": 5})
     write_models_config(base / "models.config", [at_once])
-    assert client.is_available(5)
+    assert client.status(version=5)[0]["state"] == "AVAILABLE"
     assert client.status(label="canary")[0]["version"] == "2"  # the premature move was refused
     write_models_config(base / "models.config", [at_once])  # second step, now that 5 is AVAILABLE
     (base / "models.config").touch()
@@ -221,7 +220,7 @@ def test_warmup_records_are_replayed_on_load(client, base) -> None:
     entry = read_models_config(base / "models.config")[0]
     write_models_config(base / "models.config", [ModelEntry(MODEL, entry.base_path, [*entry.versions, 6],
                                                             entry.labels)])  # fmt: skip
-    assert client.is_available(6)
+    assert client.status(version=6)[0]["state"] == "AVAILABLE"
     assert client.predict_rows([_row()], version=6)
 
 
