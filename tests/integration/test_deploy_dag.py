@@ -325,3 +325,57 @@ def test_an_unknown_or_rejected_version_is_refused(serving, new_version, db_url)
         plan(serving, {"version": 999_999, "action": "promote"}, [])
     with pytest.raises(DeployError, match=f"model version {rejected} is rejected"):
         plan(serving, {"version": rejected, "action": "promote"}, [])
+
+
+def test_the_monitor_scores_with_the_version_it_records_while_stable_moves(stable, new_version, serving, trained,
+                                                                           monkeypatch) -> None:  # fmt: skip
+    """A promotion between reading stable's number and scoring must not log another model's predictions under it."""
+    import numpy as np
+
+    from include.contract.inputs import serving_columns
+    from include.core import lake
+    from include.core.config import MonitorPolicy
+    from include.monitor import steps as monitor
+    from include.serving.client import ServingClient
+    from include.serving.state import write_state
+
+    other = new_version("untrained")
+    push(serving, DeployPolicy.from_env(), plan(serving, {"version": other, "action": "canary"}, []), "race-push")
+    loaded = ServingState([stable, other], {"stable": stable})
+    write_state(serving, loaded)
+    ask = ServingClient.status
+
+    def available() -> bool:
+        with client_for(serving, retries=0) as client:
+            try:
+                return ask(client, version=other)[0]["state"] == "AVAILABLE"
+            except ServingError as err:  # not loaded yet: the server answers from the state it has
+                return err.status == 404 and False
+
+    _wait_for_server(available, f"version {other} loaded")
+    promoted = dataclasses.replace(loaded, labels={"stable": other})
+
+    def status_then_promote(self, version=None, label=None):
+        answer = ask(self, version=version, label=label)
+        if label == "stable" and read_state(serving) != promoted:  # on-call promotes right after the monitor asked
+            write_state(serving, promoted)
+            _wait_for_server(lambda: ask(self, label="stable")[0]["version"] == str(other), f"stable -> {other}")
+        return answer
+
+    day = dt.date.fromisoformat(trained[1]["data_window"]["end"])
+    monkeypatch.setattr(ServingClient, "status", status_then_promote)
+    try:
+        scored = monitor.score_day(serving, MonitorPolicy.from_env(), day, "version-race")
+        monkeypatch.undo()
+        assert read_state(serving).labels == {"stable": other}  # the promotion did land mid-scoring
+        logged = lake.read_parquet(monitor.predictions_file(serving, day)).head(64)
+        with client_for(serving) as client:
+            by_stable = np.ravel(client.predict_columns(serving_columns(logged), version=stable))
+            by_other = np.ravel(client.predict_columns(serving_columns(logged), version=other))
+    finally:
+        monkeypatch.undo()
+        write_state(serving, ServingState([stable], {"stable": stable}))
+    assert scored["model_version"] == stable
+    assert set(logged["model_version"]) == {stable}
+    assert np.max(np.abs(by_stable - by_other)) > 1e-3  # the two models really disagree on these flights
+    np.testing.assert_allclose(logged["prediction"], by_stable, atol=1e-6)

