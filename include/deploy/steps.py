@@ -33,38 +33,26 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
-from include.contract.features import MODEL_FEATURES, SCHEDULE_CATEGORICAL
-from include.contract.inputs import rows_to_arrays, serving_rows
 from include.core import lake
 from include.core.alerts import Alert, send
 from include.core.assets import DEPLOY_DAG
 from include.core.config import DeployPolicy, Settings
 from include.db import engine
+from include.deploy.canary import MIN_CANARY_REQUESTS, compare
+from include.deploy.errors import DeployConflict, DeployError
+from include.deploy.savedmodel import EXPECTED_DTYPES, offline_predictions, sample_rows, signature_diff, write_warmup
 from include.serving.client import ServingClient, ServingError, client_for
-from include.serving.config import WARMUP_FILE
 from include.serving.state import ServingState, read_state, rollback_target, write_state
 
 log = logging.getLogger(__name__)
 
 DAG_ID = DEPLOY_DAG
 ACTIONS = ("canary", "promote", "rollback")
-EXPECTED_DTYPES = {f: "DT_STRING" if f in SCHEDULE_CATEGORICAL else "DT_FLOAT" for f in MODEL_FEATURES}
-# Fewer requests than this and a latency quantile is a handful of samples: noise, not a verdict.
-MIN_CANARY_REQUESTS = 50
-
-
-class DeployError(RuntimeError):
-    """A deploy step refused to change serving; the message says why and what to do."""
-
-
-class DeployConflict(DeployError):
-    """Another deploy holds the model's lock, or moved its labels while this one waited."""
 
 
 @contextlib.contextmanager
@@ -118,61 +106,6 @@ def wait_available(client: ServingClient, version: int, timeout_s: float) -> Non
 
 
 # -- requests from real rows ---------------------------------------------------------------------
-
-
-def sample_rows(settings: Settings, dataset_uri: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` real rows of the most recent day of the version's test split, as TF Serving instances."""
-    test = lake.read_parquet(lake.at(settings, dataset_uri.rstrip("/")) / "test.parquet")
-    recent = test[test["flight_date"] == test["flight_date"].max()]
-    picked = recent.sample(n=min(n, len(recent)), random_state=seed).sort_values("event_timestamp")
-    return serving_rows(picked)
-
-
-def offline_predictions(export_dir: Path, rows: list[dict[str, Any]]) -> list[float]:
-    """Load the SavedModel in-process, check its signature, predict `rows`; raise DeployError if broken."""
-    import tensorflow as tf
-
-    missing = [p for p in ("saved_model.pb", "variables/variables.index") if not (export_dir / p).exists()]
-    if missing:
-        raise DeployError(f"incomplete SavedModel: {', '.join(missing)} missing under {export_dir}")
-    try:
-        signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
-    except Exception as err:
-        raise DeployError(f"SavedModel does not load: {type(err).__name__}: {err}") from err
-    specs = signature.structured_input_signature[1]
-    got = {name: ("DT_STRING" if spec.dtype == tf.string else "DT_FLOAT") for name, spec in specs.items()}
-    if got != EXPECTED_DTYPES:
-        raise DeployError(f"serving signature differs from the feature list: {_signature_diff(got)}")
-    outputs = signature(**{k: tf.constant(v) for k, v in rows_to_arrays(rows).items()})
-    return [float(p) for p in next(iter(outputs.values())).numpy().reshape(-1)]
-
-
-def _signature_diff(got: dict[str, str]) -> str:
-    missing = sorted(set(EXPECTED_DTYPES) - set(got))
-    extra = sorted(set(got) - set(EXPECTED_DTYPES))
-    typed = sorted(f for f in set(got) & set(EXPECTED_DTYPES) if got[f] != EXPECTED_DTYPES[f])
-    return f"missing {missing}, unexpected {extra}, wrong dtype {typed}"
-
-
-def write_warmup(export_dir: Path, model: str, rows: list[dict[str, Any]], records: int) -> int:
-    """`assets.extra/tf_serving_warmup_requests`: PredictionLog TFRecords TF Serving replays on load."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-    target = export_dir / WARMUP_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sizes = [1, *(2**i for i in range(1, records))][:records]  # batch sizes 1, 2, 4, … warm each shape
-    with tf.io.TFRecordWriter(str(target)) as writer:
-        for size in sizes:
-            batch = (rows * (size // len(rows) + 1))[:size]
-            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
-                name=model, signature_name="serving_default"))  # fmt: skip
-            for name, values in rows_to_arrays(batch).items():
-                request.inputs[name].CopyFrom(tf.make_tensor_proto(values.astype(bytes) if values.dtype == object
-                                                                   else values))  # fmt: skip
-            log_entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log_entry.SerializeToString())
-    return len(sizes)
 
 
 # -- recording -----------------------------------------------------------------------------------
@@ -316,7 +249,7 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
             checks["available"] = True
             signature = client.signature_inputs(version=version)
             if signature != EXPECTED_DTYPES:
-                raise DeployError(f"served signature differs: {_signature_diff(signature)}")
+                raise DeployError(f"served signature differs: {signature_diff(signature)}")
             checks["signature"] = True
             served = np.array(client.predict_rows(recorded["rows"], version=version), dtype=float).reshape(-1)
             diff = float(np.max(np.abs(served - np.array(recorded["predictions"]))))
@@ -340,61 +273,6 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
         _record(settings, run_id, version, "infra_validation", True, "AVAILABLE, signature and predictions match",
                 read_state(settings), detail=checks)  # fmt: skip
     return {"version": version, **checks}
-
-
-def _timed(client: ServingClient, row: dict[str, Any], label: str) -> tuple[float, float | None]:
-    """One single-row request: (latency ms, its prediction, or None when it failed)."""
-    began = time.perf_counter()
-    try:
-        prediction: float | None = float(np.ravel(client.predict_rows([row], label=label))[0])
-    except ServingError:
-        prediction = None
-    return (time.perf_counter() - began) * 1000, prediction
-
-
-def compare(client: ServingClient, rows: list[dict[str, Any]], policy: DeployPolicy) -> dict[str, Any]:
-    """Canary against stable on the same requests: latency p50 and p90, error rate, mean prediction shift.
-
-    Requests alternate between the two (each row to both, the first of the pair alternating), so a
-    busy spell on the machine falls on both alike. Latency is judged on the median and p90 of the
-    answered requests, which a few stalls cannot move, never on a maximum.
-    """
-    if len(rows) < MIN_CANARY_REQUESTS:
-        raise DeployError(f"{len(rows)} canary requests are too few for a latency verdict; send at least "
-                          f"{MIN_CANARY_REQUESTS} (NIGHTSHIFT_DEPLOY_CANARY_REQUESTS)")  # fmt: skip
-    latencies: dict[str, list[float]] = {"canary": [], "stable": []}
-    predictions: dict[str, list[float]] = {"canary": [], "stable": []}
-    errors = {"canary": 0, "stable": 0}
-    for index, row in enumerate(rows):
-        for label in ("canary", "stable") if index % 2 == 0 else ("stable", "canary"):
-            ms, prediction = _timed(client, row, label)
-            if prediction is None:
-                errors[label] += 1
-            else:
-                latencies[label].append(ms)
-                predictions[label].append(prediction)
-    result: dict[str, Any] = {"requests": len(rows)}
-    for label in ("canary", "stable"):
-        for q in (50, 90, 99):  # p99 is recorded, not judged: of ~100 requests it is one of the slowest two
-            result[f"{label}_p{q}_ms"] = float(np.percentile(latencies[label], q)) if latencies[label] else None
-        result[f"{label}_error_rate"] = errors[label] / len(rows)
-        result[f"{label}_mean_prediction"] = float(np.mean(predictions[label])) if predictions[label] else None
-    canary_p, stable_p = result["canary_mean_prediction"], result["stable_mean_prediction"]
-    result["prediction_shift"] = abs(canary_p - stable_p) if canary_p is not None and stable_p is not None else None
-    problems = []
-    for q in (50, 90):
-        canary_ms, stable_ms = result[f"canary_p{q}_ms"], result[f"stable_p{q}_ms"]
-        if canary_ms is None or stable_ms is None:
-            continue  # nothing answered: the error rate says so
-        limit = result[f"p{q}_limit_ms"] = policy.max_latency_ratio * stable_ms + policy.latency_slack_ms
-        if canary_ms > limit:
-            problems.append(f"latency p{q} {canary_ms:.1f} ms > {limit:.1f} ms (stable {stable_ms:.1f} ms)")
-    if result["canary_error_rate"] > policy.max_error_rate:
-        problems.append(f"error rate {result['canary_error_rate']:.1%} > {policy.max_error_rate:.1%}")
-    if result["prediction_shift"] is None or result["prediction_shift"] > policy.max_prediction_shift:
-        problems.append(f"mean prediction shift {result['prediction_shift']} > {policy.max_prediction_shift}")
-    result["problems"] = problems
-    return result
 
 
 def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushed: dict[str, Any],

@@ -102,7 +102,7 @@ def train_summary(url: str, run_id: str) -> dict[str, Any]:
 
 def deploy_summary(settings: Settings, url: str, run_id: str) -> dict[str, Any]:
     """Serving as it stands, checked through the same client the pipeline uses."""
-    from include.deploy.steps import sample_rows
+    from include.deploy.savedmodel import sample_rows
     from include.serving.client import client_for
     from include.serving.state import read_state
     from include.train.registry import get_version

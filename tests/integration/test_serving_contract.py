@@ -211,7 +211,7 @@ def test_a_label_only_moves_to_a_version_already_available(client, base) -> None
 def test_warmup_records_are_replayed_on_load(client, base) -> None:
     if os.environ.get("TF_SERVING_URL"):
         pytest.skip("reads the local server's state")
-    from include.deploy.steps import write_warmup
+    from include.deploy.savedmodel import write_warmup
     from include.serving.config import WARMUP_FILE
 
     _export(base / MODEL / "6", 6)

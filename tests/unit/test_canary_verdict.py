@@ -1,4 +1,4 @@
-"""The canary's verdict (`deploy.steps.compare`) on stub servers of known latency: a slow canary
+"""The canary's verdict (`deploy.canary.compare`) on stub servers of known latency: a slow canary
 always fails it, an equally fast one passes it whatever a few stalls or a busy spell do."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import time
 import pytest
 
 from include.core.config import DeployPolicy
-from include.deploy.steps import MIN_CANARY_REQUESTS, DeployError, compare
+from include.deploy.canary import MIN_CANARY_REQUESTS, compare
+from include.deploy.errors import DeployError
 from include.serving.client import ServingError
 
 ROWS = [{"row": i} for i in range(DeployPolicy().canary_requests)]
