@@ -22,7 +22,7 @@ from include.contract.features import MODEL_FEATURES
 from include.core import lake
 from include.core.alerts import Alert, send
 from include.core.config import ConfigError, MonitorPolicy
-from include.db import alerts, drift_reports
+from include.db import alerts, drift_reports, retrain_requests
 from include.monitor.steps import judge, predictions_file, report_day
 
 pytestmark = pytest.mark.integration
@@ -174,10 +174,25 @@ def test_predictions_ranked_backwards_give_exactly_one_quality_drop_alert(monito
     summary = report_day(settings, policy, {"day": DRIFT_DAY.isoformat(), "model_version": stable_model},
                          "quality-test")  # fmt: skip
     assert summary["auc"] == pytest.approx(roc_auc_score(labels, backwards))
-    assert len(judge(settings, policy, [summary], "quality-test")["alerts"]) == 1
+    verdict = judge(settings, policy, [summary], "quality-test")
+    assert len(verdict["alerts"]) == 1
     row = _assert_one(db_url, alert_receivers, "quality_drop", "critical", "quality-test")
     assert "ROC-AUC" in row["message"]
     assert row["link"] == summary["report"]
+    # A quality drop asks for retraining, recorded in its own table, once, and a re-run of the day's
+    # report (a retried task) rewrites the day's metrics without touching the request.
+    assert verdict["retrain_reason"] == f"ROC-AUC dropped on {DRIFT_DAY}"
+    judge(settings, policy, [summary], "quality-test")
+    report_day(settings, policy, {"day": DRIFT_DAY.isoformat(), "model_version": stable_model}, "quality-test")
+    with db.engine(db_url).connect() as conn:
+        requests = conn.execute(sa.select(retrain_requests)).mappings().all()
+        metrics = set(conn.execute(sa.select(drift_reports.c.metric).where(
+            drift_reports.c.partition_date == DRIFT_DAY)).scalars())  # fmt: skip
+    assert [(r["partition_date"], r["reason"], r["model_version"], r["run_id"]) for r in requests] == [
+        (DRIFT_DAY, f"ROC-AUC dropped on {DRIFT_DAY}", stable_model, "quality-test")
+    ]
+    assert "auc_drop" in metrics
+    assert "retrain_requested" not in metrics
 
 
 def test_an_input_with_no_values_is_reported_as_drifted_not_a_crash(monitored, stable_model, settings,

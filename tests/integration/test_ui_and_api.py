@@ -315,6 +315,9 @@ def test_oncall_reads_drift_and_an_alert_then_rolls_back(airflow: Airflow, brows
     severity = view.locator("select[name=severity]")
     severity.select_option("warning")
     view.get_by_role("button", name="Filter").click()
+    # The frame navigates: read the rows of the filtered page (the one that marks `warning` as
+    # chosen), not those of the page it is leaving.
+    view.locator("select[name=severity] option[value=warning][selected]").wait_for(state="attached")
     rows = view.locator("tbody tr")
     rows.first.wait_for()
     assert all("warning" in t for t in rows.all_inner_texts())
