@@ -11,7 +11,6 @@ A message answers, in one screen: what happened, how bad it is, where to look.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import logging
 import zlib
@@ -132,11 +131,22 @@ def _email(alert: Alert) -> str:
     if _connection(SMTP_CONN_ID) is None:
         return f"skipped: no {SMTP_CONN_ID} connection"
     to = Variable.get(ONCALL_EMAIL_VARIABLE, default="oncall@example.com")
-    body = f"<pre style='font-family:monospace'>{html.escape(alert.text())}</pre>"
+    body = _mail_body(alert)
     with SmtpHook(smtp_conn_id=SMTP_CONN_ID) as hook:
         hook.send_email_smtp(to=to, from_email="nightshift@localhost", html_content=body,
                              subject=f"[nightshift {alert.severity}] {alert.title}")  # fmt: skip
     return f"sent to {to}"
+
+
+def _mail_body(alert: Alert) -> str:
+    """The alert's text as the mail's HTML, through an autoescaping template (titles and details carry data)."""
+    import jinja2
+
+    template = jinja2.Environment(autoescape=True).from_string(MAIL_TEMPLATE)
+    return template.render(text=alert.text())
+
+
+MAIL_TEMPLATE = "<pre style='font-family:monospace'>{{ text }}</pre>"
 
 
 def _webhook(alert: Alert) -> str:

@@ -86,3 +86,14 @@ def test_a_renamed_deploy_setting_is_refused_with_its_new_name() -> None:
     assert DeployPolicy.from_env({"NIGHTSHIFT_DEPLOY_MAX_LATENCY_RATIO": "2.5"}).max_latency_ratio == 2.5
     with pytest.raises(ConfigError, match="NIGHTSHIFT_DEPLOY_MAX_P99_RATIO is now NIGHTSHIFT_DEPLOY_MAX_LATENCY_RATIO"):
         DeployPolicy.from_env({"NIGHTSHIFT_DEPLOY_MAX_P99_RATIO": "2.5"})
+
+
+def test_an_alert_mail_escapes_what_the_alert_carries() -> None:
+    from include.core.alerts import Alert, _mail_body
+
+    body = _mail_body(Alert(kind="drift", key="k", severity="warning", title="<script>alert(1)</script>",
+                            impact="a & b", details=["<img src=x onerror=y>"]))  # fmt: skip
+    assert "<script>" not in body
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert "&lt;img src=x onerror=y&gt;" in body
+    assert body.startswith("<pre style='font-family:monospace'>")
