@@ -85,7 +85,7 @@ class WeightedAverage(layers.Layer):
 
 
 def model_inputs() -> dict[str, keras.KerasTensor]:
-    """One scalar input per raw feature, named as in `include/features.py`."""
+    """One scalar input per raw feature, named as in `include/contract/features.py`."""
     return {
         **{c: keras.Input(shape=(), dtype="string", name=c) for c in CATEGORICAL},
         **{n: keras.Input(shape=(), dtype="float32", name=n) for n in NUMERIC},
