@@ -45,9 +45,24 @@ def uri(path: ObjectStoragePath | Path) -> str:
     return f"{path.protocol}://{'/' if path.protocol == 'file' else ''}{path.path.lstrip('/')}"
 
 
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
 def safe_name(text: str) -> str:
-    """A run id or version as one path segment (`manual__2026-…+00:00` → `manual__2026-…_00_00`)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    """A run id (or version) as ONE path segment, different for every different id.
+
+    ASCII letters, digits, `-`, `_` and `.` stay; every other byte of the UTF-8 text, `~` included,
+    becomes `~XX` (`manual__2026-…T21:25+00:00` → `manual__2026-…T21~3A25~2B00~3A00`). So `a:b` and
+    `a+b` never share a folder, no segment has a `/`, and none starts with `.` (a leading dot is
+    escaped too): a name can neither hide nor climb out of its parent.
+    """
+    if not text:
+        raise ValueError("an empty name has no folder")
+    out = []
+    for index, byte in enumerate(text.encode()):
+        char = chr(byte)
+        out.append(char if char in _PLAIN and not (index == 0 and char == ".") else f"~{byte:02X}")
+    return "".join(out)
 
 
 def partition_dir(root: ObjectStoragePath, zone: str, dataset: str, day: dt.date) -> ObjectStoragePath:

@@ -247,6 +247,16 @@ def test_a_bad_conf_gets_http_400_saying_what_is_wrong(airflow: Airflow, dag_id:
     assert len(airflow.runs(dag_id)) == before
 
 
+def test_airflow_refuses_a_run_id_that_climbs_out_of_its_folder(airflow: Airflow) -> None:
+    """Airflow itself refuses `..` in a run id; every other id gets a folder of its own (lake.safe_name)."""
+    before = len(airflow.runs("nightshift_ingest"))
+    response = airflow.api("POST", "/dags/nightshift_ingest/dagRuns", user="analyst",
+                           json={"dag_run_id": "manual__../../models", "logical_date": None, "conf": {}})  # fmt: skip
+    assert response.status_code == 400
+    assert "'..'" in response.text
+    assert len(airflow.runs("nightshift_ingest")) == before
+
+
 def test_a_viewer_token_cannot_trigger(airflow: Airflow) -> None:
     response = airflow.api("POST", "/dags/nightshift_ingest/dagRuns", user="viewer",
                            json={"logical_date": None, "conf": {}})  # fmt: skip

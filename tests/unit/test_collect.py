@@ -83,3 +83,39 @@ def test_partition_replacement_is_atomic_and_leaves_no_temp_files(tmp_lake) -> N
     assert first != second
     assert lake.read_parquet(path)["a"].tolist() == [3]
     assert [p.name for p in path.parent.iterdir()] == [lake.PARTITION_FILE]
+
+
+def _unescape(name: str) -> str:
+    """An independent decoder of `lake.safe_name`'s escapes, to prove no two ids share a folder."""
+    raw, index = bytearray(), 0
+    while index < len(name):
+        if name[index] == "~":
+            raw.append(int(name[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            raw.append(ord(name[index]))
+            index += 1
+    return raw.decode()
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["a:b", "a+b", "a_b", "a~3Ab", "manual__2026-12-01T21:25:45.477026+00:00", "..", ".hidden", "x/../y", "a\\b",
+     "scheduled__2026-11-30T05:00:00+00:00", "ünïcode run", "~", "%2e%2e"],
+)  # fmt: skip
+def test_a_run_id_is_one_folder_name_of_its_own(run_id: str) -> None:
+    name = lake.safe_name(run_id)
+    assert _unescape(name) == run_id  # nothing lost: a different id is a different folder
+    assert set(name) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+    assert "/" not in name
+    assert not name.startswith(".")  # never hidden, never `.` or `..`
+
+
+def test_ids_that_shared_a_folder_no_longer_do(tmp_lake) -> None:
+    names = {lake.safe_name(i) for i in ("a:b", "a+b", "a_b", "a b")}
+    assert len(names) == 4  # the old mapping gave all four `a_b`
+    for name in names:
+        (tmp_lake / "datasets" / name).mkdir(parents=True)
+    assert len(list((tmp_lake / "datasets").iterdir())) == 4
+    with pytest.raises(ValueError, match="empty"):
+        lake.safe_name("")
