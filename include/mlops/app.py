@@ -3,8 +3,8 @@
 Mounted by Airflow's API server at `/mlops` (see `plugins/nightshift_mlops.py`), behind Airflow's own
 auth: no token gives 401; any role that may view plugins can read; promote and rollback need the
 right to manage the `serving_deploy` pool (op and admin), and they only ever trigger
-`nightshift_deploy` through Airflow's REST API with the caller's own token — the view writes no
-state itself. The pages come from `include.mlops.views`.
+`nightshift_deploy` through Airflow's REST API (at `[api] base_url`, never at the request's Host)
+with the caller's own token — the view writes no state itself. The pages come from `include.mlops.views`.
 """
 
 from __future__ import annotations
@@ -46,11 +46,32 @@ def can_operate(user) -> bool:
     return get_auth_manager().is_authorized_pool(method="PUT", details=PoolDetails(name="serving_deploy"), user=user)
 
 
+def api_base_url() -> str:
+    """Airflow's own API server as configured (`[api] base_url`), never the request's Host header."""
+    from airflow.configuration import conf
+
+    return (conf.get("api", "base_url", fallback="") or "").rstrip("/") or f"http://127.0.0.1:{conf.get('api', 'port')}"
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:  # a malformed port: matches nothing
+        return "", None
+    return (parts.hostname or "", port)
+
+
 def requires_serving_operator(request: Request, user: GetUserDep) -> None:
     if not can_operate(user):
         raise HTTPException(403, "promote and rollback need the op or admin role")
     origin = request.headers.get("origin") or request.headers.get("referer") or ""
-    if origin and urlsplit(origin).netloc != request.url.netloc:
+    if not origin:
+        # A browser sends Origin with every POST; without it (or Referer) the request's source is unknown.
+        if request.method not in ("GET", "HEAD"):
+            raise HTTPException(403, "cross-site request refused: no Origin or Referer")
+        return
+    if _host_port(origin) != _host_port(api_base_url()):
         raise HTTPException(403, "cross-site request refused")
 
 
@@ -168,13 +189,20 @@ def lake_file(path: str) -> Response:
     return Response(target.read_bytes(), media_type=media, headers=headers)
 
 
+def caller_token(request: Request) -> str:
+    """The caller's token as Airflow picks it: an `Authorization: Bearer` header first, then the `_token` cookie."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.cookies.get("_token", "")
+
+
 def _airflow_api(request: Request, method: str, path: str, **kwargs):
-    """Airflow's REST API on this same server, called with the caller's own token (cookie or header)."""
+    """Airflow's REST API at its configured address, called with the caller's own token."""
     import httpx
 
-    token = request.cookies.get("_token") or request.headers.get("authorization", "").removeprefix("Bearer ")
-    return httpx.request(method, f"{str(request.base_url).rstrip('/')}/api/v2{path}",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)  # fmt: skip
+    headers = {"Authorization": f"Bearer {caller_token(request)}"}
+    return httpx.request(method, f"{api_base_url()}/api/v2{path}", headers=headers, timeout=30, **kwargs)
 
 
 def _check_action(action: str, version: int | None) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
@@ -37,6 +42,116 @@ def api(settings):
     return client, token
 
 
+@dataclass
+class Listener:
+    """A local HTTP server that records every request it gets and answers each with `reply` (JSON)."""
+
+    url: str
+    reply: dict = field(default_factory=dict)
+    received: list[dict] = field(default_factory=list)
+
+
+@contextmanager
+def _listening(reply: dict) -> Iterator[Listener]:
+    class Handler(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            listener.received.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                      "json": json.loads(body) if body else None})  # fmt: skip
+            payload = json.dumps(listener.reply).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    listener = Listener(f"http://127.0.0.1:{server.server_address[1]}", reply)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield listener
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def airflow_api(monkeypatch) -> Iterator[Listener]:
+    """A stand-in for Airflow's REST API at the configured `[api] base_url`, answering with a deploy run."""
+    run = {"dag_id": "nightshift_deploy", "dag_run_id": "manual__probe", "state": "running",
+           "triggering_user_name": "probe-user", "conf": {"action": "rollback"}}  # fmt: skip
+    with _listening(run) as listener:
+        monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"{listener.url}/")
+        yield listener
+
+
+@pytest.fixture
+def forged_host() -> Iterator[Listener]:
+    with _listening({}) as listener:
+        yield listener
+
+
+def test_a_forged_host_header_sends_no_request_or_token_to_that_host(api, airflow_api, forged_host) -> None:
+    client, token = api
+    headers = {**token("viewer"), "Host": forged_host.url.removeprefix("http://")}
+    response = client.get("/mlops/deployments?requested=manual__probe", headers=headers)
+    assert response.status_code == 200
+    assert forged_host.received == []
+    assert [(r["method"], r["path"]) for r in airflow_api.received] == [
+        ("GET", "/api/v2/dags/nightshift_deploy/dagRuns/manual__probe")
+    ]
+    assert airflow_api.received[0]["headers"]["Authorization"] == headers["Authorization"]
+    assert "Rollback requested as probe-user" in response.text
+
+
+def test_the_bearer_header_is_forwarded_before_the_token_cookie(api, airflow_api) -> None:
+    client, token = api
+    bearer, cookie = token("oncall"), token("viewer")["Authorization"].removeprefix("Bearer ")
+    response = client.get("/mlops/deployments?requested=manual__probe",
+                          headers={**bearer, "Cookie": f"_token={cookie}"})  # fmt: skip
+    assert response.status_code == 200
+    assert "Roll back stable" in response.text  # Airflow, too, took the caller to be oncall
+    assert [r["headers"]["Authorization"] for r in airflow_api.received] == [bearer["Authorization"]]
+
+
+@pytest.mark.parametrize(
+    ("source", "refused"),
+    [
+        ({}, "cross-site request refused: no Origin or Referer"),
+        ({"Origin": "https://evil.example"}, "cross-site request refused"),
+        ({"Referer": "http://127.0.0.1:1/mlops/actions/confirm?action=rollback"}, "cross-site request refused"),
+    ],
+)
+def test_an_action_from_an_unknown_or_foreign_origin_is_refused(api, airflow_api, source, refused) -> None:
+    client, token = api
+    response = client.post("/mlops/actions", data={"action": "rollback"}, headers={**token("oncall"), **source})
+    assert response.status_code == 403
+    assert response.json()["detail"] == refused
+    assert airflow_api.received == []
+
+
+@pytest.mark.parametrize("header", ["Origin", "Referer"])
+def test_an_action_from_the_configured_origin_triggers_the_deploy_dag_as_the_caller(api, airflow_api, header) -> None:
+    client, token = api
+    source = airflow_api.url if header == "Origin" else f"{airflow_api.url}/mlops/actions/confirm?action=rollback"
+    headers = {**token("oncall"), header: source}
+    response = client.post("/mlops/actions", data={"action": "rollback"}, headers=headers, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/mlops/deployments?requested=manual__probe"
+    [call] = airflow_api.received
+    assert (call["method"], call["path"]) == ("POST", "/api/v2/dags/nightshift_deploy/dagRuns")
+    assert call["headers"]["Authorization"] == headers["Authorization"]
+    assert call["json"] == {"logical_date": None, "conf": {"action": "rollback", "version": None},
+                            "note": "rollback from the ML Ops view"}  # fmt: skip
+
+
 @pytest.mark.parametrize("path", PAGES)
 def test_pages_need_a_login(api, path: str) -> None:
     client, _ = api
@@ -59,11 +174,13 @@ def test_a_viewer_and_an_analyst_cannot_act(api) -> None:
         assert response.status_code == 403, user
 
 
-def test_an_operator_gets_a_clear_error_for_a_bad_action(api) -> None:
+def test_an_operator_gets_a_clear_error_for_a_bad_action(api, airflow_api) -> None:
     client, token = api
-    response = client.post("/mlops/actions", data={"action": "delete"}, headers=token("oncall"))
+    headers = {**token("oncall"), "Origin": airflow_api.url}
+    response = client.post("/mlops/actions", data={"action": "delete"}, headers=headers)
     assert response.status_code == 400
     assert "promote or rollback" in response.json()["detail"]
+    assert airflow_api.received == []
 
 
 def test_user_controlled_text_is_escaped(api, db_url) -> None:
@@ -101,11 +218,13 @@ def test_only_operators_see_the_actions(api) -> None:
     assert '<input type="hidden" name="version" value="1">' in confirm.text
 
 
-def test_promote_needs_a_version(api) -> None:
+def test_promote_needs_a_version(api, airflow_api) -> None:
     client, token = api
-    response = client.post("/mlops/actions", data={"action": "promote"}, headers=token("oncall"))
+    headers = {**token("oncall"), "Origin": airflow_api.url}
+    response = client.post("/mlops/actions", data={"action": "promote"}, headers=headers)
     assert response.status_code == 400
     assert "needs a version" in response.json()["detail"]
+    assert airflow_api.received == []
 
 
 @pytest.mark.parametrize(
