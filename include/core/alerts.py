@@ -10,6 +10,7 @@ A message answers, in one screen: what happened, how bad it is, where to look.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -110,8 +111,16 @@ def _deliver(channel, alert: Alert) -> str:
     try:
         return channel(alert)
     except Exception as err:  # a channel down must not lose the alert (it is in Postgres)
-        log.error("alert delivery via %s failed: %s", channel.__name__.strip("_"), err)
-        return f"failed: {type(err).__name__}: {err}"
+        outcome = _failure(err)
+        log.error("alert delivery via %s %s", channel.__name__.strip("_"), outcome)
+        return outcome
+
+
+def _failure(err: Exception) -> str:
+    """The error's type and status code only: its text can carry the webhook URL (Slack's secret) or a
+    server's reply. Two colons, so the ML Ops view shows the type as the reason."""
+    code = getattr(getattr(err, "response", None), "status_code", None) or getattr(err, "smtp_code", None)
+    return f"failed: {type(err).__name__}: {code or 'no status code'}"
 
 
 def _connection(conn_id: str):
@@ -151,16 +160,45 @@ MAIL_TEMPLATE = "<pre style='font-family:monospace'>{{ text }}</pre>"
 
 def _webhook(alert: Alert) -> str:
     import httpx
+    from airflow.sdk.log import mask_secret
 
     conn = _connection(WEBHOOK_CONN_ID)
     if conn is None:
         return f"skipped: no {WEBHOOK_CONN_ID} connection"
     extra = conn.extra_dejson
     url = f"{conn.schema or 'http'}://{conn.host}{f':{conn.port}' if conn.port else ''}{extra.get('path', '')}"
-    response = httpx.post(url, content=json.dumps(alert.slack()), timeout=float(extra.get("timeout", 5)),
-                          headers={"Content-Type": "application/json"})  # fmt: skip
+    secrets = [s for s in (url, conn.password, extra.get("path")) if s]
+    for secret in secrets:  # the URL's path is Slack's token: masked in task logs from here on
+        mask_secret(secret)
+    with _redacted(logging.getLogger("httpx"), secrets):  # httpx logs every request's URL at INFO
+        response = httpx.post(url, content=json.dumps(alert.slack()), timeout=float(extra.get("timeout", 5)),
+                              headers={"Content-Type": "application/json"})  # fmt: skip
     response.raise_for_status()
-    return f"posted to {url} ({response.status_code})"
+    return f"posted to {WEBHOOK_CONN_ID} ({response.status_code})"
+
+
+class _Redact(logging.Filter):
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = sorted(secrets, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for secret in self.secrets:
+            message = message.replace(secret, "***")
+        record.msg, record.args = message, ()
+        return True
+
+
+@contextlib.contextmanager
+def _redacted(logger: logging.Logger, secrets: list[str]):
+    """`logger`'s records without `secrets`, also where Airflow's masker is not on (tests, the CLI)."""
+    redact = _Redact(secrets)
+    logger.addFilter(redact)
+    try:
+        yield
+    finally:
+        logger.removeFilter(redact)
 
 
 def already_alerted(url: str, dag_id: str, run_id: str, task_id: str) -> bool:
