@@ -16,7 +16,7 @@ import time
 import sqlalchemy as sa
 
 from include import db
-from include.core.assets import INGEST_DAG as DAG_ID
+from include.core.assets import INGEST_DAG
 from include.core.config import load_settings
 from include.ops.cli import prepare
 from include.ops.demo import run_dag
@@ -27,7 +27,7 @@ def _task_seconds(url: str, run_id: str) -> dict[str, float]:
     with db.engine(url).connect() as conn:
         rows = conn.execute(
             sa.text("SELECT task_id, duration FROM task_instance WHERE dag_id = :d AND run_id = :r"),
-            {"d": DAG_ID, "r": run_id},
+            {"d": INGEST_DAG, "r": run_id},
         ).all()
     return {task: round(float(seconds or 0), 1) for task, seconds in rows}
 
@@ -47,14 +47,14 @@ def main() -> None:
             end = start + dt.timedelta(days=days - 1)
             conf = {"start_date": start.isoformat(), "end_date": end.isoformat()}
             began = time.monotonic()
-            run_id, state = run_dag(env, DAG_ID, conf, quiet=True) or ("", "not started")
+            run_id, state = run_dag(env, INGEST_DAG, conf, quiet=True) or ("", "not started")
             seconds = time.monotonic() - began
             case = {"days": days, "start": str(start), "end": str(end), "state": state,
                     "seconds": round(seconds, 1), "tasks": _task_seconds(url, run_id)}  # fmt: skip
             results.append(case)
             print(json.dumps(case), flush=True)
             if state != "success":
-                raise SystemExit(f"the {days}-day run ended {state}: `airflow dags test {DAG_ID}` shows why")
+                raise SystemExit(f"the {days}-day run ended {state}: `airflow dags test {INGEST_DAG}` shows why")
     finally:
         if not settings.database_url:
             stop_embedded(embedded_data_dir(settings.local_dir))

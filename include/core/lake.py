@@ -26,9 +26,7 @@ PARTITION_FILE = "part-0.parquet"
 
 def lake_root(settings: Settings) -> ObjectStoragePath:
     """The lake root, bound to the configured Airflow connection for remote stores."""
-    if settings.lake_conn_id and not settings.lake_uri.startswith("file://"):
-        return ObjectStoragePath(settings.lake_uri + "/", conn_id=settings.lake_conn_id)
-    return ObjectStoragePath(settings.lake_uri + "/")
+    return at(settings, settings.lake_uri + "/")
 
 
 def at(settings: Settings, location: str) -> ObjectStoragePath:

@@ -51,7 +51,6 @@ from include.serving.state import ServingState, read_state, rollback_target, wri
 
 log = logging.getLogger(__name__)
 
-DAG_ID = DEPLOY_DAG
 ACTIONS = ("canary", "promote", "rollback")
 
 
@@ -119,7 +118,7 @@ def _record(settings: Settings, run_id: str, version: int, action: str, succeede
         "model": settings.model_name, "version": version, "action": action, "succeeded": succeeded,
         "stable_version": state.stable, "canary_version": state.canary, "previous_stable_version": previous,
         "reason": reason, "detail": json.loads(json.dumps(detail or {}, default=str)),
-        "dag_id": DAG_ID, "run_id": run_id, "created_at": now(),
+        "dag_id": DEPLOY_DAG, "run_id": run_id, "created_at": now(),
     })  # fmt: skip
 
 
@@ -159,7 +158,7 @@ def _alert(settings: Settings, run_id: str, action: str, version: int, alert: Al
 
     report = get_version(settings.require_database_url(), version).get("report_uri")
     send(settings.require_database_url(), dataclasses.replace(
-        alert, link=report, dag_id=DAG_ID, task_id=TASK_OF_ACTION.get(action, action), run_id=run_id))  # fmt: skip
+        alert, link=report, dag_id=DEPLOY_DAG, task_id=TASK_OF_ACTION.get(action, action), run_id=run_id))  # fmt: skip
 
 
 # -- the steps -----------------------------------------------------------------------------------

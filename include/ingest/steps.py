@@ -22,8 +22,6 @@ from include.ingest.collect import collect_day
 
 log = logging.getLogger(__name__)
 
-DAG_ID = INGEST_DAG
-
 
 def _progress(step: str, index: int, days: list[dt.date], started: float) -> None:
     if index == len(days) or index % 10 == 0:
@@ -41,7 +39,7 @@ def collect(settings: Settings, days: list[dt.date], run_id: str, now: dt.dateti
         records.record_partition(url, "raw/weather", day, got.weather_uri, got.weather_rows, got.weather_sha256,
                                  run_id, now)  # fmt: skip
         records.record_ingestion(url, {
-            "run_id": run_id, "partition_date": day, "dag_id": DAG_ID, "source": settings.source,
+            "run_id": run_id, "partition_date": day, "dag_id": INGEST_DAG, "source": settings.source,
             "rows_raw": got.rows_raw, "rows_clean": None, "rows_quarantined": None,
             "status": "collected", "updated_at": now,
         })  # fmt: skip
@@ -78,7 +76,7 @@ def clean(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime
             records.record_partition(url, dataset, day, lake.uri(path), len(frame), sha, run_id, now)
         records.replace_quarantine_counts(url, day, result.reasons, run_id)
         records.record_ingestion(url, {
-            "run_id": run_id, "partition_date": day, "dag_id": DAG_ID, "source": settings.source,
+            "run_id": run_id, "partition_date": day, "dag_id": INGEST_DAG, "source": settings.source,
             "rows_raw": len(raw), "rows_clean": len(result.clean),
             "rows_quarantined": len(result.quarantine), "status": "cleaned", "updated_at": now,
         })  # fmt: skip
@@ -166,7 +164,8 @@ def _alert_validation(url: str, failed: list, run_id: str, docs: str | None) -> 
         impact="the day's features were NOT published: training and monitoring skip it until it is fixed",
         details=[f"{o.suite} {o.day}: {o.describe_failures()}" for o in failed],
         next_step="open the Data Docs, fix the source (or quarantine rules), then re-ingest the day from the form",
-        link=next((o.docs_uri for o in failed if o.docs_uri), docs), dag_id=DAG_ID, task_id="validate", run_id=run_id,
+        link=next((o.docs_uri for o in failed if o.docs_uri), docs), dag_id=INGEST_DAG, task_id="validate",
+        run_id=run_id,
     ))  # fmt: skip
 
 
@@ -194,7 +193,7 @@ def materialize(settings: Settings, days: list[dt.date], run_id: str, now: dt.da
     views = materialize_window(open_store(settings), start, end)
     for day in days:
         records.record_ingestion(url, {
-            "run_id": run_id, "partition_date": day, "dag_id": DAG_ID, "source": settings.source,
+            "run_id": run_id, "partition_date": day, "dag_id": INGEST_DAG, "source": settings.source,
             "status": "materialized", "updated_at": now,
         })  # fmt: skip
     online = online_row_count(url)

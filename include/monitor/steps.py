@@ -49,8 +49,6 @@ from include.serving.client import client_for
 
 log = logging.getLogger(__name__)
 
-DAG_ID = MONITOR_DAG
-
 
 class MonitorError(AirflowFailException):
     """Monitoring cannot run (no data for the day, no reference); the message says what to do.
@@ -321,7 +319,7 @@ def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, A
             impact="predictions for these flights are less reliable than at training time" if quality else
                    "the model sees inputs unlike its training data; its predictions may be off",
             details=found, next_step=next_step, link=summary["report"],
-            dag_id=DAG_ID, task_id=task_id, run_id=run_id,
+            dag_id=MONITOR_DAG, task_id=task_id, run_id=run_id,
         ))  # fmt: skip
         alerted.append({"day": day.isoformat(), "alert_id": alert_id, "crossings": len(found)})
     return {"alerts": alerted, "retrain": retrain_reason is not None, "retrain_reason": retrain_reason}

@@ -20,7 +20,6 @@ from include.core.config import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
-DAG_ID = TRAIN_DAG
 VALIDATION_DAYS = 7
 
 
@@ -112,7 +111,7 @@ def gate_and_register(
     # One summary, or one per shard when tuning fanned out (a lazy XCom sequence).
     shards = [tuned] if isinstance(tuned, dict) else list(tuned)
     record = {
-        "dag_id": DAG_ID,
+        "dag_id": TRAIN_DAG,
         "run_id": run_id,
         "code_version": code_version(),
         "artifact_uri": evaluated["saved_model"],
