@@ -2,7 +2,8 @@
 
 * The **unit** tier (`make test-fast`: tests/unit and tests/dags) needs no Postgres, no Airflow
   metadata database and no server: configuring the session only sets environment variables.
-* The **integration** tier (tests/integration, marked `integration` here; the browser tests also
+* The **integration** tier (tests/integration and the attacks of tests/security, marked `integration`
+  here, the attacks also `security`; the browser tests also
   `ui`) gets a real Postgres (embedded, or TEST_DATABASE_URL's server), migrated by the same code
   the demo uses, with `feast apply` run on it — by the session fixture `prepared_database`, which
   only integration tests request.
@@ -24,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "nightshift_test"
 EMBEDDED_PG = ROOT / ".local" / "test-pg"
 _state: dict[str, object] = {}
+# The integration and security tiers' fixtures: one plugin, so a session fixture (the trained model, the
+# serving process) is built once for both directories. Nothing in it is autouse.
+pytest_plugins = ["tests.server_fixtures"]
 
 
 def _server_url() -> str:
@@ -67,10 +71,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    integration = ROOT / "tests" / "integration"
+    integration, security = ROOT / "tests" / "integration", ROOT / "tests" / "security"
     for item in items:
-        if integration in Path(str(item.fspath)).parents:
+        parents = Path(str(item.fspath)).parents
+        if integration in parents or security in parents:
             item.add_marker(pytest.mark.integration)
+        if security in parents:
+            item.add_marker(pytest.mark.security)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

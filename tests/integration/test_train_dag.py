@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from include import db
 from include.contract.features import MODEL_FEATURES
-from tests.integration.conftest import CONF, END, START
+from tests.server_fixtures import CONF, END, START
 
 pytestmark = pytest.mark.integration
 
