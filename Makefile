@@ -62,7 +62,7 @@ format: install-test
 ## Re-lock every transitive package after editing requirements*.txt.
 lock: install
 	$(UV) pip compile requirements.txt requirements-test.txt --python-version 3.11 --no-header --no-annotate -o constraints.txt
-	sed -i "1i # Lock file: every package, exact. Regenerate with `make lock` after editing requirements*.txt." constraints.txt
+	sed -i '1i # Lock file: every package, exact. Regenerate with "make lock" after editing requirements*.txt.' constraints.txt
 
 clean:
 	-bin/nightshift db stop
