@@ -3,11 +3,41 @@ and the other files TF Serving reads from a version folder."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from include.core.config import ConfigError, env_overrides
+
 # Inside a version folder: PredictionLog TFRecords TF Serving replays when it loads the version.
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one local serving process admits; each field is `NIGHTSHIFT_SERVING_<NAME>` or its flag.
+
+    A prediction is admitted while fewer than `max_in_flight + max_queued` are; it is computed once
+    one of the `max_in_flight` slots frees. Beyond that it gets a 503 at once, as TF Serving answers
+    UNAVAILABLE when its batching queue is full, and clients retry with backoff. Raw bodies held at
+    once stay under `(max_in_flight + max_queued) * max_body_bytes`.
+    """
+
+    max_body_bytes: int = 10 * 1024 * 1024  # larger bodies: 413, refused before they are read
+    max_in_flight: int = 8  # predictions computed at once
+    max_queued: int = 32  # admitted predictions waiting for a slot
+    body_timeout_s: float = 30.0  # an admitted request sends its whole body within this, or gets 408
+
+    def __post_init__(self) -> None:
+        least = {"max_body_bytes": 1, "max_in_flight": 1, "max_queued": 0, "body_timeout_s": 0.001}
+        for name, floor in least.items():
+            value = getattr(self, name)
+            if value < floor:
+                raise ConfigError(f"NIGHTSHIFT_SERVING_{name.upper()}={value} is below {floor}; raise it")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingLimits:
+        return cls(**env_overrides(cls(), "NIGHTSHIFT_SERVING_", env))
 
 
 @dataclass

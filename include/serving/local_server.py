@@ -7,10 +7,17 @@ runs the real `tensorflow/serving` image. Implemented (https://www.tensorflow.or
     GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata   signature metadata
     POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict    "instances" (row) or "inputs" (columnar)
 
-Errors come back as `{"error": "..."}` with TF Serving's HTTP codes. `models.config` and the
-version directories are re-read when they change, as with `--model_config_file_poll_wait_seconds`.
+Errors come back as `{"error": "..."}` with TF Serving's HTTP codes; a path under `/v1/` that is not
+one of these is a 400 "Malformed request", as TF Serving's route regexes make it. `models.config` and
+the version directories are re-read when they change, as with `--model_config_file_poll_wait_seconds`;
+a `models.config` that does not parse is logged and the last good one stays in force.
+
+Limits (`ServingLimits`, from `NIGHTSHIFT_SERVING_*` or the flags): a body over `max_body_bytes` gets
+413 before it is read (on its Content-Length, or as soon as a chunked body passes the cap); at most
+`max_in_flight` predictions run at once and `max_queued` wait, beyond which a 503 comes back at once.
 
     python -m include.serving.local_server --model_config_file PATH [--rest_api_port 8501] [--port_file PATH]
+        [--host 127.0.0.1] [--max_body_bytes N] [--max_in_flight N] [--max_queued N] [--body_timeout_s S]
 
 `--rest_api_port 0` binds any free port; the port bound is printed and, with `--port_file`, written
 there (atomically) before the first request is taken, so a caller never has to guess a free port.
@@ -19,27 +26,42 @@ there (atomically) before the first request is taken, so a caller never has to g
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from include.serving.config import WARMUP_FILE, ModelEntry, read_models_config
+from include.core.config import ConfigError
+from include.serving.config import WARMUP_FILE, ModelEntry, ServingLimits, read_models_config
 
 log = logging.getLogger("nightshift.serving")
-ROUTE = re.compile(
-    r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<suffix>/metadata|:predict|:classify|:regress)?$"
+# TF Serving's own route regexes (http_rest_api_util.cc), matched on the raw (still percent-encoded)
+# path: a version is ASCII digits only, so `/versions/%C2%B2` or `/versions/x` is a malformed request.
+V1_PATH = re.compile(r"(?i)/v1/.*")
+POST_ROUTE = re.compile(
+    r"(?i)/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
+    r":(?P<verb>classify|regress|predict)"
 )
+GET_ROUTE = re.compile(
+    r"(?i)/v1/models(?:/(?P<model>[^/:]+))?(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/(?P<verb>metadata))?"
+)
+INT64_MAX = 2**63 - 1
+# Answers sent while part of the request body may be unread: the connection closes after them.
+CLOSE_AFTER = {408, 413, 503}
 DTYPE_NAMES = {"string": "DT_STRING", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int64": "DT_INT64",
                "int32": "DT_INT32", "bool": "DT_BOOL"}  # fmt: skip
 
@@ -49,6 +71,35 @@ class ServingError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str
+    version: int | None
+    label: str | None
+    verb: str  # "status", "metadata", "predict", "classify" or "regress"
+
+
+def version_number(raw: str) -> int:
+    """A version from a path or request: ASCII digits within int64, as TF Serving's SimpleAtoi takes."""
+    digits = raw.lstrip("0") or "0"  # length first: int() refuses strings of over 4300 digits
+    if not (raw.isascii() and raw.isdigit()) or len(digits) > 19 or int(digits) > INT64_MAX:
+        raise ServingError(400, f"Failed to convert version: {raw[:40]} to numeric.")
+    return int(digits)
+
+
+def parse_route(method: str, path: str) -> Route:
+    """Route a raw `/v1/...` path as TF Serving does; anything else there is a 400."""
+    regex = {"GET": GET_ROUTE, "POST": POST_ROUTE}.get(method)
+    match = regex.fullmatch(path) if regex else None
+    if match is None:
+        raise ServingError(400, f"Malformed request: {method} {path}")
+    if not match["model"]:
+        raise ServingError(400, "Missing model name in request.")
+    version = version_number(match["version"]) if match["version"] else None
+    label = unquote(match["label"]) if match["label"] else None
+    return Route(unquote(match["model"]), version, label, (match["verb"] or "status").lower())
 
 
 @dataclass
@@ -103,18 +154,28 @@ class ModelManager:
 
     def refresh(self) -> None:
         models, seen = self._current()
-        if models and self._fingerprint(m.entry.base_path for m in models.values()) == seen:
+        if seen and self._fingerprint(m.entry.base_path for m in models.values()) == seen:
             return
         # One loader at a time. Once a state is in force, the others answer from it rather than wait;
         # before the first load there is none, so they wait (TF Serving answers only once loaded).
         if not self._load_lock.acquire(blocking=not models):
             return
         try:
+            from google.protobuf import text_format
+
             models, seen = self._current()  # what the previous loader left
-            entries = read_models_config(self.config_file) if self.config_file.exists() else []
+            try:
+                entries = read_models_config(self.config_file) if self.config_file.exists() else []
+            except (text_format.ParseError, OSError, ValueError) as err:
+                # TF Serving logs a config it cannot read and keeps serving the last good one.
+                log.error("models.config %s not loaded, still serving the last good config: %s: %s",
+                          self.config_file, type(err).__name__, err)  # fmt: skip
+                with self._lock:  # not re-read until it changes again
+                    self._seen = self._fingerprint(m.entry.base_path for m in models.values())
+                return
             # Taken before loading: a change made while versions load is seen by the next refresh.
             fingerprint = self._fingerprint({e.name: e.base_path for e in entries}.values())
-            if models and fingerprint == seen:
+            if seen and fingerprint == seen:
                 return
             fresh: dict[str, ServedModel] = {}
             for entry in entries:
@@ -162,8 +223,12 @@ class ModelManager:
         )
         return numeric[-1:]
 
-    def resolve(self, model: str, version: str | None, label: str | None) -> tuple[ServedModel, LoadedVersion]:
+    def resolve(self, model: str, version: str | int | None, label: str | None) -> tuple[ServedModel, LoadedVersion]:
         self.refresh()
+        return self.lookup(model, version, label)
+
+    def lookup(self, model: str, version: str | int | None, label: str | None) -> tuple[ServedModel, LoadedVersion]:
+        """Resolve against the state in force, without looking for changes first."""
         served = self._current()[0].get(model)
         if served is None:
             raise ServingError(404, f"Servable not found for request: Latest({model})")
@@ -172,9 +237,7 @@ class ModelManager:
                 raise ServingError(404, f"Unrecognized servable version label: {label}")
             number = served.labels[label]
         elif version is not None:
-            if not version.isdigit():
-                raise ServingError(400, f"Failed to convert version: {version} to numeric.")
-            number = int(version)
+            number = version if isinstance(version, int) else version_number(version)
         else:
             available = [v for v, lv in served.versions.items() if lv.state == "AVAILABLE"]
             if not available:
@@ -311,7 +374,7 @@ def predict(loaded: LoadedVersion, body: dict[str, Any]) -> dict[str, Any]:
     return {"outputs": single if single is not None else outputs}
 
 
-def _predict_route(manager: ModelManager, match: re.Match[str], raw: bytes) -> Response:
+def _predict_route(manager: ModelManager, route: Route, raw: bytes) -> Response:
     """Parse, resolve and predict in one worker thread; the answer is serialized once, here."""
     try:
         body = json.loads(raw)
@@ -319,50 +382,137 @@ def _predict_route(manager: ModelManager, match: re.Match[str], raw: bytes) -> R
         raise ServingError(400, f"JSON Parse error: {err}") from err
     if not isinstance(body, dict):
         raise ServingError(400, "JSON Value: request body must be an object")
-    _, loaded = manager.resolve(match["model"], match["version"], match["label"])
+    _, loaded = manager.lookup(route.model, route.version, route.label)
     if loaded.state != "AVAILABLE":
         raise ServingError(503, f"Servable not available: {loaded.error or loaded.state}")
     return Response(json.dumps(predict(loaded, body)), media_type="application/json")
 
 
-def create_app(config_file: Path) -> FastAPI:
+def _status_route(manager: ModelManager, route: Route) -> dict[str, Any]:
+    served, loaded = manager.resolve(route.model, route.version, route.label)
+    if route.verb == "metadata":
+        if loaded.state != "AVAILABLE":
+            raise ServingError(404, f"Servable not available: {loaded.error or loaded.state}")
+        return {"model_spec": {"name": route.model, "signature_name": "", "version": str(loaded.version)},
+                "metadata": signature_metadata(loaded)}  # fmt: skip
+    if route.version is not None or route.label is not None:
+        return {"model_version_status": [_status(loaded)]}
+    return {"model_version_status": [_status(v) for v in sorted(served.versions.values(), key=lambda v: -v.version)]}
+
+
+def _error_response(status: int, message: str) -> JSONResponse:
+    headers = {"Connection": "close"} if status in CLOSE_AFTER else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuses a body over `max_bytes` with 413 without reading it whole: on its Content-Length before
+    any of it is read, and for a chunked body as soon as what has arrived passes the cap."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self, size: str) -> ServingError:
+        return ServingError(413, f"Request body of {size} is over the limit of {self.max_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None:
+            if not declared.isdigit():
+                await _error_response(400, "Malformed request: Content-Length is not a number")(scope, receive, send)
+                return
+            if len(declared) > 19 or int(declared) > self.max_bytes:
+                error = self._too_large(f"{declared.decode()} bytes")
+                await _error_response(error.status, error.message)(scope, receive, send)
+                return
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large(f"more than {received} bytes")  # answered by the app's handler
+            return message
+
+        await self.app(scope, capped_receive, send)
+
+
+class PredictionGate:
+    """Bounds predictions: `max_in_flight` computed at once, `max_queued` more waiting for a slot.
+
+    One more is refused at once with 503, as TF Serving answers UNAVAILABLE when its batching queue is
+    full; waiting without bound would only move the overload into memory and the clients' timeouts.
+    Only the event loop thread touches `admitted`, so it needs no lock.
+    """
+
+    def __init__(self, max_in_flight: int, max_queued: int) -> None:
+        self.max_in_flight, self.max_queued = max_in_flight, max_queued
+        self.admitted = 0
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        if self.admitted >= self.max_in_flight + self.max_queued:
+            raise ServingError(503, f"Too many predict requests: {self.max_in_flight} running and {self.max_queued} "
+                                    "queued; retry with backoff")  # fmt: skip
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            yield
+
+
+def _raw_path(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else quote(scope["path"])
+
+
+def create_app(config_file: Path, limits: ServingLimits | None = None) -> FastAPI:
+    limits = limits or ServingLimits()
     manager = ModelManager(config_file)
+    gate = PredictionGate(limits.max_in_flight, limits.max_queued)
     app = FastAPI(title="nightshift local TF Serving", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.manager = manager
+    app.state.manager, app.state.gate, app.state.limits = manager, gate, limits
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, err: ServingError) -> JSONResponse:
-        return JSONResponse({"error": err.message}, status_code=err.status)
+        return _error_response(err.status, err.message)
 
-    def _route(rest: str) -> re.Match[str]:
-        match = ROUTE.match(rest)
-        if match is None:
-            raise ServingError(404, f"Malformed request: /v1/models/{rest}")
-        return match
+    async def predict_request(route: Route, request: Request) -> Response:
+        async with gate.admit():
+            try:
+                async with asyncio.timeout(limits.body_timeout_s):
+                    raw = await request.body()
+            except TimeoutError:
+                raise ServingError(408, f"Request body not received within {limits.body_timeout_s:g} s") from None
+            # Outside a slot: a request that finds a new config loads it without holding up predictions.
+            await run_in_threadpool(manager.refresh)
+            async with gate.slot():
+                return await run_in_threadpool(_predict_route, manager, route, raw)
 
-    @app.get("/v1/models/{rest:path}")
-    def get_model(rest: str) -> dict[str, Any]:
-        match = _route(rest)
-        served, loaded = manager.resolve(match["model"], match["version"], match["label"])
-        if match["suffix"] == "/metadata":
-            if loaded.state != "AVAILABLE":
-                raise ServingError(404, f"Servable not available: {loaded.error or loaded.state}")
-            return {"model_spec": {"name": match["model"], "signature_name": "", "version": str(loaded.version)},
-                    "metadata": signature_metadata(loaded)}  # fmt: skip
-        if match["suffix"]:
-            raise ServingError(405, f"Malformed request: GET /v1/models/{rest}")
-        if match["version"] or match["label"]:
-            return {"model_version_status": [_status(loaded)]}
-        return {
-            "model_version_status": [_status(v) for v in sorted(served.versions.values(), key=lambda v: -v.version)]
-        }
-
-    @app.post("/v1/models/{rest:path}")
-    async def post_model(rest: str, request: Request) -> Response:
-        match = _route(rest)
-        if match["suffix"] != ":predict":
-            raise ServingError(400 if match["suffix"] else 404, f"Malformed request: POST /v1/models/{rest}")
-        return await run_in_threadpool(_predict_route, manager, match, await request.body())
+    @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def rest_api(request: Request) -> Response:
+        path = _raw_path(request.scope)
+        if not V1_PATH.fullmatch(path):
+            raise ServingError(404, f"Not found: {request.method} {path}")
+        route = parse_route(request.method, path)
+        if request.method == "GET":
+            return JSONResponse(await run_in_threadpool(_status_route, manager, route))
+        if route.verb != "predict":
+            raise ServingError(400, f"Malformed request: {request.method} {path} (only :predict is implemented)")
+        return await predict_request(route, request)
 
     return app
 
@@ -380,15 +530,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
+def build_parser(defaults: ServingLimits) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_config_file", required=True, type=Path)
     parser.add_argument("--rest_api_port", type=int, default=8501, help="0: any free port")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback unless told otherwise")
     parser.add_argument("--port_file", type=Path, help="write the port bound here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes)
+    parser.add_argument("--max_in_flight", type=int, default=defaults.max_in_flight)
+    parser.add_argument("--max_queued", type=int, default=defaults.max_queued)
+    parser.add_argument("--body_timeout_s", type=float, default=defaults.body_timeout_s)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    try:
+        args = build_parser(ServingLimits.from_env()).parse_args(argv)
+        limits = ServingLimits(args.max_body_bytes, args.max_in_flight, args.max_queued, args.body_timeout_s)
+    except ConfigError as err:
+        raise SystemExit(f"local_server: {err}") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = bind(args.host, args.rest_api_port)
     port = sock.getsockname()[1]
     if args.port_file:
@@ -396,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
         staging.write_text(str(port))
         staging.replace(args.port_file)
     print(f"local TF Serving REST API listening on {args.host}:{port}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(args.model_config_file), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(args.model_config_file, limits), log_level="warning"))
     server.run(sockets=[sock])
 
 

@@ -1,4 +1,5 @@
-"""The local server's ModelManager keeps answering from the versions it has while it loads new ones.
+"""The local server's ModelManager keeps answering from the versions it has while it loads new ones,
+and from its last good config when a new one does not parse; its routes, limits and bind address.
 
 The loader is a stand-in that blocks until the test lets it finish, so "while the load is in
 progress" is a fact, not a timing guess.
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from include.serving.config import ModelEntry, write_models_config
-from include.serving.local_server import LoadedVersion, ModelManager, ServingError
+from include.core.config import ConfigError
+from include.serving.config import ModelEntry, ServingLimits, write_models_config
+from include.serving.local_server import LoadedVersion, ModelManager, Route, ServingError, build_parser, parse_route
 
 MODEL = "flight_delay"
 
@@ -124,3 +126,71 @@ def test_a_label_moved_in_the_same_change_as_the_load_is_refused_until_the_next(
     assert manager.resolve(MODEL, "2", None)[1].state == "AVAILABLE"
     _write(manager.config_file, [ModelEntry(MODEL, str(base), [1, 2], {"stable": 2})])  # the second step
     assert manager.resolve(MODEL, None, "stable")[1].version == 2
+
+
+def test_an_unparseable_config_keeps_the_state_in_force_and_is_logged_once(served, caplog) -> None:
+    """TF Serving keeps its last good config when a new one does not parse; so does the local server."""
+    manager, loader, base = served
+    loader.release.set()
+    manager.config_file.write_text("model_config_list { config { name: ")
+    with caplog.at_level("ERROR", logger="nightshift.serving"):
+        for _ in range(3):
+            assert manager.resolve(MODEL, None, "stable")[1].version == 1
+    assert len(caplog.records) == 1
+    assert "still serving the last good config" in caplog.text
+    assert str(manager.config_file) in caplog.text
+    _version(base, 2)
+    _write(manager.config_file, [ModelEntry(MODEL, str(base), [1, 2], {"stable": 1})])  # fixed
+    assert manager.resolve(MODEL, "2", None)[1].state == "AVAILABLE"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route"),
+    [
+        ("GET", "/v1/models/m", Route("m", None, None, "status")),
+        ("GET", "/v1/models/m/versions/12/metadata", Route("m", 12, None, "metadata")),
+        ("GET", "/v1/models/m/labels/can%20ary", Route("m", None, "can ary", "status")),
+        ("POST", "/v1/models/m/labels/stable:predict", Route("m", None, "stable", "predict")),
+        ("POST", "/V1/MODELS/m/VERSIONS/3:PREDICT", Route("m", 3, None, "predict")),  # TF Serving's (?i)
+        ("GET", "/v1/models/m/versions/" + "0" * 5000 + "7", Route("m", 7, None, "status")),
+    ],
+)
+def test_paths_route_as_tf_serving_routes_them(method: str, path: str, route: Route) -> None:
+    assert parse_route(method, path) == route
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/models/m/versions/%C2%B2"),
+        ("GET", "/v1/models/m/versions/\u00b2"),
+        ("GET", "/v1/models/m/versions/\u0663"),
+        ("GET", "/v1/models/m/versions/-1"),
+        ("GET", "/v1/models/m/versions/9223372036854775808"),
+        ("GET", "/v1/models/m/versions/" + "1" * 5000),  # past int()'s own digit limit
+        ("GET", "/v1/models/m:predict"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/models/m"),
+        ("POST", "/v1/models/m/metadata"),
+        ("DELETE", "/v1/models/m"),
+    ],
+)
+def test_malformed_paths_are_400s(method: str, path: str) -> None:
+    with pytest.raises(ServingError) as caught:
+        parse_route(method, path)
+    assert caught.value.status == 400
+
+
+def test_serving_limits_come_from_the_environment_and_are_checked() -> None:
+    assert ServingLimits.from_env({}).max_body_bytes == 10 * 1024 * 1024
+    limits = ServingLimits.from_env({"NIGHTSHIFT_SERVING_MAX_IN_FLIGHT": "2", "NIGHTSHIFT_SERVING_MAX_QUEUED": "0"})
+    assert (limits.max_in_flight, limits.max_queued) == (2, 0)
+    with pytest.raises(ConfigError, match="NIGHTSHIFT_SERVING_MAX_BODY_BYTES"):
+        ServingLimits.from_env({"NIGHTSHIFT_SERVING_MAX_BODY_BYTES": "ten"})
+    with pytest.raises(ConfigError, match="NIGHTSHIFT_SERVING_MAX_IN_FLIGHT=0"):
+        ServingLimits.from_env({"NIGHTSHIFT_SERVING_MAX_IN_FLIGHT": "0"})
+
+
+def test_the_server_binds_loopback_unless_told_otherwise() -> None:
+    args = build_parser(ServingLimits()).parse_args(["--model_config_file", "models.config"])
+    assert args.host == "127.0.0.1"
