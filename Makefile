@@ -49,7 +49,7 @@ test-fast: $(VENV)/.installed-test
 lint-imports: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports
 
-## The full Airflow on the same Postgres, UI on http://localhost:8080.
+## The full Airflow on the same Postgres, UI on http://127.0.0.1:8080.
 airflow: install
 	bin/nightshift airflow
 

@@ -22,6 +22,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
+from include.core.access import access_control
 from include.core.assets import FEATURES, INGEST_DAG
 from include.core.dag_defaults import date_range_params, default_args
 from include.core.deadlines import ingest_deadlines
@@ -39,6 +40,7 @@ def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
 
 @dag(
     dag_id=INGEST_DAG,
+    access_control=access_control(INGEST_DAG),
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="America/New_York"),

@@ -21,6 +21,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import dag, task
 
+from include.core.access import access_control
 from include.core.assets import FEATURES, MONITOR_DAG, RETRAIN_REQUESTED
 from include.core.dag_defaults import date_range_params, default_args
 from include.core.deadlines import nightly_deadlines
@@ -36,6 +37,7 @@ def _context(context: dict[str, Any]):
 
 @dag(
     dag_id=MONITOR_DAG,
+    access_control=access_control(MONITOR_DAG),
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=[FEATURES],

@@ -21,6 +21,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from include.core.access import access_control
 from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
 from include.core.dag_defaults import default_args
 from include.core.deadlines import nightly_deadlines
@@ -116,6 +117,7 @@ def _settings_and_params(context: dict[str, Any]):
 
 @dag(
     dag_id=TRAIN_DAG,
+    access_control=access_control(TRAIN_DAG),
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=AssetOrTimeSchedule(

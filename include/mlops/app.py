@@ -1,8 +1,8 @@
 """The ML Ops view's FastAPI app: runs, model versions, deployments, validations, drift and alerts.
 
 Mounted by Airflow's API server at `/mlops` (see `plugins/nightshift_mlops.py`), behind Airflow's own
-auth: no token gives 401; any role that may view plugins can read; promote and rollback need the
-right to manage the `serving_deploy` pool (op and admin), and they only ever trigger
+auth: no token gives 401; any role that may view plugins can read; promote and rollback need what
+Airflow asks of whoever triggers `nightshift_deploy` (include/core/access.py), and they only ever trigger
 `nightshift_deploy` through Airflow's REST API (at `[api] base_url`, never at the request's Host)
 with the caller's own token — the view writes no state itself. The pages come from `include.mlops.views`.
 """
@@ -14,17 +14,17 @@ import mimetypes
 from typing import Annotated
 from urllib.parse import quote, urlencode, urlsplit
 
-from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, PoolDetails
+from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, DagAccessEntity, DagDetails
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_view
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from include.core.assets import DEPLOY_DAG
 from include.core.config import load_settings
 from include.mlops import views
 from include.mlops.views import PREFIX
 from include.serving.state import read_state, rollback_target
 
-DEPLOY_DAG = "nightshift_deploy"
 ACTIONS = ("promote", "rollback")
 
 app = FastAPI(title="nightshift ML Ops", dependencies=[Depends(requires_access_view(AccessView.PLUGINS))],
@@ -40,10 +40,12 @@ def _url() -> str:
 
 
 def can_operate(user) -> bool:
-    """op and admin may promote and roll back: SimpleAuthManager lets them edit pools, user and viewer not."""
+    """Whoever Airflow's auth manager lets trigger `nightshift_deploy` may promote and roll back from here:
+    the same question Airflow asks at `POST /api/v2/dags/nightshift_deploy/dagRuns` (include/core/access.py)."""
     from airflow.api_fastapi.app import get_auth_manager
 
-    return get_auth_manager().is_authorized_pool(method="PUT", details=PoolDetails(name="serving_deploy"), user=user)
+    return get_auth_manager().is_authorized_dag(method="POST", access_entity=DagAccessEntity.RUN,
+                                                details=DagDetails(id=DEPLOY_DAG), user=user)  # fmt: skip
 
 
 def api_base_url() -> str:
@@ -64,7 +66,7 @@ def _host_port(url: str) -> tuple[str, int | None]:
 
 def requires_serving_operator(request: Request, user: GetUserDep) -> None:
     if not can_operate(user):
-        raise HTTPException(403, "promote and rollback need the op or admin role")
+        raise HTTPException(403, f"promote and rollback need permission to trigger {DEPLOY_DAG}")
     origin = request.headers.get("origin") or request.headers.get("referer") or ""
     if not origin:
         # A browser sends Origin with every POST; without it (or Referer) the request's source is unknown.

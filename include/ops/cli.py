@@ -6,19 +6,18 @@ Commands: db start|stop|url · prepare · demo · airflow · serve
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from include.core.access import USERS
 from include.core.config import ConfigError, Settings, load_settings
 from include.ops.postgres import embedded_data_dir, resolve_database_url, stop_embedded
-from include.ops.runtime import UI_USERS, airflow_home, runtime_env
+from include.ops.runtime import airflow_home, runtime_env
 
 log = logging.getLogger("nightshift")
 
@@ -43,6 +42,9 @@ def prepare(settings: Settings) -> dict[str, str]:
     upgrade(url)
     step("migrating Airflow's metadata database")
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    step("users and roles (FAB auth manager; include/core/access.py)")
+    subprocess.run([sys.executable, "-m", "include.ops.auth", str(ensure_passwords(settings))], env=env, check=True,
+                   timeout=300)  # fmt: skip
     step("importing airflow_settings.yaml (connections, variables, pools)")
     counts = import_settings(settings.home / "airflow_settings.yaml", env)
     print(f"    {counts}")
@@ -58,16 +60,10 @@ def prepare(settings: Settings) -> dict[str, str]:
 
 
 def ensure_passwords(settings: Settings) -> Path:
-    """A passwords file for the UI users, generated once, readable by its owner only."""
-    path = airflow_home(settings) / "passwords.json"
-    users = [u.split(":")[0] for u in UI_USERS.split(",")]
-    known = json.loads(path.read_text()) if path.exists() else {}
-    if set(users) - set(known):
-        known |= {u: secrets.token_urlsafe(12) for u in users if u not in known}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(known, indent=2))
-    path.chmod(0o600)
-    return path
+    """The UI users' passwords file (generated once, mode 0600 from its first byte)."""
+    from include.ops.auth import ensure_passwords as ensure
+
+    return ensure(airflow_home(settings) / "passwords.json")
 
 
 def run_airflow(settings: Settings) -> int:
@@ -76,7 +72,7 @@ def run_airflow(settings: Settings) -> int:
 
     env = prepare(settings)
     passwords = ensure_passwords(settings)
-    users = "admin, analyst (user), oncall (op), viewer"
+    users = ", ".join(f"{user} ({'/'.join(roles)})" for user, roles in USERS.items())
     step(f"UI on {env['AIRFLOW__API__BASE_URL']} — users {users}; passwords in {passwords}")
     stopping = False
 

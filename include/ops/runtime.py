@@ -14,7 +14,7 @@ from include.core.config import Settings
 from include.core.feast import feast_variables
 from include.db import sqlalchemy_url
 
-UI_USERS = "admin:admin,analyst:user,oncall:op,viewer:viewer"
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -26,6 +26,7 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
     env = dict(os.environ if base is None else base)
     home = airflow_home(settings)
     venv_bin = str(Path(sys.executable).parent)
+    port = env.get("AIRFLOW__API__PORT", "8080")
     env.update(
         {
             "NIGHTSHIFT_HOME": str(settings.home),
@@ -41,11 +42,13 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(settings.home / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.home / "plugins"),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": UI_USERS,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-            "AIRFLOW__API__PORT": env.get("AIRFLOW__API__PORT", "8080"),
-            "AIRFLOW__API__BASE_URL": env.get("AIRFLOW__API__BASE_URL", "http://localhost:8080"),
+            # Users, roles and per-DAG permissions in Postgres (include/core/access.py), not SimpleAuthManager's.
+            "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+            "AIRFLOW__FAB__CONFIG_FILE": str(home / "webserver_config.py"),
+            # Loopback unless configured otherwise: plain HTTP must not face the network.
+            "AIRFLOW__API__HOST": env.get("AIRFLOW__API__HOST", "127.0.0.1"),
+            "AIRFLOW__API__PORT": port,
+            "AIRFLOW__API__BASE_URL": env.get("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}"),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",

@@ -15,15 +15,8 @@ Screenshots and the components' logs are saved under `test-artifacts/`.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import re
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
@@ -31,48 +24,14 @@ import pytest
 import sqlalchemy as sa
 
 from include import db
-from include.ops.cli import AIRFLOW_COMPONENTS, ensure_passwords
+from tests.airflow_stack import ARTIFACTS, Airflow, chromium, login, running_airflow
 from tests.factories import recorded_run as get_run
-from tests.factories import register_copy, unused_port
+from tests.factories import register_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SHOTS = ARTIFACTS / "screenshots"
-CHROMIUM = os.environ.get("NIGHTSHIFT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 REST_DAY = "2013-09-02"
 FORM_DAYS = ("2013-09-03", "2013-09-04")
-RUN_TIMEOUT_S = 300
-
-
-@dataclass
-class Airflow:
-    """The running Airflow: its URL, the UI users' passwords, and the REST calls a script makes."""
-
-    url: str
-    passwords: dict[str, str]
-
-    def token(self, user: str) -> str:
-        response = httpx.post(f"{self.url}/auth/token", json={"username": user, "password": self.passwords[user]})
-        assert response.status_code == 201, response.text
-        return response.json()["access_token"]
-
-    def api(self, method: str, path: str, user: str = "admin", headers: dict | None = None, **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token(user)}", **(headers or {})}
-        return httpx.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(2)
-        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {timeout_s:.0f} s")
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after"}).json()["dag_runs"]
 
 
 @pytest.fixture(scope="module")
@@ -107,91 +66,25 @@ def monitored(dagbag, serving, stable_model, trained, db_url) -> None:
 
 
 @pytest.fixture(scope="module")
-def airflow(rollback_ready, monitored, settings, tmp_path_factory) -> Iterator[Airflow]:
+def airflow(rollback_ready, monitored, settings) -> Iterator[Airflow]:
     """api-server, scheduler, dag-processor and triggerer, as `bin/nightshift airflow` starts them."""
-    logs = ARTIFACTS / "airflow-logs"
-    for attempt in range(1, 4):
-        # The api-server must know its port before it starts (the other components call it at
-        # AIRFLOW__API__BASE_URL), so it cannot bind port 0: if another process takes the port in
-        # between, it exits and the stack starts again on another one.
-        port = unused_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": url,
-               "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__API__WORKERS": "1"}  # fmt: skip
-        shutil.rmtree(logs, ignore_errors=True)
-        logs.mkdir(parents=True)
-        procs = [
-            subprocess.Popen(["airflow", c], env=env, stdout=(logs / f"{c}.log").open("w"), stderr=subprocess.STDOUT)
-            for c in AIRFLOW_COMPONENTS
-        ]
-        stack = Airflow(url, json.loads(ensure_passwords(settings).read_text()))
-        try:
-            _wait_until_ready(stack, procs)
-            break
-        except AssertionError:
-            api_server = procs[AIRFLOW_COMPONENTS.index("api-server")]
-            taken = api_server.poll() is not None and "address already in use" in (
-                logs / "api-server.log").read_text().lower()  # fmt: skip
-            _stop(procs)
-            if not taken or attempt == 3:
-                raise
-    try:
+    with running_airflow(settings, "airflow") as stack:
         # The deployment as on-call runs it: deploy is live; train and monitor stay paused here
         # (their Asset triggers would start runs these tests do not ask for).
         for dag_id, paused in (("nightshift_deploy", False), ("nightshift_train", True), ("nightshift_monitor", True)):
             assert stack.api("PATCH", f"/dags/{dag_id}", json={"is_paused": paused}).status_code == 200
         yield stack
-    finally:
-        _stop(procs)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def _wait_until_ready(stack: Airflow, procs: list[subprocess.Popen], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        dead = [c for c, p in zip(AIRFLOW_COMPONENTS, procs, strict=True) if p.poll() is not None]
-        assert not dead, f"{dead} exited; see {ARTIFACTS / 'airflow-logs'}"
-        try:
-            health = httpx.get(f"{stack.url}/api/v2/monitor/health", timeout=5).json()
-            parsed = stack.api("GET", "/dags", params={"dag_id_pattern": "nightshift_"}).json()
-            if health["scheduler"]["status"] == "healthy" and parsed["total_entries"] == 4:
-                return
-        except (httpx.HTTPError, KeyError, AssertionError):
-            pass
-        time.sleep(2)
-    raise AssertionError(f"Airflow not ready after {timeout_s:.0f} s; see {ARTIFACTS / 'airflow-logs'}")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), f"no chromium at {CHROMIUM}: `apt-get install chromium` (make install-test does)"
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 def _login(browser, airflow: Airflow, user: str):
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.set_default_timeout(30_000)
-    page.goto(f"{airflow.url}/")
-    page.get_by_label("Username").fill(user)
-    page.get_by_label("Password").fill(airflow.passwords[user])
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{airflow.url}/")
-    return page
+    return login(browser, airflow, user)
 
 
 def _run_id(url: str) -> str:
