@@ -124,3 +124,17 @@ def test_the_trigger_form_works_for_a_role_with_the_right(airflow: Airflow) -> N
     created = _runs(airflow, dag_id) - before
     assert len(created) == 1
     assert airflow.api("DELETE", f"/dags/{dag_id}/dagRuns/{created.pop()}").status_code == 204
+
+
+def _listening_on(port: int) -> set[str]:
+    import psutil
+
+    return {c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.laddr.port == port}
+
+
+def test_airflow_and_serving_listen_on_loopback_only(airflow: Airflow, serving) -> None:
+    from urllib.parse import urlsplit
+
+    for url in (airflow.url, serving.serving_url):
+        port = urlsplit(url).port
+        assert _listening_on(port) == {"127.0.0.1"}, f"{url} listens on {_listening_on(port)}"
