@@ -3,7 +3,7 @@
 Run after `make demo` (so there are versions, deployments, drift and alerts to show) with
 `make airflow` up in another terminal:
 
-    .venv/bin/python docs/screenshots.py [--url http://localhost:8080]
+    .venv/bin/python docs/screenshots.py [--url http://127.0.0.1:8080]
 
 It only reads: it opens the trigger forms without submitting them and the ML Ops pages.
 """
@@ -24,7 +24,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://localhost:8080")
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--passwords", default=str(ROOT / ".local" / "airflow" / "passwords.json"))
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--out", default=str(HERE / "screenshots"))
