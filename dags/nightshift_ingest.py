@@ -24,10 +24,11 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from include.core.access import access_control
 from include.core.assets import FEATURES, INGEST_DAG
+from include.core.config import task_timeout
 from include.core.dag_defaults import date_range_params, default_args
 from include.core.deadlines import ingest_deadlines
 
-DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10))
+DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10), dag_id=INGEST_DAG)
 
 
 def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
@@ -74,7 +75,7 @@ def nightshift_ingest() -> None:
 
         return steps.validate(*_run_window(context))
 
-    @task(outlets=[FEATURES], pool="feast_materialize")
+    @task(outlets=[FEATURES], pool="feast_materialize", execution_timeout=task_timeout(INGEST_DAG, "materialize"))
     def materialize(validated: dict[str, Any], **context: Any) -> dict[str, Any]:
         from include.ingest import steps
 

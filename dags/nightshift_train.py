@@ -23,11 +23,12 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, t
 
 from include.core.access import access_control
 from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
+from include.core.config import task_timeout
 from include.core.dag_defaults import default_args
 from include.core.deadlines import nightly_deadlines
 from include.train.backends import training_step, tune_shards
 
-DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15))
+DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15), dag_id=TRAIN_DAG)
 DATASET_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['uri'] }}"
 MODELS_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['models_uri'] }}"
 TRAIN_PARAMS = {
@@ -156,12 +157,13 @@ def nightshift_train() -> None:
         "tune",
         ["tune", *common, "--tuner", "{{ params.tuner }}", "--max-trials", "{{ params.max_trials }}",
          "--epochs", "{{ params.epochs }}", "--ensemble-size", "{{ params.ensemble_size }}"],
-        shards=tune_shards(), pool="gpu_training",
+        shards=tune_shards(), pool="gpu_training", execution_timeout=task_timeout(TRAIN_DAG, "tune"),
     )  # fmt: skip
     evaluate = training_step(
         "evaluate",
         ["evaluate", *common, "--champion", "{{ ti.xcom_pull(task_ids='find_champion') }}"],
         pool="gpu_training",
+        execution_timeout=task_timeout(TRAIN_DAG, "evaluate"),
     )
 
     @task

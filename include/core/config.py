@@ -151,6 +151,48 @@ def ingest_deadline_hours(env: Mapping[str, str] | None = None) -> float:
         raise ConfigError(f"NIGHTSHIFT_INGEST_DEADLINE_HOURS={raw!r} is not a number of hours") from err
 
 
+# Timeouts: how long a task may run before Airflow fails it (its `execution_timeout`, then retries
+# with backoff), in minutes. Every task gets its DAG's default; the long steps get their own. The most
+# specific setting wins: NIGHTSHIFT_TIMEOUT_<DAG>_<TASK>_MIN, the step's built-in below,
+# NIGHTSHIFT_TIMEOUT_<DAG>_MIN, NIGHTSHIFT_TIMEOUT_MIN, TASK_TIMEOUT_MIN. <DAG> is the DAG id without
+# `nightshift_`, upper case: NIGHTSHIFT_TIMEOUT_TRAIN_TUNE_MIN=480.
+TASK_TIMEOUT_MIN = 60.0  # a 400-day manual range of ingest or monitor takes well under this
+LONG_TASK_TIMEOUT_MIN = {
+    ("nightshift_ingest", "materialize"): 120.0,  # a long range into the Postgres online store
+    ("nightshift_train", "tune"): 360.0,  # the form's largest tuning budgets
+    ("nightshift_train", "evaluate"): 90.0,  # ensemble, baseline and champion on the test days
+}
+MAX_TIMEOUT_MIN = 7 * 24 * 60.0
+
+
+def task_timeout(
+    dag_id: str | None = None, task_id: str | None = None, env: Mapping[str, str] | None = None
+) -> dt.timedelta:
+    """The `execution_timeout` of `task_id` of `dag_id`; without a task, the DAG's default (cheap: parse time)."""
+    env = os.environ if env is None else env
+    dag = (dag_id or "").removeprefix("nightshift_").upper()
+    step_key = f"NIGHTSHIFT_TIMEOUT_{dag}_{(task_id or '').upper()}_MIN"
+    if dag and task_id and step_key in env:
+        return _timeout_minutes(env, step_key)
+    if (dag_id, task_id) in LONG_TASK_TIMEOUT_MIN:
+        return dt.timedelta(minutes=LONG_TASK_TIMEOUT_MIN[(str(dag_id), str(task_id))])
+    for key in [f"NIGHTSHIFT_TIMEOUT_{dag}_MIN"] * bool(dag) + ["NIGHTSHIFT_TIMEOUT_MIN"]:
+        if key in env:
+            return _timeout_minutes(env, key)
+    return dt.timedelta(minutes=TASK_TIMEOUT_MIN)
+
+
+def _timeout_minutes(env: Mapping[str, str], key: str) -> dt.timedelta:
+    raw = env[key]
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = 0.0
+    if not 0 < minutes <= MAX_TIMEOUT_MIN:
+        raise ConfigError(f"{key}={raw!r} is not a number of minutes between 0 and {MAX_TIMEOUT_MIN:g}")
+    return dt.timedelta(minutes=minutes)
+
+
 @dataclass(frozen=True)
 class DeployPolicy:
     """How `nightshift_deploy` judges a new version; each field is `NIGHTSHIFT_DEPLOY_<NAME>`."""
@@ -159,6 +201,7 @@ class DeployPolicy:
     infra_tolerance: float = 1e-4  # max |served - offline| prediction difference
     warmup_records: int = 8
     load_timeout_s: float = 120.0  # for a version to become AVAILABLE after models.config changes
+    sandbox_timeout_s: float = 180.0  # infra validation's sandbox server is killed after this, whatever it does
     canary_requests: int = 100  # single-row requests sent to each of canary and stable (at least 50)
     max_error_rate: float = 0.01
     max_latency_ratio: float = 3.0  # canary p50 and p90 <= ratio * stable's + latency_slack_ms
@@ -174,6 +217,20 @@ class DeployPolicy:
             if old in env:
                 raise ConfigError(f"{old} is now {new} (the canary judges p50 and p90, not p99); rename it")
         return cls(**env_overrides(cls(), "NIGHTSHIFT_DEPLOY_", env))
+
+
+@dataclass(frozen=True)
+class LandingLimits:
+    """What one file dropped under `landing/` may be; each field is `NIGHTSHIFT_LANDING_<NAME>`."""
+
+    max_file_mb: int = 2048  # a bigger file is refused before it is read (a day is ~0.1 MB)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LandingLimits:
+        limits = cls(**env_overrides(cls(), "NIGHTSHIFT_LANDING_", env))
+        if limits.max_file_mb < 1:
+            raise ConfigError(f"NIGHTSHIFT_LANDING_MAX_FILE_MB={limits.max_file_mb} must be at least 1")
+        return limits
 
 
 # Settings of an earlier release: refused with their new name rather than silently ignored.
@@ -222,3 +279,23 @@ class MonitorPolicy:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorPolicy:
         return cls(**env_overrides(cls(), "NIGHTSHIFT_MONITOR_", env))
+
+
+@dataclass(frozen=True)
+class AlertOutbox:
+    """How alerts wait for delivery (include.core.alerts); each field is `NIGHTSHIFT_ALERTS_<NAME>`."""
+
+    # Where alerts wait while Postgres is unreachable, replayed into it later; "" = {local_dir}/alerts/spool.jsonl.
+    spool: str = ""
+    lease_s: float = 120.0  # a deliverer's claim on an alert: longer than its slowest send, mail and webhook
+    give_up_hours: float = 24.0  # a channel still failing this long after the alert stops being retried
+
+    def spool_file(self, local_dir: Path) -> Path:
+        return Path(self.spool) if self.spool else local_dir / "alerts" / "spool.jsonl"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AlertOutbox:
+        outbox = cls(**env_overrides(cls(), "NIGHTSHIFT_ALERTS_", env))
+        if outbox.lease_s <= 0:
+            raise ConfigError(f"NIGHTSHIFT_ALERTS_LEASE_S={outbox.lease_s} must be more than 0 seconds")
+        return outbox

@@ -1,4 +1,4 @@
-"""What every nightshift DAG shares: retries with backoff, lineage, the failure alert, the date-range form."""
+"""What every nightshift DAG shares: retries with backoff, timeouts, lineage, the failure alert, the date-range form."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ from datetime import timedelta
 from typing import Any
 
 from include.core.alerts import on_task_failure
+from include.core.config import task_timeout
 from include.core.lineage import record_run
 
 
-def default_args(retry_delay: timedelta, max_retry_delay: timedelta) -> dict[str, Any]:
+def default_args(retry_delay: timedelta, max_retry_delay: timedelta, dag_id: str | None = None) -> dict[str, Any]:
     """Two retries with exponential backoff; after the last one, on-call gets an alert.
 
+    Every task has an `execution_timeout`: `dag_id`'s default from `include.core.config.task_timeout`
+    (without `dag_id`, the default of every DAG); a long step sets its own. A hung step is failed,
+    and retried, instead of holding its pool slot forever.
     Every task first records its run's Params and trigger (`include.core.lineage`), for lineage.
     """
     return {
@@ -20,6 +24,7 @@ def default_args(retry_delay: timedelta, max_retry_delay: timedelta) -> dict[str
         "retry_delay": retry_delay,
         "retry_exponential_backoff": True,
         "max_retry_delay": max_retry_delay,
+        "execution_timeout": task_timeout(dag_id),
         "on_execute_callback": record_run,
         "on_failure_callback": on_task_failure,
     }

@@ -1,7 +1,10 @@
 """Deadline Alerts (Airflow 3's replacement for SLAs) of nightshift's DAGs, and their callback.
 
 * The nightly chain (train, deploy, monitor) must finish by `NIGHTSHIFT_CHAIN_DEADLINE_UTC`
-  (default 06:00 UTC): a `DailyUtcDeadline` reference from `plugins/nightshift_deadlines.py`.
+  (default 06:00 UTC) after the New York night whose data the run processes, not after it was
+  queued: a `DailyUtcDeadline` reference from `plugins/nightshift_deadlines.py` (its docstring says
+  how a run's night is told). A run queued at 06:05 UTC for night D is due D+1 06:00 UTC, so its
+  alert fires at once.
 * Ingest must finish within `NIGHTSHIFT_INGEST_DEADLINE_HOURS` (default 2) of being queued.
 
 The callback is an `AsyncCallback`, so it runs in the triggerer whatever the executor; it sends
@@ -22,16 +25,17 @@ log = logging.getLogger("nightshift.deadlines")
 
 
 def nightly_deadlines(what: str) -> list:
-    """The chain's "done by 06:00 UTC" alert for a DAG of the nightly chain (cheap: parse time)."""
+    """The chain's "done by 06:00 UTC after the night" alert for a DAG of the nightly chain (cheap: parse time)."""
     if not deadlines_enabled():
         return []
     from airflow.sdk import AsyncCallback, DeadlineAlert
     from nightshift_deadlines import DailyUtcDeadline
 
     hour, minute = chain_cutoff()
+    due = f"{what} by {hour:02d}:{minute:02d} UTC after its night"
     return [DeadlineAlert(
         reference=DailyUtcDeadline(hour=hour, minute=minute), interval=timedelta(0),
-        callback=AsyncCallback(deadline_missed, kwargs={"what": f"{what} by {hour:02d}:{minute:02d} UTC"}),
+        callback=AsyncCallback(deadline_missed, kwargs={"what": due}),
         name="nightly_chain_by_cutoff",
     )]  # fmt: skip
 

@@ -82,6 +82,25 @@ def test_dag_is_tagged_retried_and_documented(dagbag, dag_id: str) -> None:
         assert task.retry_exponential_backoff, task.task_id
 
 
+@pytest.mark.parametrize("dag_id", DAG_IDS)
+def test_every_task_has_an_execution_timeout_from_the_config(dagbag, dag_id: str) -> None:
+    """A hung step fails (and retries) instead of holding its pool slot forever; deploy and monitor get theirs
+    through `default_args()`, the long steps their own (include/core/config.py)."""
+    from include.core.config import task_timeout
+
+    for task in dagbag.dags[dag_id].tasks:
+        assert task.execution_timeout, f"{dag_id}.{task.task_id} has no execution_timeout"
+        assert task.execution_timeout == task_timeout(dag_id, task.task_id), task.task_id
+
+
+def test_the_long_steps_get_longer_timeouts_than_their_dag(dagbag) -> None:
+    from include.core.config import task_timeout
+
+    for dag_id, task_id in [("nightshift_ingest", "materialize"), ("nightshift_train", "tune"),
+                            ("nightshift_train", "evaluate")]:  # fmt: skip
+        assert dagbag.dags[dag_id].get_task(task_id).execution_timeout > task_timeout(dag_id), task_id
+
+
 def test_ingest_form_takes_a_date_range(dagbag) -> None:
     params = dagbag.dags["nightshift_ingest"].params
     for name in ("start_date", "end_date"):
