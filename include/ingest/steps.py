@@ -15,7 +15,7 @@ from typing import Any
 from include.core import lake
 from include.core.assets import INGEST_DAG
 from include.core.calendar import end_of_day_utc, local_midnight_utc
-from include.core.config import Settings
+from include.core.config import LandingLimits, Settings
 from include.ingest import records
 from include.ingest.clean import clean_flights, clean_weather, daily_delay_stats, history_window
 from include.ingest.collect import collect_day
@@ -31,9 +31,10 @@ def _progress(step: str, index: int, days: list[dt.date], started: float) -> Non
 def collect(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime) -> dict[str, Any]:
     url = settings.require_database_url()
     root = lake.lake_root(settings)
+    limits = LandingLimits.from_env()
     started, rows = time.monotonic(), 0
     for index, day in enumerate(days, start=1):
-        got = collect_day(root, settings.source, day)
+        got = collect_day(root, settings.source, day, limits)  # a bad landing file: LandingFileError, no retry
         records.record_partition(url, "raw/flights", day, got.flights_uri, got.rows_raw, got.flights_sha256, run_id,
                                  now)  # fmt: skip
         records.record_partition(url, "raw/weather", day, got.weather_uri, got.weather_rows, got.weather_sha256,
