@@ -1,7 +1,9 @@
 """Deploy a blessed model to TensorFlow Serving: push → infra validation → canary → promote, or roll back.
 
-Runs when training blesses a candidate (the `model_candidate` Asset): the new version is pushed,
-validated on the server, tried as `canary` next to `stable`, and promoted when it is healthy.
+Runs when training blesses a candidate (the `model_candidate` Asset): the registry must allow the move
+(plan), the new version is pushed if its files are the ones the gate blessed, validated in a sandbox
+server of its own and then on the server, tried as `canary` next to `stable`, and promoted when it is
+healthy.
 On-call can run it from the form with a version and an action:
 
 * **canary**: push, validate and label the version `canary`, then stop; `stable` keeps serving.
@@ -21,6 +23,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from include.core.access import access_control
 from include.core.assets import DEPLOY_DAG, MODEL_CANDIDATE, MODEL_SERVING
 from include.core.dag_defaults import default_args
 from include.core.deadlines import nightly_deadlines
@@ -29,23 +32,19 @@ DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=20), max_retry_delay=t
 
 
 def _step(name: str, *args: Any) -> Any:
-    """Run `include.deploy.steps.<name>`; a refusal (DeployError) fails at once, an unreachable server retries."""
-    from airflow.sdk.exceptions import AirflowFailException
-
+    """Run `include.deploy.steps.<name>`; a refusal (DeployError, a PermanentError) fails at once."""
     from include.core.config import DeployPolicy, load_settings
     from include.deploy import steps
 
     settings = load_settings()
-    try:
-        if name == "plan":
-            return steps.plan(settings, *args)
-        return getattr(steps, name)(settings, DeployPolicy.from_env(), *args)
-    except steps.DeployError as err:
-        raise AirflowFailException(str(err)) from err
+    if name == "plan":
+        return steps.plan(settings, *args)
+    return getattr(steps, name)(settings, DeployPolicy.from_env(), *args)
 
 
 @dag(
     dag_id=DEPLOY_DAG,
+    access_control=access_control(DEPLOY_DAG),
     description=__doc__.partition(".")[0],
     doc_md=__doc__,
     schedule=[MODEL_CANDIDATE],

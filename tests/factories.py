@@ -13,11 +13,17 @@ COPIED = ("dag_id", "code_version", "dataset_uri", "dataset_sha256", "data_windo
 
 
 def register_copy(db_url: str, base: dict[str, Any], artifact_uri: str, tag: str) -> int:
-    """A blessed registry version with `base`'s lineage, metrics and monitoring reference, serving `artifact_uri`."""
+    """A blessed registry version with `base`'s lineage, metrics and monitoring reference, serving `artifact_uri`
+    (a local `file://` export), fingerprinted as the gate fingerprints what it blesses."""
+    from pathlib import Path
+
+    from include.train.gate import saved_model_sha256
     from include.train.registry import register_candidate, set_status
 
     at = dt.datetime.now(dt.UTC)
-    record = {k: base[k] for k in COPIED} | {"run_id": f"deploy-test-{tag}", "artifact_uri": artifact_uri}
+    digest = saved_model_sha256(Path(artifact_uri.removeprefix("file://")))
+    record = {k: base[k] for k in COPIED} | {"run_id": f"deploy-test-{tag}", "artifact_uri": artifact_uri,
+                                             "artifact_sha256": digest}  # fmt: skip
     version = register_candidate(db_url, record, at)
     set_status(db_url, version, "blessed", at, "registered by a test")
     return version

@@ -88,6 +88,8 @@ model_versions = sa.Table(
     sa.Column("run_id", sa.Text, nullable=False, unique=True),
     sa.Column("code_version", sa.Text, nullable=False),
     sa.Column("artifact_uri", sa.Text, nullable=False),
+    # What the gate blessed: include.train.gate.saved_model_sha256 of the export; push refuses other bytes.
+    sa.Column("artifact_sha256", sa.Text),
     sa.Column("report_uri", sa.Text),
     # The test days' inputs, labels and predictions the monitor compares each new day with.
     sa.Column("reference_uri", sa.Text),

@@ -1,5 +1,6 @@
 """A version's SavedModel before it serves: real rows to replay, the offline predictions and signature
-it must match on the server, and the warmup records TF Serving replays when it loads it."""
+it must match on the server, the warmup records TF Serving replays when it loads it, and the check that
+its files are the ones the gate blessed."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from include.contract.features import MODEL_FEATURES, SCHEDULE_CATEGORICAL
 from include.contract.inputs import rows_to_arrays, serving_rows
 from include.core import lake
 from include.core.config import Settings
-from include.deploy.errors import DeployError
+from include.deploy.errors import ArtifactMismatch, DeployError
 from include.serving.config import WARMUP_FILE
 
+# Serving's own additions to a version folder, left out of the blessed fingerprint.
+SERVING_ADDITIONS = (WARMUP_FILE,)
 EXPECTED_DTYPES = {f: "DT_STRING" if f in SCHEDULE_CATEGORICAL else "DT_FLOAT" for f in MODEL_FEATURES}
 
 
@@ -24,8 +27,12 @@ def sample_rows(settings: Settings, dataset_uri: str, n: int, seed: int = 0) -> 
     return serving_rows(picked)
 
 
-def offline_predictions(export_dir: Path, rows: list[dict[str, Any]]) -> list[float]:
-    """Load the SavedModel in-process, check its signature, predict `rows`; raise DeployError if broken."""
+def check_loads(export_dir: Path) -> Any:
+    """Load the SavedModel in-process and check its signature, without calling it; raise DeployError if broken.
+
+    Loading restores variables but runs no serving function, so a model that crashes or hangs when
+    called is caught by infra validation's sandbox, never here in the worker.
+    """
     import tensorflow as tf
 
     missing = [p for p in ("saved_model.pb", "variables/variables.index") if not (export_dir / p).exists()]
@@ -39,6 +46,14 @@ def offline_predictions(export_dir: Path, rows: list[dict[str, Any]]) -> list[fl
     got = {name: ("DT_STRING" if spec.dtype == tf.string else "DT_FLOAT") for name, spec in specs.items()}
     if got != EXPECTED_DTYPES:
         raise DeployError(f"serving signature differs from the feature list: {signature_diff(got)}")
+    return signature
+
+
+def offline_predictions(export_dir: Path, rows: list[dict[str, Any]]) -> list[float]:
+    """Predict `rows` with the SavedModel in-process. Only for a version the sandbox has already run on them."""
+    import tensorflow as tf
+
+    signature = check_loads(export_dir)
     outputs = signature(**{k: tf.constant(v) for k, v in rows_to_arrays(rows).items()})
     return [float(p) for p in next(iter(outputs.values())).numpy().reshape(-1)]
 
@@ -69,3 +84,21 @@ def write_warmup(export_dir: Path, model: str, rows: list[dict[str, Any]], recor
             log_entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log_entry.SerializeToString())
     return len(sizes)
+
+
+def require_blessed_bytes(export_dir: Any, version: int, recorded: str | None, served: bool = False) -> str:
+    """The export's fingerprint, if it is the one the gate recorded; else ArtifactMismatch (nothing is served).
+
+    `served`: a version folder in serving, where push added its warmup records (left out of the hash).
+    """
+    from include.train.gate import saved_model_sha256
+
+    if not recorded:
+        raise ArtifactMismatch(f"model version {version} has no recorded SavedModel hash (registered before the "
+                               "gate fingerprinted models); retrain it: unhashed files are not served")  # fmt: skip
+    found = saved_model_sha256(export_dir, exclude=SERVING_ADDITIONS if served else ())
+    if found != recorded:
+        raise ArtifactMismatch(f"model version {version}'s files at {export_dir} are not the ones the gate blessed "
+                               f"(sha256 {found[:12]}… ≠ recorded {recorded[:12]}…); refusing to serve them: restore "
+                               "the artifact or retrain")  # fmt: skip
+    return found

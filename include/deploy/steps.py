@@ -8,12 +8,18 @@ drive the real TF Serving and the local one.
 
 Order of a deploy, after TFX's InfraValidator and a plain canary:
 
-1. **push**: stage the blessed SavedModel next to the version folders, check it loads and has the
-   expected signature, add warmup records built from real recent rows, then rename it to
-   `<model>/<version>/` (atomic; an existing version folder is never overwritten).
-2. **infra validation**: load the version (no label moves), wait for AVAILABLE, compare its
-   metadata with the expected signature and its predictions on real rows with the offline ones.
-   A failure unloads it, leaves the labels untouched and rejects the version with the reason.
+0. **plan**: the registry decides. The version's status must allow the move (`registry.TRANSITIONS`):
+   canary/promote need a status that may become `canary`, a rollback one that may become
+   `production`. A refusal is permanent and comes before anything touches serving.
+1. **push**: stage the blessed SavedModel next to the version folders, check its files are the
+   bytes the gate fingerprinted, that it loads and has the expected signature (without calling
+   it), add warmup records built from real recent rows, then rename it to `<model>/<version>/`
+   (atomic; an existing version folder is never overwritten, and is checked against the hash).
+2. **infra validation**: first in a sandbox, a local server of its own holding only this version
+   (`include.deploy.sandbox`): AVAILABLE, signature, answers on real rows, the same predictions as
+   offline. A candidate that crashes or hangs it is rejected there. Only then production's server
+   loads it (no label moves) and the same checks run there. A failure unloads it, leaves the labels
+   untouched and rejects the version with the reason.
 3. **canary**: `canary` → the version; the same requests go to canary and stable, interleaved, and
    latency (p50, p90), error rate and the mean prediction shift are compared with the policy.
 4. **promote**: `stable` → the version; the old one stays loaded for the grace period.
@@ -44,14 +50,24 @@ from include.core.assets import DEPLOY_DAG
 from include.core.config import DeployPolicy, Settings
 from include.db import engine
 from include.deploy.canary import MIN_CANARY_REQUESTS, compare
-from include.deploy.errors import DeployConflict, DeployError
-from include.deploy.savedmodel import EXPECTED_DTYPES, offline_predictions, sample_rows, signature_diff, write_warmup
+from include.deploy.errors import DeployConflict, DeployError, SandboxRejected, StatusRefused
+from include.deploy.savedmodel import (
+    EXPECTED_DTYPES,
+    check_loads,
+    offline_predictions,
+    require_blessed_bytes,
+    sample_rows,
+    signature_diff,
+    write_warmup,
+)
 from include.serving.client import ServingClient, ServingError, client_for
 from include.serving.state import ServingState, read_state, rollback_target, write_state
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("canary", "promote", "rollback")
+# The status each action first moves its version to, checked against registry.TRANSITIONS by plan.
+ENTRY_STATUS = {"canary": "canary", "promote": "canary", "rollback": "production"}
 
 
 @contextlib.contextmanager
@@ -135,7 +151,11 @@ def _set_status(settings: Settings, version: int, status: str, note: str | None 
 def _fail(settings: Settings, run_id: str, version: int, action: str, reason: str, state: ServingState,
           reject: str | None = None, detail: dict[str, Any] | None = None) -> DeployError:  # fmt: skip
     """Record a failed step (and the version's new status), return the error to raise."""
+    from include.train.registry import get_version, may_become
+
     _record(settings, run_id, version, action, False, reason, state, detail=detail)
+    if reject and not may_become(get_version(settings.require_database_url(), version)["status"], reject):
+        reject = None  # e.g. a labelled canary re-validated: its status stays, the failure is recorded
     if reject:
         _set_status(settings, version, reject, f"{action} failed: {reason}")
     log.error("%s of version %d failed: %s", action, version, reason)
@@ -164,9 +184,30 @@ def _alert(settings: Settings, run_id: str, action: str, version: int, alert: Al
 # -- the steps -----------------------------------------------------------------------------------
 
 
+def require_status(settings: Settings, version: int, action: str, becomes: str | None = None) -> dict[str, Any]:
+    """The version's registry row, if its status may become `becomes` (default: the action's entry status)
+    under registry.TRANSITIONS; else StatusRefused, naming what the status does allow."""
+    from include.train.registry import get_version, may_become
+
+    try:
+        row = get_version(settings.require_database_url(), int(version))
+    except sa.exc.NoResultFound:
+        raise StatusRefused(f"model version {version} is not in the registry") from None
+    status, becomes = row["status"], becomes or ENTRY_STATUS[action]
+    if not may_become(status, becomes):
+        allowed = sorted(a for a, first in ENTRY_STATUS.items() if may_become(status, first))
+        raise StatusRefused(
+            f"{action} of {settings.model_name} version {version} refused: model version {version} is {status} "
+            f"({row['gate_note'] or 'no note'}), and a {status} version cannot become {becomes}; deploy actions "
+            f"it allows: {', '.join(allowed) or 'none'} (include/train/registry.py TRANSITIONS)"
+        )
+    return row
+
+
 def plan(settings: Settings, params: dict[str, Any], event_versions: list[int]) -> dict[str, Any]:
-    """Which version and action this run is about: the form's, else the triggering candidate's."""
-    from include.train.registry import get_version, latest_blessed
+    """Which version and action this run is about (the form's, else the triggering candidate's), refused
+    before anything touches serving unless the registry's status of every version it moves allows it."""
+    from include.train.registry import latest_blessed
 
     url = settings.require_database_url()
     action = params.get("action") or "promote"
@@ -177,30 +218,34 @@ def plan(settings: Settings, params: dict[str, Any], event_versions: list[int]) 
     if action == "rollback":
         if state.stable is None:
             raise DeployError("nothing to roll back: no version is labelled stable")
+        target = version or rollback_target(url, settings.model_name, state.stable)
+        if target is not None and int(target) != state.stable:
+            require_status(settings, int(target), action)
+            require_status(settings, state.stable, action, becomes="rolled_back")
         return {"action": action, "version": version, "stable": state.stable, "labels": state.labels}
     version = version or latest_blessed(url)
     if version is None:
         raise DeployError("no version given and no blessed version in the registry; train one first")
-    try:
-        row = get_version(url, int(version))
-    except sa.exc.NoResultFound:
-        raise DeployError(f"model version {version} is not in the registry") from None
-    if row["status"] in ("candidate", "rejected"):
-        raise DeployError(f"model version {version} is {row['status']} ({row['gate_note']}); only a blessed "
-                          "version can be deployed")  # fmt: skip
+    row = require_status(settings, int(version), action)
     return {"action": action, "version": int(version), "stable": state.stable, "labels": state.labels,
             "artifact_uri": row["artifact_uri"], "dataset_uri": row["dataset_uri"]}  # fmt: skip
 
 
 def push(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Copy the SavedModel into `<model>/<version>/` atomically, with warmup records and the
-    real rows + offline predictions infra validation will replay."""
+    """Copy the SavedModel into `<model>/<version>/` atomically, if its files are the bytes the gate blessed,
+    with warmup records and the real rows infra validation will replay. The model is never called here."""
+    from include.train.registry import get_version
 
     version = plan["version"]
+    recorded = get_version(settings.require_database_url(), version)["artifact_sha256"]  # the registry's word
     target = settings.model_dir / str(version)
     requests_uri = lake.lake_root(settings) / "deployments" / settings.model_name / str(version) / "requests.json"
     if target.exists():
         if (target / "saved_model.pb").exists() and requests_uri.exists():
+            try:
+                require_blessed_bytes(target, version, recorded, served=True)
+            except DeployError as err:
+                raise _fail(settings, run_id, version, "push", str(err), read_state(settings)) from err
             log.info("version %d is already pushed to %s; a version folder is never overwritten", version, target)
             return {"version": version, "path": str(target), "requests": lake.uri(requests_uri), "pushed": False}
         raise _fail(settings, run_id, version, "push", f"{target} exists but is not a pushed version; it is never "
@@ -209,18 +254,22 @@ def push(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id:
     stage = settings.model_dir / f".staging-{version}-{uuid.uuid4().hex[:8]}"  # not numeric: servers skip it
     try:
         lake.copy_tree(lake.at(settings, plan["artifact_uri"]), stage)
-        rows = sample_rows(settings, plan["dataset_uri"], policy.infra_requests)
         try:
-            expected = offline_predictions(stage, rows)
+            digest = require_blessed_bytes(stage, version, recorded)  # the copy, so no swap after the check
+        except DeployError as err:  # the files changed, not the model: its status stays
+            raise _fail(settings, run_id, version, "push", str(err), read_state(settings)) from err
+        try:
+            check_loads(stage)
         except DeployError as err:
             raise _fail(settings, run_id, version, "push", str(err), read_state(settings), reject="rejected") from err
+        rows = sample_rows(settings, plan["dataset_uri"], policy.infra_requests)
         warmups = write_warmup(stage, settings.model_name, rows, policy.warmup_records)
-        lake.write_atomic(requests_uri, json.dumps({"rows": rows, "predictions": expected}).encode())
+        lake.write_atomic(requests_uri, json.dumps({"rows": rows}).encode())
         stage.rename(target)  # the last step: the version folder appears complete or not at all
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     _record(settings, run_id, version, "push", True, f"pushed to {target}", read_state(settings),
-            detail={"warmup_records": warmups, "requests": len(rows)})  # fmt: skip
+            detail={"warmup_records": warmups, "requests": len(rows), "sha256": digest})  # fmt: skip
     return {"version": version, "path": str(target), "requests": lake.uri(requests_uri), "pushed": True,
             "warmup_records": warmups}  # fmt: skip
 
@@ -233,16 +282,38 @@ def _load_requests(uri: str) -> dict[str, Any]:
 
 def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushed: dict[str, Any],
                    run_id: str) -> dict[str, Any]:  # fmt: skip
-    """Load the version without moving a label, then check status, signature and predictions."""
+    """In a sandbox server first, then in production's without moving a label: status, signature and
+    predictions on real rows equal to the offline ones. Production's server never loads a version the
+    sandbox has not run; a failure in either leaves the labels untouched and rejects the version."""
+    from include.deploy.sandbox import validate_in_sandbox
+    from include.serving.process import SandboxUnavailable
+
     version = plan["version"]
-    recorded = _load_requests(pushed["requests"])
+    rows = _load_requests(pushed["requests"])["rows"]
+    _expect(read_state(settings), plan["labels"])  # cheap, before a sandbox starts; checked again under the lock
+    checks: dict[str, Any] = {}
+    try:
+        sandbox = validate_in_sandbox(settings, policy, version, rows)
+        # In-process only now: the sandbox has just run the model on these very rows without crashing or hanging.
+        expected = np.array(offline_predictions(settings.model_dir / str(version), rows))
+        diff = float(np.max(np.abs(np.array(sandbox.pop("predictions")) - expected)))
+        checks["sandbox"] = sandbox | {"max_abs_diff": diff}
+        if not diff <= policy.infra_tolerance:
+            raise SandboxRejected(
+                f"version {version} in the infra validation sandbox: predictions differ from offline ones by "
+                f"{diff:.2e} > {policy.infra_tolerance:.0e} on {len(rows)} rows"
+            )
+    except (DeployError, SandboxUnavailable) as err:
+        if log_tail := getattr(err, "log_tail", ""):
+            checks["sandbox_log"] = log_tail
+        raise _fail(settings, run_id, version, "infra_validation", str(err), read_state(settings),
+                    reject="rejected" if isinstance(err, DeployError) else None, detail=checks) from err  # fmt: skip
     with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
         state = read_state(settings)
         _expect(state, plan["labels"])
         added = version not in state.versions
         if added:
             write_state(settings, ServingState([*state.versions, version], state.labels))  # step 1: load only
-        checks: dict[str, Any] = {}
         try:
             wait_available(client, version, policy.load_timeout_s)
             checks["available"] = True
@@ -250,8 +321,8 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
             if signature != EXPECTED_DTYPES:
                 raise DeployError(f"served signature differs: {signature_diff(signature)}")
             checks["signature"] = True
-            served = np.array(client.predict_rows(recorded["rows"], version=version), dtype=float).reshape(-1)
-            diff = float(np.max(np.abs(served - np.array(recorded["predictions"]))))
+            served = np.array(client.predict_rows(rows, version=version), dtype=float).reshape(-1)
+            diff = float(np.max(np.abs(served - expected)))
             checks |= {"requests": len(served), "max_abs_diff": diff, "tolerance": policy.infra_tolerance}
             if not diff <= policy.infra_tolerance:
                 raise DeployError(f"served predictions differ from offline ones by {diff:.2e} > "
@@ -269,8 +340,8 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
                 reject="rejected" if isinstance(err, DeployError) else None,
                 detail=checks,
             ) from err
-        _record(settings, run_id, version, "infra_validation", True, "AVAILABLE, signature and predictions match",
-                read_state(settings), detail=checks)  # fmt: skip
+        _record(settings, run_id, version, "infra_validation", True, "sandbox, then serving: AVAILABLE, signature "
+                "and predictions match", read_state(settings), detail=checks)  # fmt: skip
     return {"version": version, **checks}
 
 
@@ -290,6 +361,7 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
             raise DeployError(f"version {version} is not loaded; infra validation must run first")
         if state.stable == version:
             return {"version": version, "skipped": "already stable"}
+        require_status(settings, version, "canary")  # again under the lock: the status may have moved since plan
         labelled = ServingState(state.versions, {**state.labels, "canary": version})
         write_state(settings, labelled)  # step 2: the label moves to an AVAILABLE version
         try:
@@ -348,6 +420,9 @@ def promote(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_
             return {"version": version, "stable": version, "previous": previous, "changed": False}
         if state.canary != version:
             raise DeployConflict(f"version {version} is not the canary (labels {state.labels}); run the canary first")
+        require_status(settings, version, "promote", becomes="production")  # before the label moves, not after
+        if previous is not None:
+            require_status(settings, previous, "promote", becomes="archived")
         promoted = ServingState(state.versions, {"stable": version})
         _change(settings, run_id, "promote", version, state, promoted,
                 lambda: wait_label(client, "stable", version, policy.load_timeout_s))  # fmt: skip
@@ -370,6 +445,8 @@ def rollback(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run
             raise _fail(settings, run_id, current, "rollback", f"no earlier production version to roll back to from "
                         f"version {current}; give one in the form", state)  # fmt: skip
         target = int(target)
+        require_status(settings, target, "rollback")  # before the label moves, not after
+        require_status(settings, current, "rollback", becomes="rolled_back")
         if target not in state.versions:  # retired after its grace period: load first, then label
             _change(settings, run_id, "rollback", target, state, ServingState([*state.versions, target], state.labels),
                     lambda: wait_available(client, target, policy.load_timeout_s))  # fmt: skip

@@ -1,14 +1,21 @@
-"""Start and stop the local TF-Serving-compatible server for the commands that need it."""
+"""Start and stop the local TF-Serving-compatible server for the commands that need it: the one that
+serves `models.config`, and the throwaway sandbox infra validation loads a candidate into first."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -70,3 +77,113 @@ def local_server(settings: Settings, env: dict[str, str] | None = None, timeout_
             proc.kill()
         log_file.close()
         port_file.unlink(missing_ok=True)
+
+
+# -- the infra validation sandbox ------------------------------------------------------------------
+
+# The sandbox gets no secret: only what Python and TensorFlow need to start. No accelerator either:
+# validation is about loading and answering, and the offline predictions it is compared with run on CPU.
+SANDBOX_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox server itself did not come up (before any candidate was loaded): not the model's fault."""
+
+
+@dataclass
+class Sandbox:
+    """A local server on 127.0.0.1:<a free port>, over its own temporary serving dir, that holds a copy of
+    one version of one model and nothing else; killed by a watchdog at `deadline` whatever it is doing."""
+
+    url: str
+    model: str
+    version: int
+    timeout_s: float
+    config_file: Path
+    base_path: Path
+    log_path: Path
+    process: subprocess.Popen
+    deadline: float
+    killed_by_watchdog: threading.Event = field(default_factory=threading.Event)
+
+    def load(self) -> None:
+        """Ask the (so far empty) server to load the candidate: the second step, so a crash here is the model's."""
+        from include.serving.config import ModelEntry, write_models_config
+
+        write_models_config(self.config_file, [ModelEntry(self.model, str(self.base_path), [self.version], {})])
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def exited(self) -> str | None:
+        """None while it runs; else how it ended ("killed by SIGABRT", "exited with code 1", "hung: …")."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        if self.killed_by_watchdog.is_set():
+            return f"hung: no answer within the sandbox's {self.timeout_s:.0f} s hard timeout, so it was killed"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_bytes()[-chars:].decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def _sandbox_env(settings: Settings) -> dict[str, str]:
+    env = {k: os.environ[k] for k in SANDBOX_ENV_KEYS if k in os.environ}
+    return env | {"PYTHONPATH": str(settings.home), "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@contextlib.contextmanager
+def sandbox_server(settings: Settings, version: int, timeout_s: float) -> Iterator[Sandbox]:
+    """Start a sandbox for `settings.model_dir/<version>` (copied, so it cannot touch the pushed folder).
+
+    It starts with an empty `models.config` and is up before `Sandbox.load()` adds the candidate, so a
+    server that does not start (`SandboxUnavailable`) is told apart from a model that crashes or hangs
+    it. It is always the local server, even where production runs a real TF Serving: the sandbox
+    needs no cluster and no image, and it loads the SavedModel with TensorFlow's own loader.
+    """
+    from include.serving.config import write_models_config
+
+    source = settings.model_dir / str(version)
+    with tempfile.TemporaryDirectory(prefix="nightshift-sandbox-") as tmp:
+        root = Path(tmp)
+        base = root / settings.model_name
+        shutil.copytree(source, base / str(version))
+        config_file, port_file, log_path = root / "models.config", root / "server.port", root / "server.log"
+        write_models_config(config_file, [])
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "include.serving.local_server", "--model_config_file", str(config_file),
+                 "--rest_api_port", "0", "--host", "127.0.0.1", "--port_file", str(port_file)],
+                env=_sandbox_env(settings), cwd=root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        box = Sandbox("", settings.model_name, version, timeout_s, config_file, base, log_path, proc,
+                      time.monotonic() + timeout_s)  # fmt: skip
+
+        def kill() -> None:
+            if proc.poll() is None:
+                box.killed_by_watchdog.set()
+                proc.kill()
+
+        watchdog = threading.Timer(timeout_s, kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            while not box.url or not is_up(box.url):
+                if box.exited() or box.remaining() <= 0:
+                    why = box.exited() or f"no answer within {timeout_s:.0f} s"
+                    raise SandboxUnavailable(f"the sandbox serving process did not start ({why}); its log ends: "
+                                             f"{box.log_tail(300)!r}")  # fmt: skip
+                if not box.url and port_file.exists():
+                    box.url = f"http://127.0.0.1:{int(port_file.read_text())}"
+                time.sleep(0.1 if not box.url else 0.3)
+            yield box
+        finally:
+            watchdog.cancel()
+            proc.kill()  # nothing to drain: the sandbox's only client is the validation that is done with it
+            proc.wait(timeout=20)

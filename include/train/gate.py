@@ -1,16 +1,42 @@
 """The blessing gate, after TFX's Evaluator: value, change and sanity checks on a candidate.
 
 Every check is returned with pass/fail, the observed value and the threshold, so the registry
-can show exactly why a version was blessed or rejected.
+can show exactly why a version was blessed or rejected. The gate also fingerprints the SavedModel
+it blessed (`saved_model_sha256`), so deploy can refuse files that are not the ones it judged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 IMPORTANT_SLICES = ("origin", "hour_bucket")
+_CHUNK = 1 << 20
+
+
+def saved_model_sha256(root: Any, exclude: Collection[str] = ()) -> str:
+    """SHA-256 over an export dir (a local Path or a lake ObjectStoragePath): every file's relative path
+    and bytes, in sorted path order, each length-framed so no two trees share a digest. Files are read
+    in 1 MiB chunks. `exclude` names relative paths left out (serving's own additions, e.g. warmup).
+    """
+    files = sorted((str(p.relative_to(root)), p) for p in root.rglob("*") if p.is_file())
+    files = [(name, p) for name, p in files if name not in exclude]
+    if not files:
+        raise FileNotFoundError(f"no files under {root}: nothing to fingerprint")
+    digest = hashlib.sha256()
+    for name, path in files:
+        encoded = name.encode()
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        with path.open("rb") as handle:
+            size = 0
+            inner = hashlib.sha256()
+            while chunk := handle.read(_CHUNK):
+                inner.update(chunk)
+                size += len(chunk)
+        digest.update(size.to_bytes(8, "big") + inner.digest())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -9,24 +9,61 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
+from include.core.errors import PermanentError
 from include.db import deployments, engine, gate_checks, model_versions, upsert
 from include.train.gate import Check
 
-# Which status may follow which. Training sets the first half; deployment the serving half
-# (a version failing infra validation or its canary is rejected / rolled back with the reason).
-TRANSITIONS: dict[str, set[str]] = {
-    "candidate": {"blessed", "rejected"},
-    "blessed": {"canary", "production", "archived", "rejected"},
-    "rejected": set(),
-    "canary": {"production", "rolled_back", "archived"},
-    "production": {"archived", "rolled_back"},
-    "rolled_back": {"canary", "production", "archived", "rejected"},
-    "archived": {"canary", "production", "rejected"},
+# THE table of who may do what to a version: status → {status it may become: the step that makes the move}.
+# `set_status` enforces it on every write, and `nightshift_deploy`'s plan checks it before serving is touched,
+# so a refused move never leaves a label moved (tests/unit/test_transitions.py walks every pair).
+# A rollback only returns to a version that served before and was replaced (`archived`); a version that
+# was rolled back, or never served, goes through push → infra validation → canary again.
+TRANSITIONS: dict[str, dict[str, str]] = {
+    "candidate": {
+        "blessed": "gate_and_register: every gate check passed",
+        "rejected": "gate_and_register: a gate check failed",
+    },
+    "blessed": {
+        "canary": "deploy canary: validated, labelled canary next to stable (or the first deployment)",
+        "rejected": "deploy push or infra validation: the SavedModel does not load, crashed, hung or differs",
+    },
+    "canary": {
+        "production": "deploy promote: stable moves to it",
+        "rolled_back": "deploy canary judged unhealthy, or a rollback dropped the canary",
+        "archived": "serving reset by hand: the canary label is gone",
+    },
+    "production": {
+        "archived": "deploy promote of a newer version: it stays loaded for the grace period",
+        "rolled_back": "deploy rollback away from it",
+    },
+    "archived": {
+        "canary": "deploy canary again (push → infra validation → canary)",
+        "production": "deploy rollback to it: it served before and was replaced",
+        "rejected": "deploy push or infra validation of the redeploy failed",
+    },
+    "rolled_back": {
+        "canary": "deploy canary again (push → infra validation → canary)",
+        "rejected": "deploy push or infra validation of the redeploy failed",
+    },
+    "rejected": {},
 }
 
 
-class TransitionError(ValueError):
+class TransitionError(PermanentError, ValueError):
     """A status change the lifecycle does not allow (e.g. rejected → production)."""
+
+
+def may_become(current: str, status: str) -> bool:
+    """Whether a version that is `current` may be set to `status` (staying as it is always may)."""
+    return current == status or status in TRANSITIONS[current]
+
+
+def check_transition(version: int, current: str, status: str) -> None:
+    """Raise TransitionError, naming what `current` may become instead, unless TRANSITIONS allows the move."""
+    if not may_become(current, status):
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (final)"
+        raise TransitionError(f"model version {version} is {current}; it cannot become {status} "
+                              f"(a {current} version may become: {allowed})")  # fmt: skip
 
 
 def register_candidate(url: str, record: dict[str, Any], at: dt.datetime) -> int:
@@ -41,14 +78,14 @@ def register_candidate(url: str, record: dict[str, Any], at: dt.datetime) -> int
 
 
 def set_status(url: str, version: int, status: str, at: dt.datetime, note: str | None = None) -> None:
+    """Move `version` to `status` if TRANSITIONS allows it (row-locked, so two writers cannot both move it)."""
     with engine(url).begin() as conn:
         current = conn.execute(
             sa.select(model_versions.c.status).where(model_versions.c.version == version).with_for_update()
         ).scalar_one_or_none()
         if current is None:
             raise TransitionError(f"model version {version} does not exist")
-        if current != status and status not in TRANSITIONS[current]:
-            raise TransitionError(f"version {version} is {current}; it cannot become {status}")
+        check_transition(version, current, status)
         values: dict[str, Any] = {"status": status, "updated_at": at}
         if note is not None:
             values["gate_note"] = note

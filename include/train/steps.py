@@ -104,7 +104,7 @@ def gate_and_register(
     at: dt.datetime,
 ) -> dict[str, Any]:
     """Register the candidate, run the gate, record every check, bless or reject."""
-    from include.train.gate import GateThresholds, run_gate, verdict
+    from include.train.gate import GateThresholds, run_gate, saved_model_sha256, verdict
     from include.train.registry import record_checks, register_candidate, set_report_uri, set_status
 
     url = settings.require_database_url()
@@ -115,6 +115,8 @@ def gate_and_register(
         "run_id": run_id,
         "code_version": code_version(),
         "artifact_uri": evaluated["saved_model"],
+        # The bytes this gate judges: deploy's push serves these or nothing.
+        "artifact_sha256": saved_model_sha256(lake.at(settings, evaluated["saved_model"])),
         "reference_uri": evaluated["reference"],
         "dataset_uri": dataset["uri"],
         "dataset_sha256": dataset["content_sha256"],

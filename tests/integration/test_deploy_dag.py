@@ -2,7 +2,9 @@
 
 Versions are registered from the model the `trained` fixture made (an identical copy, so its
 canary is healthy), from an untrained model of the same signature (a canary that shifts
-predictions), and from a SavedModel with a corrupt `saved_model.pb`. Each test registers the
+predictions), and from a SavedModel with a corrupt `saved_model.pb`; each is fingerprinted as the
+gate fingerprints what it blesses. Attacks (a refused status, tampered files, a model that crashes
+or hangs the infra validation sandbox) are in tests/security/. Each test registers the
 versions it deploys and brings serving to the state it starts from (`no_model_served`, `stable`),
 so it passes alone as well as in any order.
 """
@@ -158,6 +160,9 @@ def test_first_deploy_validates_then_promotes(dagbag, no_model_served, new_versi
     assert (folder / WARMUP_FILE).stat().st_size > 0
     assert not [p for p in serving.model_dir.iterdir() if p.name.startswith(".staging")]
     validated = run.get_task_instance("infra_validate").xcom_pull(task_ids="infra_validate")
+    assert validated["sandbox"]["available"]  # loaded and queried in its own server before production's
+    assert validated["sandbox"]["requests"] == DeployPolicy().infra_requests
+    assert validated["sandbox"]["max_abs_diff"] <= DeployPolicy().infra_tolerance
     assert validated["available"]
     assert validated["signature"]
     assert validated["requests"] == DeployPolicy().infra_requests

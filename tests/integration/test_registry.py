@@ -1,4 +1,5 @@
-"""The model registry on Postgres: a retried registration reuses its version; the lifecycle refuses bad moves."""
+"""The model registry on Postgres: a retried registration reuses its version; the lifecycle refuses bad moves;
+the gate records the content hash of the SavedModel it blessed."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def test_registry_status_transitions(db_url) -> None:
         set_status(db_url, version, "production", now)
     set_status(db_url, later, "blessed", now, note="ok")
     assert get_version(db_url, later)["status"] == "blessed"
+    with pytest.raises(TransitionError, match="blessed; it cannot become production"):  # never served: no rollback
+        set_status(db_url, later, "production", now)
+    assert get_version(db_url, later)["status"] == "blessed"
+
+
+def test_the_gate_records_the_hash_of_what_it_blessed(trained) -> None:
+    from pathlib import Path
+
+    from include.train.gate import saved_model_sha256
+
+    _, row, _ = trained
+    export = Path(row["artifact_uri"].removeprefix("file://"))
+    assert row["status"] == "blessed"
+    assert row["artifact_sha256"] == saved_model_sha256(export)
+    assert len(row["artifact_sha256"]) == 64
