@@ -10,7 +10,11 @@ can re-monitor a range from the form.
   day's flights have landed). HTML in `{lake}/reports/drift/date=…/`, metrics in `drift_reports`.
 * **judge** applies the thresholds in config and raises one alert per day that crosses one.
 * **request_retraining** emits the `retrain_requested` Asset that `nightshift_train` listens to,
-  when drift persisted or quality dropped (at most once a day; the alert says so).
+  when drift persisted or quality dropped (at most once a day; the alert says so). Once Airflow has
+  the event, the request is marked emitted; until then a retried judge emits it again.
+
+The first task also delivers any alert still pending (a channel that was down, a spool from a
+Postgres outage).
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ def _context(context: dict[str, Any]):
     return load_settings(), MonitorPolicy.from_env(), context["run_id"]
 
 
+def _retraining_emitted(context: dict[str, Any]) -> None:
+    """`on_success_callback` of request_retraining: it runs once Airflow has recorded the Asset event."""
+    import datetime as dt
+
+    from include.core.config import load_settings
+    from include.monitor.steps import mark_retrain_emitted
+
+    verdict = context["ti"].xcom_pull(task_ids="judge")
+    url = load_settings().require_database_url()
+    mark_retrain_emitted(url, dt.date.fromisoformat(verdict["retrain_day"]), dt.datetime.now(dt.UTC))
+
+
 @dag(
     dag_id=MONITOR_DAG,
     access_control=access_control(MONITOR_DAG),
@@ -52,10 +68,12 @@ def _context(context: dict[str, Any]):
 def nightshift_monitor() -> None:
     @task
     def days(**context: Any) -> list[str]:
+        from include.core.alerts import deliver_pending
         from include.core.lineage import require_known_conf
         from include.monitor.steps import resolve_days
 
         require_known_conf(context)
+        deliver_pending()
 
         events = (context.get("triggering_asset_events") or {}).get(FEATURES, [])
         windows = [[e.extra["first_day"], e.extra["last_day"]] for e in events if (e.extra or {}).get("first_day")]
@@ -88,9 +106,10 @@ def nightshift_monitor() -> None:
     def wants_retraining(verdict: dict[str, Any]) -> bool:
         return verdict["retrain"]
 
-    @task(outlets=[RETRAIN_REQUESTED])
+    @task(outlets=[RETRAIN_REQUESTED], on_success_callback=_retraining_emitted)
     def request_retraining(verdict: dict[str, Any], **context: Any) -> str:
-        context["outlet_events"][RETRAIN_REQUESTED].extra = {"reason": verdict["retrain_reason"]}
+        extra = {"reason": verdict["retrain_reason"], "day": verdict["retrain_day"]}
+        context["outlet_events"][RETRAIN_REQUESTED].extra = extra
         return verdict["retrain_reason"]
 
     verdict = judge(report(score(days())))

@@ -170,6 +170,8 @@ retrain_requests = sa.Table(
     sa.Column("report_uri", sa.Text, nullable=False),
     sa.Column("run_id", sa.Text, nullable=False),
     sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+    # When nightshift_monitor emitted the retrain_requested event; NULL: a retried judge emits it again.
+    sa.Column("emitted_at", sa.DateTime(timezone=True)),
     sa.Index("retrain_requests_requested_at", "requested_at"),
 )
 
@@ -188,8 +190,17 @@ alerts = sa.Table(
     sa.Column("task_id", sa.Text),
     sa.Column("run_id", sa.Text),
     sa.Column("deliveries", JSONB, nullable=False),
+    # The outbox (include.core.alerts): `uid` names the alert wherever it was recorded (a spooled one too) and
+    # is its idempotency key at the receivers; NULL `delivered_at` = a channel is still to be sent, by
+    # whoever holds the claim until `claimed_until`.
+    sa.Column("uid", sa.Text),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("claimed_until", sa.DateTime(timezone=True)),
+    sa.Column("claimed_by", sa.Text),
     sa.CheckConstraint(f"severity IN ({', '.join(repr(s) for s in ALERT_SEVERITIES)})", name="known_severity"),
+    sa.UniqueConstraint("uid", name="alerts_uid_key"),
     sa.Index("alerts_kind_key_created", "kind", "dedup_key", "created_at"),
+    sa.Index("alerts_pending", "id", postgresql_where=sa.text("delivered_at IS NULL")),
 )
 
 # -- lineage --------------------------------------------------------------------------------------

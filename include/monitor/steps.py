@@ -9,7 +9,8 @@ the reference the training run saved (Evidently), judge against the policy, aler
   error next to them). HTML to `{lake}/reports/drift/date=…/index.html`; one `drift_reports` row
   per day and metric.
 * **judge**: every threshold in `MonitorPolicy`; a crossing raises one alert for the day. Drift on
-  `persist_days` consecutive days, or a quality drop, requests retraining, at most once a day.
+  `persist_days` consecutive days, or a quality drop, requests retraining, at most once a day;
+  the request is recorded, then emitted, then marked emitted, so a retried judge never loses it.
 """
 
 from __future__ import annotations
@@ -271,25 +272,27 @@ def drift_streak(url: str, day: dt.date, policy: MonitorPolicy) -> int:
     return streak
 
 
-def _retrain_requested_today(url: str, at: dt.datetime) -> bool:
+def _todays_request(url: str, run_id: str, at: dt.datetime) -> dict[str, Any] | None:
+    """This run's retraining request (also when a retry comes after midnight), else today's latest."""
     midnight = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    r = retrain_requests
     with engine(url).connect() as conn:
-        return (
-            conn.execute(
-                sa.select(sa.func.count())
-                .select_from(retrain_requests)
-                .where(retrain_requests.c.requested_at >= midnight)
-            ).scalar_one()
-            > 0
-        )
+        row = conn.execute(
+            sa.select(r).where(sa.or_(r.c.run_id == run_id, r.c.requested_at >= midnight))
+            .order_by((r.c.run_id == run_id).desc(), r.c.requested_at.desc()).limit(1)
+        ).mappings().first()  # fmt: skip
+    return dict(row) if row else None
 
 
 def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, Any]], run_id: str,
           task_id: str = "judge") -> dict[str, Any]:  # fmt: skip
-    """One alert per day that crossed a threshold; retraining when drift persists or quality drops."""
+    """One alert per day that crossed a threshold; retraining when drift persists or quality drops.
+
+    At most one request a day. A request recorded but never emitted (this task failed after writing
+    it, or its run never reached `request_retraining`) is this verdict's request: a retry emits it."""
     url = settings.require_database_url()
     now = dt.datetime.now(dt.UTC)
-    retrain_reason = None
+    retrain: dict[str, Any] | None = None
     alerted = []
     for summary in summaries:
         day = dt.date.fromisoformat(summary["day"])
@@ -299,12 +302,18 @@ def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, A
         streak = drift_streak(url, day, policy)
         quality = quality_dropped(summary)
         wants = quality or streak >= policy.persist_days
-        if wants and retrain_reason is None and not _retrain_requested_today(url, now):
-            retrain_reason = (f"ROC-AUC dropped on {day}" if quality
-                              else f"drift persisted {streak} days up to {day}")  # fmt: skip
-            upsert_retrain(url, day, summary, retrain_reason, run_id, now)
-        if retrain_reason and wants:
-            next_step = f"retraining was requested ({retrain_reason}); check the new candidate in nightshift_train"
+        if wants and retrain is None:
+            retrain = _todays_request(url, run_id, now)
+            if retrain is None:
+                reason = (f"ROC-AUC dropped on {day}" if quality
+                          else f"drift persisted {streak} days up to {day}")  # fmt: skip
+                retrain = upsert_retrain(url, day, summary, reason, run_id, now)
+            elif retrain["emitted_at"] is None:
+                log.info("retraining requested for %s but never emitted (%s): emitting it now",
+                         retrain["partition_date"], retrain["reason"])  # fmt: skip
+        pending = retrain is not None and retrain["emitted_at"] is None
+        if pending and wants:
+            next_step = f"retraining was requested ({retrain['reason']}); check the new candidate in nightshift_train"
         elif wants:
             next_step = "retraining was already requested today; check nightshift_train"
         else:
@@ -322,15 +331,26 @@ def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, A
             dag_id=MONITOR_DAG, task_id=task_id, run_id=run_id,
         ))  # fmt: skip
         alerted.append({"day": day.isoformat(), "alert_id": alert_id, "crossings": len(found)})
-    return {"alerts": alerted, "retrain": retrain_reason is not None, "retrain_reason": retrain_reason}
+    emit = retrain is not None and retrain["emitted_at"] is None
+    return {"alerts": alerted, "retrain": emit, "retrain_reason": retrain["reason"] if emit else None,
+            "retrain_day": retrain["partition_date"].isoformat() if emit else None}  # fmt: skip
 
 
-def upsert_retrain(url: str, day: dt.date, summary: dict[str, Any], reason: str, run_id: str, at: dt.datetime) -> None:
+def upsert_retrain(url: str, day: dt.date, summary: dict[str, Any], reason: str, run_id: str,
+                   at: dt.datetime) -> dict[str, Any]:  # fmt: skip
+    """Record the day's request, not yet emitted; returns the row."""
+    row = {"partition_date": day, "reason": reason, "model_version": summary["model_version"],
+           "report_uri": summary["report"], "run_id": run_id, "requested_at": at, "emitted_at": None}  # fmt: skip
     with engine(url).begin() as conn:
-        upsert(conn, retrain_requests, [{
-            "partition_date": day, "reason": reason, "model_version": summary["model_version"],
-            "report_uri": summary["report"], "run_id": run_id, "requested_at": at,
-        }])  # fmt: skip
+        upsert(conn, retrain_requests, [row])
+    return row
+
+
+def mark_retrain_emitted(url: str, day: dt.date, at: dt.datetime) -> None:
+    """`request_retraining` succeeded, so Airflow holds its `retrain_requested` event: no retry emits it again."""
+    r = retrain_requests
+    with engine(url).begin() as conn:
+        conn.execute(sa.update(r).where(r.c.partition_date == day, r.c.emitted_at.is_(None)).values(emitted_at=at))
 
 
 def resolve_days(params: dict[str, Any], windows: list[list[str]]) -> list[dt.date]:

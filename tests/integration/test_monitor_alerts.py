@@ -289,3 +289,64 @@ def test_monitoring_thresholds_come_from_config() -> None:
     assert (policy.max_drift_share, policy.persist_days) == (0.5, 2)
     with pytest.raises(ConfigError, match="NIGHTSHIFT_MONITOR_MIN_ROWS"):
         MonitorPolicy.from_env({"NIGHTSHIFT_MONITOR_MIN_ROWS": "many"})
+
+
+def test_a_judge_retried_after_recording_the_request_still_emits_it(dagbag, monitored, db_url, alert_receivers,
+                                                                     monkeypatch) -> None:  # fmt: skip
+    """The first attempt of `judge` records the retraining request, then fails sending the day's alert (the
+    network went away); its retry must still emit `retrain_requested`, and the request stays one row.
+    Runs last: it re-judges DAY with a policy where any drift asks for retraining."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from include.monitor import steps
+
+    with db.engine(db_url).begin() as conn:
+        conn.execute(sa.delete(retrain_requests))  # a night with no request yet, and no alert for the day
+        conn.execute(sa.delete(alerts).where(alerts.c.kind.in_(["drift", "quality_drop"]),
+                                             alerts.c.dedup_key == DAY.isoformat()))  # fmt: skip
+    monkeypatch.setenv("NIGHTSHIFT_MONITOR_MAX_DRIFT_SHARE", "-1")  # the day counts as drifted
+    monkeypatch.setenv("NIGHTSHIFT_MONITOR_PERSIST_DAYS", "1")  # and one drifted day asks for retraining
+    sends = []
+
+    def send_failing_once(url: str, alert: Alert, at: dt.datetime | None = None) -> int | None:
+        sends.append(alert.kind)
+        if len(sends) == 1:
+            raise ConnectionError("the worker lost its network after recording the request")
+        return send(url, alert, at)
+
+    monkeypatch.setattr(steps, "send", send_failing_once)
+
+    def delivered() -> tuple[int, int]:  # the fixture's run may have alerted on the day already
+        title = f"Data drift on {DAY} "
+        return (sum(title in m["subject"] for m in alert_receivers["mails"]),
+                sum(title in p["json"]["text"] for p in alert_receivers["posts"]))  # fmt: skip
+
+    delivered_before = delivered()
+    dag = dagbag.get_dag("nightshift_monitor")
+    monkeypatch.setattr(dag.get_task("judge"), "retry_delay", dt.timedelta(seconds=1))
+    run = dag.test(run_conf={"start_date": DAY.isoformat(), "end_date": None})
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    assert run.state == "success", {t: str(ti.state) for t, ti in tis.items()}
+    assert tis["judge"].try_number == 2
+    assert str(tis["request_retraining"].state) == "success"
+    with create_session() as session:
+        events = session.scalars(
+            sa.select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == "retrain_requested", AssetEvent.source_run_id == run.run_id)
+        ).all()  # fmt: skip
+        extras = [event.extra for event in events]
+    assert [(e["day"], e["reason"]) for e in extras] == [(DAY.isoformat(), f"drift persisted 1 days up to {DAY}")]
+    with db.engine(db_url).connect() as conn:
+        requests = conn.execute(sa.select(retrain_requests)).mappings().all()
+    assert [(r["partition_date"], r["run_id"]) for r in requests] == [(DAY, run.run_id)]
+    assert requests[0]["emitted_at"] is not None  # marked once Airflow had the event
+    (row,) = [r for r in _alerts(db_url, "drift") if r["run_id"] == run.run_id]  # the day's alert, once
+    assert row["delivered_at"] is not None
+    assert tuple(n - b for n, b in zip(delivered(), delivered_before, strict=True)) == (1, 1)
+
+    # A second run the same night finds the request emitted: no second event, no second request.
+    again = dag.test(run_conf={"start_date": DAY.isoformat(), "end_date": None})
+    assert str(again.get_task_instance("request_retraining").state) == "skipped"
+    with db.engine(db_url).connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(retrain_requests)).scalar_one() == 1
