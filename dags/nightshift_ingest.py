@@ -8,10 +8,11 @@ day's partitions atomically and upserts its Postgres rows, so re-running a range
   `raw/flights` and `raw/weather`.
 * **clean** types, converts departures to UTC, labels `is_delayed`, adds point-in-time delay
   history, and quarantines bad rows with a reason (`raw = clean + quarantined`).
-* **validate** runs the suites in `expectations/`; a failed critical expectation stops the run
-  here, so the day's features are never published.
-* **materialize** publishes the Feast offline files and loads exactly the run's window into the
-  Postgres online store, then emits the `features` Asset.
+* **validate** runs the suites in `expectations/` on each day; a day that fails a critical
+  expectation is rejected alone (its features withdrawn, an alert sent), the rest go on.
+* **materialize** publishes the Feast offline files of the days whose latest validation passed and
+  loads exactly their window into the Postgres online store, then emits the `features` Asset.
+* **rejected_days** fails the run, without retries, when validate rejected any day.
 """
 
 from __future__ import annotations
@@ -32,11 +33,20 @@ DEFAULT_ARGS = default_args(retry_delay=timedelta(seconds=30), max_retry_delay=t
 
 
 def _run_window(context: dict[str, Any]) -> tuple[Any, list, str, Any]:
-    from include.core.calendar import resolve_days
     from include.core.config import load_settings
+    from include.ingest.steps import run_days
 
-    days = resolve_days(context["params"], context.get("data_interval_start"), context.get("data_interval_end"))
-    return load_settings(), days, context["run_id"], context["dag_run"].run_after
+    settings = load_settings()
+    days = run_days(settings, context["params"], context.get("data_interval_start"), context.get("data_interval_end"))
+    return settings, days, context["run_id"], context["dag_run"].run_after
+
+
+def _night(context: dict[str, Any]) -> str | None:
+    from include.core.calendar import resolve_days
+
+    if context.get("data_interval_end") is None:
+        return None
+    return resolve_days({}, context["data_interval_start"], context["data_interval_end"])[-1].isoformat()
 
 
 @dag(
@@ -84,12 +94,22 @@ def nightshift_ingest() -> None:
         context["outlet_events"][FEATURES].extra = {
             "days": summary["days"],
             "window": summary["window"],
-            "first_day": days[0].isoformat(),
-            "last_day": days[-1].isoformat(),
+            "first_day": summary["published_days"][0],
+            "last_day": summary["published_days"][-1],
+            "published_days": summary["published_days"],
+            # The wall-clock night the run processed (the days differ under the replay clock): deadlines use it.
+            "night": _night(context),
         }
         return summary
 
-    materialize(validate(clean(collect())))
+    @task
+    def rejected_days(validated: dict[str, Any], published: dict[str, Any]) -> dict[str, Any]:
+        from include.ingest import steps
+
+        return steps.raise_for_rejected(validated)
+
+    validated = validate(clean(collect()))
+    rejected_days(validated, materialize(validated))
 
 
 nightshift_ingest()

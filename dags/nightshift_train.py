@@ -5,6 +5,9 @@ whichever comes first; analysts can also train on a chosen window and budget fro
 
 * **build_dataset** joins the window's flights to the `flight_delay_v1` FeatureService point in
   time and splits it by time (train, validation, then the last `test_days` as test).
+* **is_new** skips the rest when an existing version was trained on the same dataset bytes, by
+  the same code, with the same form values (`skipped: identical to vN` in `nightshift.runs`), so
+  the night's features event, the 02:00 fallback and a retraining request train once.
 * **tune** runs keras-tuner through the training entry point, in a GPU pod
   (`TRAIN_BACKEND=kubernetes`) or as a local subprocess (`TRAIN_BACKEND=local`, the default).
 * **evaluate** ensembles the members into ONE SavedModel, scores the test days against the
@@ -150,6 +153,13 @@ def nightshift_train() -> None:
 
         return champion_uri(load_settings())
 
+    @task.short_circuit
+    def is_new(dataset: dict[str, Any], **context: Any) -> bool:
+        from include.train.steps import needs_training
+
+        settings, params = _settings_and_params(context)
+        return needs_training(settings, params, dataset, context["run_id"])
+
     dataset = build_dataset()
     champion = find_champion()
     common = ["--dataset", DATASET_URI, "--out", MODELS_URI, "--seed", "{{ params.seed }}"]
@@ -182,7 +192,7 @@ def nightshift_train() -> None:
         context["outlet_events"][MODEL_CANDIDATE].extra = {"version": registered["version"]}
         return registered["version"]
 
-    dataset >> tune >> evaluate
+    is_new(dataset) >> tune >> evaluate
     champion >> evaluate
     registered = gate_and_register(dataset, tune.output, evaluate.output)
     is_blessed(registered) >> publish_candidate(registered)

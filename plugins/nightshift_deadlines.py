@@ -114,9 +114,11 @@ def interval_night(data_interval_end: datetime) -> date:
 
 
 def event_night(extra: dict[str, Any] | None) -> date | None:
-    """The night an Asset event names (`last_day` of the ingest's `features` event), if any."""
+    """The night an Asset event names (the ingest's `features` event: its wall-clock `night`, which
+    differs from `last_day` under the replay clock, else `last_day`), if any."""
+    extra = extra or {}
     try:
-        return date.fromisoformat(str((extra or {})["last_day"]))
+        return date.fromisoformat(str(extra.get("night") or extra["last_day"]))
     except (KeyError, ValueError):
         return None
 

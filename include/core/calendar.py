@@ -57,6 +57,17 @@ def resolve_days(
     return days_between(first, max(first, last))
 
 
+def replayed_days(nights: list[dt.date], replay_start: dt.date, first_day: dt.date) -> list[dt.date]:
+    """The 2013 days the scheduler's `nights` replay: `replay_start` replays `first_day`, each later
+    night the next day. So nights ingested by the scheduler continue the demo's data, day after day,
+    and a training window never straddles two years of calendar."""
+    days = [first_day + (night - replay_start) for night in nights]
+    if any(d.year != first_day.year for d in days):
+        raise RangeError(f"nights {nights[0]}…{nights[-1]} replay {days[0]}…{days[-1]}, outside "
+                         f"{first_day.year}'s data; set NIGHTSHIFT_REPLAY_START/_FIRST_DAY anew")  # fmt: skip
+    return days
+
+
 def window_days(windows: Iterable[tuple[str, str] | list[str]]) -> list[dt.date]:
     """Every day of the (first, last) ISO windows, once each, in order."""
     return sorted({d for first, last in windows

@@ -33,12 +33,27 @@ def _date(env: Mapping[str, str], key: str, default: str) -> dt.date:
         raise ConfigError(f"{key}={raw!r} is not a date; use YYYY-MM-DD") from err
 
 
+def _optional_date(env: Mapping[str, str], key: str) -> dt.date | None:
+    return _date(env, key, "") if env.get(key) else None
+
+
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
     raw = env.get(key, str(default))
     try:
         return int(raw)
     except ValueError as err:
         raise ConfigError(f"{key}={raw!r} is not an integer") from err
+
+
+def _share(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{key}={raw!r} is not a share between 0 and 1")
+    return value
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,12 @@ class Settings:
     bootstrap_start: dt.date
     bootstrap_end: dt.date
     row_count_tolerance: float
+    # Training's coverage rule: a window may lack published features on at most this share of its days.
+    max_missing_day_share: float
+    # The replay clock (source `replay` under the scheduler): the wall-clock night `replay_start`
+    # replays the 2013 day `replay_first_day`, the next night the day after, and so on.
+    replay_start: dt.date | None
+    replay_first_day: dt.date | None
     serving_dir: Path
     serving_url: str
     model_name: str
@@ -115,6 +136,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bootstrap_start=start,
         bootstrap_end=end,
         row_count_tolerance=_int(env, "NIGHTSHIFT_ROW_COUNT_TOLERANCE_PCT", 50) / 100,
+        max_missing_day_share=_share(env, "NIGHTSHIFT_MAX_MISSING_DAY_SHARE", 0.05),
+        replay_start=_date(env, "NIGHTSHIFT_REPLAY_START", "") if env.get("NIGHTSHIFT_REPLAY_START") else None,
+        replay_first_day=_date(env, "NIGHTSHIFT_REPLAY_FIRST_DAY", "")
+        if env.get("NIGHTSHIFT_REPLAY_FIRST_DAY")
+        else None,
         serving_dir=serving_dir,
         serving_url=env.get("NIGHTSHIFT_SERVING_URL", "http://127.0.0.1:8501").rstrip("/"),
         model_name=model_name,

@@ -219,5 +219,6 @@ runs = sa.Table(
     sa.Column("data_interval_start", sa.DateTime(timezone=True)),
     sa.Column("data_interval_end", sa.DateTime(timezone=True)),
     sa.Column("run_after", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("outcome", sa.Text),  # what nightshift decided, e.g. "skipped: identical to v3"
     sa.Index("runs_run_id", "run_id"),
 )

@@ -75,6 +75,17 @@ def publish_day(root: ObjectStoragePath, day: dt.date) -> dict[str, int]:
     return rows
 
 
+def unpublish_day(root: ObjectStoragePath, day: dt.date) -> list[str]:
+    """Remove the day's offline feature files, so no point-in-time join reads a rejected day; returns them."""
+    removed = []
+    for view in FEATURE_VIEWS:
+        path = _feature_file(root, view, day)
+        if path.exists():
+            path.unlink()
+            removed.append(lake.uri(path))
+    return removed
+
+
 def materialize_window(store: FeatureStore, start: dt.datetime, end: dt.datetime) -> list[str]:
     """Materialize [start, end) of every view into the online store; returns the view names."""
     views = list(FEATURE_VIEWS)

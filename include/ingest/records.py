@@ -68,3 +68,48 @@ def partition_rows(url: str, dataset: str, days: Iterable[dt.date]) -> dict[dt.d
             )
         )
         return {d: n for d, n in result}
+
+
+# The suites every day must pass to be published (include/ingest/validate.py runs them).
+VALIDATION_SUITES = ("flights_clean", "weather_clean")
+
+
+def published_days(url: str, days: Iterable[dt.date] | None = None) -> dict[dt.date, str]:
+    """The days whose LATEST validation passed every suite, each with the run that validated it.
+
+    A day re-ingested and rejected since an earlier success is not published: its latest result wins.
+    `days=None` means every recorded day.
+    """
+    v = validation_results
+    latest = (
+        sa.select(v.c.suite, v.c.partition_date, v.c.run_id, v.c.success)
+        .distinct(v.c.suite, v.c.partition_date)
+        .order_by(v.c.suite, v.c.partition_date, v.c.validated_at.desc(), v.c.run_id.desc())
+    )
+    if days is not None:
+        days = list(days)
+        if not days:
+            return {}
+        latest = latest.where(v.c.partition_date.in_(days))
+    per_day: dict[dt.date, dict[str, tuple[str, bool]]] = {}
+    with engine(url).connect() as conn:
+        for suite, day, run_id, success in conn.execute(latest):
+            per_day.setdefault(day, {})[suite] = (run_id, success)
+    return {
+        day: suites[VALIDATION_SUITES[0]][0]
+        for day, suites in sorted(per_day.items())
+        if all(s in suites and suites[s][1] for s in VALIDATION_SUITES)
+    }
+
+
+def rejected_days(url: str, days: Iterable[dt.date]) -> set[dt.date]:
+    """The days among `days` that were validated and whose latest validation did not pass."""
+    days = list(days)
+    if not days:
+        return set()
+    with engine(url).connect() as conn:
+        validated = set(conn.execute(
+            sa.select(sa.distinct(validation_results.c.partition_date)).where(
+                validation_results.c.partition_date.in_(days))
+        ).scalars())  # fmt: skip
+    return validated - set(published_days(url, validated))

@@ -23,6 +23,24 @@ from include.ingest.collect import collect_day
 log = logging.getLogger(__name__)
 
 
+def run_days(settings: Settings, params: dict[str, Any], interval_start: dt.datetime | None,
+             interval_end: dt.datetime | None) -> list[dt.date]:  # fmt: skip
+    """The days an ingest run covers: the form's range, else its data interval's night(s). Under the
+    replay clock (`bin/nightshift airflow` sets it after the demo), a scheduled night replays the
+    next 2013 day after the demo's data instead of the same month/day of 2013."""
+    from include.core.calendar import form_days, replayed_days, resolve_days
+
+    days = resolve_days(params, interval_start, interval_end)
+    if (
+        form_days(params) is None
+        and settings.source == "replay"
+        and settings.replay_start
+        and settings.replay_first_day
+    ):
+        return replayed_days(days, settings.replay_start, settings.replay_first_day)
+    return days
+
+
 def _progress(step: str, index: int, days: list[dt.date], started: float) -> None:
     if index == len(days) or index % 10 == 0:
         log.info("%s: %d/%d days (%s), %.1f s", step, index, len(days), days[index - 1], time.monotonic() - started)
@@ -90,9 +108,16 @@ def clean(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime
     return {"days": len(days), **totals, "quarantine_reasons": reasons}
 
 
-def row_count_bounds(url: str, day: dt.date, tolerance: float) -> tuple[int, int]:
-    """Bounds on a day's clean rows from the mean of the recorded days before it."""
+def row_count_bounds(
+    url: str, day: dt.date, tolerance: float, passed: set[dt.date] = frozenset(), rejected: set[dt.date] = frozenset()
+) -> tuple[int, int]:
+    """Bounds on a day's clean rows from the mean of the recorded days before it.
+
+    A rejected day never sets the bar for the next: days rejected in this run (`rejected`) or whose
+    latest validation failed (and not passed in this run) are left out of the mean."""
     recent = records.partition_rows(url, "clean/flights", history_window(day))
+    refused = rejected | (records.rejected_days(url, recent) - passed)
+    recent = {d: n for d, n in recent.items() if d not in refused}
     if not recent:
         return 1, 5000
     mean = sum(recent.values()) / len(recent)
@@ -108,8 +133,10 @@ def validate(settings: Settings, days: list[dt.date], run_id: str, now: dt.datet
     validator = DayValidator()
     started = time.monotonic()
     outcomes = []
+    passed: set[dt.date] = set()
+    rejected: set[dt.date] = set()
     for index, day in enumerate(days, start=1):
-        low, high = row_count_bounds(url, day, settings.row_count_tolerance)
+        low, high = row_count_bounds(url, day, settings.row_count_tolerance, passed, rejected)
         parameters = {
             "min_rows": low,
             "max_rows": high,
@@ -123,6 +150,8 @@ def validate(settings: Settings, days: list[dt.date], run_id: str, now: dt.datet
             lake.write_atomic(result_path, _json_bytes(raw_result))
             outcome.result_uri = lake.uri(result_path)
             outcomes.append(outcome)
+            (passed if outcome.success else rejected).add(day)
+        passed -= rejected
         _progress("validate", index, days, started)
     docs_root = root / "reports" / "data_docs" / lake.safe_name(run_id)
     pages = validator.publish_docs(docs_root)
@@ -141,18 +170,47 @@ def validate(settings: Settings, days: list[dt.date], run_id: str, now: dt.datet
         })  # fmt: skip
     warnings = sum(len(o.warning_failures) for o in outcomes)
     failed = [o for o in outcomes if not o.success]
+    rejected = sorted({o.day for o in failed})
+    detail = " | ".join(f"{o.suite} {o.day}: {o.describe_failures()}" for o in failed[:10])
     if failed:
-        detail = " | ".join(f"{o.suite} {o.day}: {o.describe_failures()}" for o in failed[:10])
+        # Each day stands alone: a rejected day is withdrawn from the feature store (an earlier run may
+        # have published it) and the rest of the range goes on to be published.
+        from include.ingest.publish import unpublish_day
+
+        for day in rejected:
+            withdrawn = unpublish_day(root, day)
+            records.record_ingestion(url, {
+                "run_id": run_id, "partition_date": day, "dag_id": INGEST_DAG, "source": settings.source,
+                "status": "rejected", "updated_at": now,
+            })  # fmt: skip
+            log.warning("validate: %s rejected; %d published feature file(s) withdrawn", day, len(withdrawn))
         _alert_validation(url, failed, run_id, pages.get("index.html"))
-        raise ValidationFailed(
-            f"{len(failed)} suite run(s) failed critical expectations; features not published. {detail}. "
-            f"Data Docs: {pages.get('index.html')}"
-        )
-    log.info(
-        "validate: %d suite runs passed, %d warning(s); Data Docs %s", len(outcomes), warnings, pages.get("index.html")
-    )
-    return {"days": len(days), "success": True, "suite_runs": len(outcomes), "warnings": warnings,
+        if len(rejected) == len(days):
+            raise ValidationFailed(
+                f"{len(failed)} suite run(s) failed critical expectations; no day of the range is published. "
+                f"{detail}. Data Docs: {pages.get('index.html')}"
+            )
+    log.info("validate: %d suite runs, %d day(s) rejected, %d warning(s); Data Docs %s", len(outcomes),
+             len(rejected), warnings, pages.get("index.html"))  # fmt: skip
+    return {"days": len(days), "success": not failed, "suite_runs": len(outcomes), "warnings": warnings,
+            "rejected_days": [d.isoformat() for d in rejected], "rejected": detail,
             "data_docs": pages.get("index.html")}  # fmt: skip
+
+
+def raise_for_rejected(validated: dict[str, Any]) -> dict[str, Any]:
+    """The run's last word: fail it (at once, without retries) if validate rejected any day.
+
+    The other days were published before this, so training and monitoring go on without the
+    rejected ones; the run still shows failed, and on-call has the validation alert.
+    """
+    from include.ingest.validate import ValidationFailed
+
+    if validated.get("rejected_days"):
+        days = validated["rejected_days"]
+        raise ValidationFailed(f"{len(days)} day(s) rejected by validation and not published: {', '.join(days[:20])}"
+                               f"{' …' if len(days) > 20 else ''}. {validated.get('rejected', '')}. "
+                               f"Data Docs: {validated.get('data_docs')}")  # fmt: skip
+    return {"rejected_days": []}
 
 
 def _alert_validation(url: str, failed: list, run_id: str, docs: str | None) -> None:
@@ -177,12 +235,21 @@ def _json_bytes(payload: dict[str, Any]) -> bytes:
 
 
 def materialize(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime) -> dict[str, Any]:
-    """Publish the days' offline feature files, then materialize exactly their window online."""
+    """Publish the offline feature files of the days whose latest validation passed, then materialize
+    exactly their window online. A day rejected by validation is never published."""
     from include.core.feast import open_store
     from include.ingest.publish import materialize_window, online_row_count, publish_day
+    from include.ingest.validate import ValidationFailed
 
     url = settings.require_database_url()
     root = lake.lake_root(settings)
+    validated = records.published_days(url, days)
+    skipped = [d for d in days if d not in validated]
+    if skipped:
+        log.warning("materialize: %d day(s) not validated, not published: %s", len(skipped), skipped[:20])
+    days = [d for d in days if d in validated]
+    if not days:
+        raise ValidationFailed("no day of the range passed validation; nothing to publish")
     started = time.monotonic()
     offline_rows: dict[str, int] = {}
     for index, day in enumerate(days, start=1):
@@ -201,4 +268,5 @@ def materialize(settings: Settings, days: list[dt.date], run_id: str, now: dt.da
     log.info("materialize: %s → %s online rows in %.1f s", views, online, time.monotonic() - started)
     return {"days": len(days), "feature_views_materialized": len(views), "views": views,
             "offline_rows": offline_rows, "online_rows": online,
+            "published_days": [d.isoformat() for d in days], "skipped_days": [d.isoformat() for d in skipped],
             "window": [start.isoformat(), end.isoformat()]}  # fmt: skip

@@ -17,6 +17,18 @@ from include.db import sqlalchemy_url
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
 
+def airflow_database_url(database_url: str) -> str:
+    """Airflow's metadata database URL: the same Postgres, through psycopg2, with a connect timeout."""
+    from sqlalchemy.engine import make_url
+
+    from include.db import CONNECT_TIMEOUT_S
+
+    url = make_url(sqlalchemy_url(database_url, "psycopg2"))
+    if "connect_timeout" not in url.query:
+        url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
+    return url.render_as_string(hide_password=False)
+
+
 def airflow_home(settings: Settings) -> Path:
     return settings.local_dir / "airflow"
 
@@ -37,7 +49,10 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
             "PYTHONPATH": os.pathsep.join(p for p in (str(settings.home), env.get("PYTHONPATH", "")) if p),
             "PATH": os.pathsep.join((venv_bin, env.get("PATH", ""))),
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(database_url, "psycopg2"),
+            # Airflow's own connections get a connect timeout too (libpq's connect_timeout, in the URL).
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_database_url(database_url),
+            # The async engine (asyncpg, whose own connect timeout is 60 s) takes no libpq options.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": sqlalchemy_url(database_url, "asyncpg"),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(settings.home / "dags"),

@@ -25,6 +25,7 @@ from include.contract.features import (
     SCHEDULE_NUMERIC,
 )
 from include.core import lake
+from include.core.errors import PermanentError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,8 +40,10 @@ SPLITS = ("train", "validation", "test")
 CONTEXT_COLUMNS = ["flight_date", "flight", "route", EVENT_TIMESTAMP]
 
 
-class DatasetError(RuntimeError):
-    """The window has too little data to train on; the message says what is missing."""
+class DatasetError(PermanentError):
+    """The window has too little data to train on; the message says what is missing.
+
+    Deterministic for the data at hand, so the task fails at once instead of retrying."""
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,44 @@ def split_frame(frame: pd.DataFrame, window: Window) -> dict[str, pd.DataFrame]:
     return {name: frame.loc[split == name, columns].reset_index(drop=True) for name in SPLITS}
 
 
-def build_training_set(settings: Settings, window: Window, run_id: str) -> dict[str, Any]:
-    """Write `{lake}/datasets/<run>/{train,validation,test}.parquet` and a manifest; return it."""
+def describe_days(days: list[dt.date], limit: int = 12) -> str:
+    """Days as runs of consecutive dates: `2013-09-25…2013-10-07, 2013-10-09`."""
+    runs: list[list[dt.date]] = []
+    for day in sorted(days):
+        if runs and (day - runs[-1][-1]).days == 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    shown = [r[0].isoformat() if len(r) == 1 else f"{r[0].isoformat()}…{r[-1].isoformat()}" for r in runs]
+    return ", ".join(shown[:limit]) + (f" and {len(shown) - limit} more runs of days" if len(shown) > limit else "")
+
+
+def published_days_of(window: Window, published: dict[dt.date, str], max_missing_share: float) -> list[dt.date]:
+    """The window's days with published features; refuses a window missing more than the allowed share."""
+    days = window.days()
+    missing = [d for d in days if d not in published]
+    if len(missing) > max_missing_share * len(days):
+        raise DatasetError(
+            f"{len(missing)} of the {len(days)} days of {window.start}…{window.end} have no published features "
+            f"(never ingested, or rejected by validation): {describe_days(missing)}; at most "
+            f"{max_missing_share:.0%} may be missing (NIGHTSHIFT_MAX_MISSING_DAY_SHARE). Ingest or fix those days, "
+            "or choose another end_date"
+        )
+    if missing:
+        log.warning("training set: %d day(s) without published features left out: %s", len(missing),
+                    describe_days(missing))  # fmt: skip
+    return [d for d in days if d in published]
+
+
+def build_training_set(settings: Settings, window: Window, run_id: str,
+                       published: dict[dt.date, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write `{lake}/datasets/<run>/{train,validation,test}.parquet` and a manifest; return it.
+
+    `published` maps each day whose latest validation passed to that validation's run: only those
+    days are read (None: every day of the window, unchecked), and the manifest lists them."""
     root = lake.lake_root(settings)
-    entities = entity_frame(root, window)
+    days = window.days() if published is None else published_days_of(window, published, settings.max_missing_day_share)
+    entities = labelled_flights(root, days)
     joined, registry_version = join_features(settings, entities)
     missing = [f for f in ALL_FEAST_FEATURES if f not in joined.columns]
     if missing:
@@ -126,6 +163,9 @@ def build_training_set(settings: Settings, window: Window, run_id: str) -> dict[
         "label": LABEL_KEY,
         "feature_service": FEATURE_SERVICE,
         "feast_registry_version": registry_version,
+        # Every day read, with the validation run that passed it; the days left out (not published).
+        "days": {d.isoformat(): (published or {}).get(d) for d in days},
+        "excluded_days": [d.isoformat() for d in window.days() if d not in days],
         "splits": {},
     }
     for name, part in splits.items():

@@ -7,11 +7,13 @@ training CLI's summaries into a registered, blessed or rejected model version.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import subprocess
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from include import db
 from include.core import lake
@@ -32,12 +34,11 @@ def code_version() -> str:
 
 
 def latest_validated_day(url: str) -> dt.date | None:
-    with db.engine(url).connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.max(db.validation_results.c.partition_date)).where(
-                db.validation_results.c.suite == "flights_clean", db.validation_results.c.success
-            )
-        ).scalar()
+    """The last day whose latest validation passed every suite (a day rejected since does not count)."""
+    from include.ingest.records import published_days
+
+    published = published_days(url)
+    return max(published) if published else None
 
 
 def resolve_window(settings: Settings, params: dict[str, Any]):
@@ -68,11 +69,17 @@ def _lineage(url: str, start: dt.date, end: dt.date) -> tuple[list[str], list[st
 
 
 def build_dataset(settings: Settings, params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The training set of the window, read only from days whose latest validation passed; a window
+    missing more than `max_missing_day_share` of its days is refused at once, naming them."""
+    from include.ingest.records import published_days
     from include.train.dataset import build_training_set
 
     window = resolve_window(settings, params)
-    manifest = build_training_set(settings, window, run_id)
-    ingestion, validation = _lineage(settings.require_database_url(), window.start, window.end)
+    url = settings.require_database_url()
+    published = published_days(url, window.days())
+    manifest = build_training_set(settings, window, run_id, published)
+    ingestion, _ = _lineage(url, window.start, window.end)
+    validation = sorted(set(published.values()))
     models = lake.lake_root(settings) / "models" / lake.safe_name(run_id)
     return {
         "uri": manifest["uri"],
@@ -84,7 +91,37 @@ def build_dataset(settings: Settings, params: dict[str, Any], run_id: str) -> di
         "feast_registry_version": manifest["feast_registry_version"],
         "ingestion_run_ids": ingestion,
         "validation_run_ids": validation,
+        "excluded_days": manifest["excluded_days"],
     }
+
+
+def identical_version(url: str, params: dict[str, Any], dataset: dict[str, Any]) -> int | None:
+    """The version trained on the same dataset bytes, by the same code, with the same form values."""
+    mv = db.model_versions
+    with db.engine(url).connect() as conn:
+        return conn.execute(
+            sa.select(mv.c.version)
+            .where(mv.c.dataset_sha256 == dataset["content_sha256"], mv.c.code_version == code_version(),
+                   mv.c.params == sa.cast(sa.literal(json.dumps(params, sort_keys=True, default=str)), JSONB))
+            .order_by(mv.c.version.desc())
+            .limit(1)
+        ).scalar()  # fmt: skip
+
+
+def needs_training(settings: Settings, params: dict[str, Any], dataset: dict[str, Any], run_id: str) -> bool:
+    """At most one training per night's data, in the style of TFX's and Kubeflow's caching: a run whose
+    dataset, code and parameters equal an existing version's is skipped, and records why. So the
+    02:00 fallback, the features event and a retraining request of the same night coalesce."""
+    url = settings.require_database_url()
+    same = identical_version(url, params, dataset)
+    if same is None:
+        return True
+    outcome = f"skipped: identical to v{same}"
+    with db.engine(url).begin() as conn:
+        conn.execute(sa.update(db.runs).where(db.runs.c.dag_id == TRAIN_DAG, db.runs.c.run_id == run_id)
+                     .values(outcome=outcome))  # fmt: skip
+    log.info("%s (dataset %s, code %s)", outcome, dataset["content_sha256"][:12], code_version())
+    return False
 
 
 def champion_uri(settings: Settings) -> str:

@@ -134,3 +134,19 @@ def test_a_run_within_its_limit_returns_its_output() -> None:
     from include.train.backends import run_with_time_limit
 
     assert run_with_time_limit([sys.executable, "-c", "print('{\"trials\": 1}')"], time_limit_s=60) == '{"trials": 1}\n'
+
+
+def test_airflows_own_database_connections_have_a_connect_timeout(tmp_path) -> None:
+    from sqlalchemy.engine import make_url
+
+    from include.core.config import load_settings
+    from include.ops.runtime import runtime_env
+
+    url = "postgresql://postgres@127.0.0.1:5432/nightshift"
+    env = runtime_env(load_settings({"NIGHTSHIFT_LOCAL_DIR": str(tmp_path), "NIGHTSHIFT_DATABASE_URL": url}), url)
+    sync = make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert sync.drivername == "postgresql+psycopg2"
+    assert sync.query["connect_timeout"] == "10"
+    # asyncpg refuses libpq's option, so the async URL is given without it (asyncpg's own timeout is 60 s).
+    assert make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"]).drivername == "postgresql+asyncpg"
+    assert "connect_timeout" not in make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"]).query
