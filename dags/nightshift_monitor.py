@@ -69,6 +69,7 @@ def nightshift_monitor() -> None:
     @task
     def days(**context: Any) -> list[str]:
         from include.core.alerts import deliver_pending
+        from include.core.config import load_settings
         from include.core.lineage import require_known_conf
         from include.monitor.steps import resolve_days
 
@@ -77,7 +78,8 @@ def nightshift_monitor() -> None:
 
         events = (context.get("triggering_asset_events") or {}).get(FEATURES, [])
         windows = [[e.extra["first_day"], e.extra["last_day"]] for e in events if (e.extra or {}).get("first_day")]
-        return [d.isoformat() for d in resolve_days(dict(context["params"]), windows)]
+        url = load_settings().require_database_url()
+        return [d.isoformat() for d in resolve_days(dict(context["params"]), windows, url)]
 
     @task
     def score(days: list[str], **context: Any) -> list[dict[str, Any]]:

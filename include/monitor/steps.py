@@ -353,11 +353,24 @@ def mark_retrain_emitted(url: str, day: dt.date, at: dt.datetime) -> None:
         conn.execute(sa.update(r).where(r.c.partition_date == day, r.c.emitted_at.is_(None)).values(emitted_at=at))
 
 
-def resolve_days(params: dict[str, Any], windows: list[list[str]]) -> list[dt.date]:
-    """The form's range, else the days the triggering ingestion published."""
+def resolve_days(params: dict[str, Any], windows: list[list[str]], url: str | None = None) -> list[dt.date]:
+    """The form's range, else the days the triggering ingestion published; with `url`, only the
+    days whose latest validation passed (a day rejected since is skipped, with a warning)."""
     days = form_days(params)
-    if days is not None:
+    if days is None:
+        if not windows:
+            raise MonitorError("no days to monitor: give start_date/end_date, or run after nightshift_ingest")
+        days = window_days(windows)
+    if url is None:
         return days
-    if not windows:
-        raise MonitorError("no days to monitor: give start_date/end_date, or run after nightshift_ingest")
-    return window_days(windows)
+    from include.ingest.records import published_days
+
+    published = published_days(url, days)
+    skipped = [d for d in days if d not in published]
+    if skipped:
+        log.warning("monitor: %d day(s) not published (rejected or never validated), skipped: %s", len(skipped),
+                    [d.isoformat() for d in skipped[:20]])  # fmt: skip
+    if not published:
+        raise MonitorError(f"no published day among {days[0]}…{days[-1]}: each was rejected by validation "
+                           "or never ingested")  # fmt: skip
+    return [d for d in days if d in published]

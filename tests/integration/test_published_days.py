@@ -66,6 +66,14 @@ def test_a_rejected_day_fails_alone_and_the_rest_of_the_range_is_published(mixed
     assert materialized["skipped_days"] == [BAD.isoformat()]
 
 
+def test_monitoring_skips_a_rejected_day(mixed_range, db_url) -> None:
+    from include.monitor.steps import resolve_days
+
+    window = [[DAYS[0].isoformat(), DAYS[-1].isoformat()]]
+    assert resolve_days({}, window, db_url) == [DAYS[0], DAYS[2]]
+    assert resolve_days({"start_date": BAD.isoformat(), "end_date": BAD.isoformat()}, [], None) == [BAD]
+
+
 def test_a_day_rejected_after_an_earlier_success_is_withdrawn(mixed_range, dagbag, lake_dir, db_url,
                                                               monkeypatch) -> None:  # fmt: skip
     day = DAYS[0]
