@@ -25,6 +25,13 @@ Order of a deploy, after TFX's InfraValidator and a plain canary:
 4. **promote**: `stable` → the version; the old one stays loaded for the grace period.
 5. **rollback**: `stable` → the previous production version in one step (loading it first when
    the grace period has already retired it).
+
+Canary, promote and rollback reconcile, so Airflow's retry after a failure at any point (Postgres
+gone, the worker killed) converges: each reads the labels, the registry and this run's `deployments`
+rows, and does only what is missing. Moving `stable` is a promotion's or rollback's commit point: a
+retry that finds it moved completes the registry and the record. A canary that fails before its
+verdict is recorded takes its label away again (or its retry does), so no canary is left live
+unjudged. A success row is written once per run, action and version.
 """
 
 from __future__ import annotations
@@ -127,15 +134,47 @@ def wait_available(client: ServingClient, version: int, timeout_s: float) -> Non
 
 
 def _record(settings: Settings, run_id: str, version: int, action: str, succeeded: bool, reason: str,
-            state: ServingState, previous: int | None = None, detail: dict | None = None) -> None:  # fmt: skip
+            state: ServingState, previous: int | None = None, detail: dict | None = None) -> bool:  # fmt: skip
+    """Append a step's outcome to `deployments`; a success is written once per run, action and version, so a
+    retry that reconciles a step already done records nothing new. Returns whether a row was written."""
     from include.train.registry import record_deployment
 
+    if succeeded and _succeeded(settings, run_id, action, version) is not None:
+        return False
     record_deployment(settings.require_database_url(), {
         "model": settings.model_name, "version": version, "action": action, "succeeded": succeeded,
         "stable_version": state.stable, "canary_version": state.canary, "previous_stable_version": previous,
         "reason": reason, "detail": json.loads(json.dumps(detail or {}, default=str)),
         "dag_id": DEPLOY_DAG, "run_id": run_id, "created_at": now(),
     })  # fmt: skip
+    return True
+
+
+def _succeeded(settings: Settings, run_id: str, action: str, version: int) -> dict[str, Any] | None:
+    """This run's success row for `action` of `version`, if an earlier try of the step wrote one.
+
+    Callers hold the serving lock, so no other deploy writes one between this read and their insert.
+    """
+    from include.db import deployments as d
+
+    with engine(settings.require_database_url()).connect() as conn:
+        row = conn.execute(
+            sa.select(d).where(d.c.model == settings.model_name, d.c.run_id == run_id, d.c.action == action,
+                               d.c.version == version, d.c.succeeded).order_by(d.c.id).limit(1)
+        ).mappings().first()  # fmt: skip
+    return dict(row) if row else None
+
+
+def _status(settings: Settings, version: int) -> str:
+    from include.train.registry import get_version
+
+    return str(get_version(settings.require_database_url(), version)["status"])
+
+
+def _ensure_status(settings: Settings, version: int, status: str, note: str | None = None) -> None:
+    """Move `version` to `status` unless it is there already (a retry redoing a move the last try made)."""
+    if _status(settings, version) != status:
+        _set_status(settings, version, status, note)
 
 
 def now() -> dt.datetime:
@@ -345,9 +384,20 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
     return {"version": version, **checks}
 
 
+def _own_canary_left(state: ServingState, expected: dict[str, int] | None, version: int) -> bool:
+    """Whether the labels are the expected ones plus `canary` → `version`: what an earlier try of this
+    run's canary left when it died after moving the label and before recording its verdict."""
+    return expected is not None and state.labels != expected and state.labels == {**expected, "canary": version}
+
+
 def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushed: dict[str, Any],
            run_id: str) -> dict[str, Any]:  # fmt: skip
-    """Point `canary` at the validated version and compare it with `stable` on the same requests."""
+    """Point `canary` at the validated version and compare it with `stable` on the same requests.
+
+    Reconciles: a try that finds this run's verdict recorded only makes the registry agree; one that
+    finds the canary label an earlier try left (it died before its verdict) takes it away and judges
+    again. A try that fails after moving the label puts the labels back before it leaves.
+    """
     version = plan["version"]
     if policy.canary_requests < MIN_CANARY_REQUESTS:  # refused before any label moves
         reason = (f"NIGHTSHIFT_DEPLOY_CANARY_REQUESTS={policy.canary_requests} is too few for a latency verdict; "
@@ -356,6 +406,14 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
     rows = (_load_requests(pushed["requests"])["rows"] * policy.canary_requests)[: policy.canary_requests]
     with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
         state = read_state(settings)
+        done = _succeeded(settings, run_id, "canary", version)
+        if done is not None and state.canary == version:  # judged and recorded; the try died after that
+            _ensure_status(settings, version, "canary")
+            return {"version": version, "labels": state.labels, **done["detail"]}
+        if _own_canary_left(state, plan["labels"], version):
+            log.warning("removing the canary label an earlier try of run %s left on version %d", run_id, version)
+            state = ServingState(state.versions, dict(plan["labels"]))
+            write_state(settings, state)
         _expect(state, plan["labels"])
         if version not in state.versions:
             raise DeployError(f"version {version} is not loaded; infra validation must run first")
@@ -365,23 +423,41 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
         labelled = ServingState(state.versions, {**state.labels, "canary": version})
         write_state(settings, labelled)  # step 2: the label moves to an AVAILABLE version
         try:
-            wait_label(client, "canary", version, policy.load_timeout_s)
-            result = compare(client, rows, policy) if state.stable is not None else {"first_deployment": True}
-        except (DeployError, ServingError) as err:
-            write_state(settings, state)
-            raise _fail(settings, run_id, version, "canary", str(err), state) from err
-        if result.get("problems"):  # the canary label goes, and the version is unloaded at once
-            restored = ServingState([v for v in state.versions if v != version],
-                                    {k: v for k, v in state.labels.items() if k != "canary"})  # fmt: skip
-            write_state(settings, restored)
-            _set_status(settings, version, "canary")
-            raise _fail(settings, run_id, version, "canary", "; ".join(result["problems"]), restored,
-                        reject="rolled_back", detail=result)  # fmt: skip
-        _set_status(settings, version, "canary")
-        _record(settings, run_id, version, "canary", True,
-                "first deployment: no stable to compare with" if state.stable is None else "canary healthy",
-                labelled, detail=result)  # fmt: skip
+            try:
+                wait_label(client, "canary", version, policy.load_timeout_s)
+                result = compare(client, rows, policy) if state.stable is not None else {"first_deployment": True}
+            except (DeployError, ServingError) as err:
+                write_state(settings, state)
+                raise _fail(settings, run_id, version, "canary", str(err), state) from err
+            if result.get("problems"):  # the canary label goes first, the version is unloaded once judged
+                unlabelled = ServingState(state.versions, {k: v for k, v in state.labels.items() if k != "canary"})
+                write_state(settings, unlabelled)
+                _ensure_status(settings, version, "canary")
+                restored = ServingState([v for v in state.versions if v != version], unlabelled.labels)
+                err = _fail(settings, run_id, version, "canary", "; ".join(result["problems"]), restored,
+                            reject="rolled_back", detail=result)  # fmt: skip
+                write_state(settings, restored)
+                raise err
+            _ensure_status(settings, version, "canary")
+            _record(settings, run_id, version, "canary", True,
+                    "first deployment: no stable to compare with" if state.stable is None else "canary healthy",
+                    labelled, detail=result)  # fmt: skip
+        except BaseException:
+            # Whatever failed (Postgres, a kill signal turned into an exception), no canary label is left live
+            # without its verdict recorded: the labels go back to what they were before this try.
+            current = read_state(settings)
+            if current.canary == version and _succeeded_or_none(settings, run_id, version) is None:
+                write_state(settings, ServingState(current.versions, state.labels))
+            raise
     return {"version": version, "labels": labelled.labels, **result}
+
+
+def _succeeded_or_none(settings: Settings, run_id: str, version: int) -> dict[str, Any] | None:
+    """This run's canary success row, or None also when Postgres cannot say (then it was not written)."""
+    try:
+        return _succeeded(settings, run_id, "canary", version)
+    except sa.exc.SQLAlchemyError:
+        return None
 
 
 def _change(settings: Settings, run_id: str, action: str, version: int, before: ServingState,
@@ -411,33 +487,51 @@ def wait_label(client: ServingClient, label: str, version: int, timeout_s: float
 
 
 def promote(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """`stable` → the canary version; the old stable stays loaded (unlabelled) for the grace period."""
+    """`stable` → the canary version; the old stable stays loaded (unlabelled) for the grace period.
+
+    Reconciles: moving the label is the commit point. A try that finds `stable` already on the version
+    (an earlier try died after moving it) does not move it again, but finishes what that try left
+    undone: the version production, the old stable archived, this run's promote row.
+    """
     version = plan["version"]
     with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
         state = read_state(settings)
-        previous = state.stable
-        if previous == version:
+        done = _succeeded(settings, run_id, "promote", version)
+        previous = done["previous_stable_version"] if done else plan.get("stable")
+        if previous == version:  # stable already when the run was planned: nothing to do
             return {"version": version, "stable": version, "previous": previous, "changed": False}
-        if state.canary != version:
-            raise DeployConflict(f"version {version} is not the canary (labels {state.labels}); run the canary first")
-        require_status(settings, version, "promote", becomes="production")  # before the label moves, not after
-        if previous is not None:
-            require_status(settings, previous, "promote", becomes="archived")
-        promoted = ServingState(state.versions, {"stable": version})
-        _change(settings, run_id, "promote", version, state, promoted,
-                lambda: wait_label(client, "stable", version, policy.load_timeout_s))  # fmt: skip
-        _set_status(settings, version, "production")
-        if previous is not None:
+        if state.stable == version:
+            log.info("stable is already version %d: completing the registry and the record of run %s", version,
+                     run_id)  # fmt: skip
+            wait_label(client, "stable", version, policy.load_timeout_s)
+            promoted = state
+        else:
+            if state.canary != version:
+                raise DeployConflict(f"version {version} is not the canary (labels {state.labels}); run the canary "
+                                     "first")  # fmt: skip
+            previous = state.stable
+            require_status(settings, version, "promote", becomes="production")  # before the label moves, not after
+            if previous is not None:
+                require_status(settings, previous, "promote", becomes="archived")
+            promoted = ServingState(state.versions, {"stable": version})
+            _change(settings, run_id, "promote", version, state, promoted,
+                    lambda: wait_label(client, "stable", version, policy.load_timeout_s))  # fmt: skip
+        _ensure_status(settings, version, "production")
+        if previous is not None and _status(settings, previous) == "production":
             _set_status(settings, previous, "archived", f"replaced by version {version}")
         _record(settings, run_id, version, "promote", True, f"stable {previous} → {version}", promoted, previous)
     return {"version": version, "stable": version, "previous": previous, "changed": True}
 
 
 def rollback(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """`stable` → the version it replaced (or the form's version), in one step when still loaded."""
+    """`stable` → the version it replaced (or the form's version), in one step when still loaded.
+
+    Reconciles: the run rolls back from the stable it planned on. A try that finds `stable` already on
+    the target (an earlier try died after moving it) finishes the registry and the record instead.
+    """
     with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
         state = read_state(settings)
-        current = state.stable
+        current = plan.get("stable") or state.stable  # what this run rolls back from, for every try
         if current is None:
             raise DeployError("nothing to roll back: no version is labelled stable")
         target = plan.get("version") or rollback_target(settings.require_database_url(), settings.model_name, current)
@@ -445,18 +539,29 @@ def rollback(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run
             raise _fail(settings, run_id, current, "rollback", f"no earlier production version to roll back to from "
                         f"version {current}; give one in the form", state)  # fmt: skip
         target = int(target)
-        require_status(settings, target, "rollback")  # before the label moves, not after
-        require_status(settings, current, "rollback", becomes="rolled_back")
-        if target not in state.versions:  # retired after its grace period: load first, then label
-            _change(settings, run_id, "rollback", target, state, ServingState([*state.versions, target], state.labels),
-                    lambda: wait_available(client, target, policy.load_timeout_s))  # fmt: skip
-        rolled = ServingState(sorted({*state.versions, target}), {"stable": target})
-        _change(settings, run_id, "rollback", target, state, rolled,
-                lambda: wait_label(client, "stable", target, policy.load_timeout_s))  # fmt: skip
-        _set_status(settings, current, "rolled_back", f"rolled back to version {target}")
-        if state.canary is not None and state.canary not in (current, target):
-            _set_status(settings, state.canary, "rolled_back", f"canary dropped by the rollback to {target}")
-        _set_status(settings, target, "production")
+        dropped = (plan.get("labels") or state.labels).get("canary")
+        if state.stable == target:
+            log.info("stable is already version %d: completing the registry and the record of run %s", target,
+                     run_id)  # fmt: skip
+            wait_label(client, "stable", target, policy.load_timeout_s)
+            rolled = state
+        else:
+            if state.stable != current:
+                raise DeployConflict(f"stable is version {state.stable}, not the {current} this rollback was planned "
+                                     "from; re-run the rollback against the current state")  # fmt: skip
+            require_status(settings, target, "rollback")  # before the label moves, not after
+            require_status(settings, current, "rollback", becomes="rolled_back")
+            if target not in state.versions:  # retired after its grace period: load first, then label
+                _change(settings, run_id, "rollback", target, state,
+                        ServingState([*state.versions, target], state.labels),
+                        lambda: wait_available(client, target, policy.load_timeout_s))  # fmt: skip
+            rolled = ServingState(sorted({*state.versions, target}), {"stable": target})
+            _change(settings, run_id, "rollback", target, state, rolled,
+                    lambda: wait_label(client, "stable", target, policy.load_timeout_s))  # fmt: skip
+        _ensure_status(settings, current, "rolled_back", f"rolled back to version {target}")
+        if dropped is not None and dropped not in (current, target) and _status(settings, dropped) == "canary":
+            _set_status(settings, dropped, "rolled_back", f"canary dropped by the rollback to {target}")
+        _ensure_status(settings, target, "production")
         _record(settings, run_id, target, "rollback", True, f"stable {current} → {target}", rolled, current)
         _alert(settings, run_id, "rollback", target, Alert(
             kind="rollback", key=f"{settings.model_name}:{current}->{target}:{run_id}", severity="warning",

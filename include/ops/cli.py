@@ -6,18 +6,27 @@ Commands: db start|stop|url · prepare · demo · airflow · serve
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from include.core.access import USERS
+from include.core.calendar import LOCAL_TZ
 from include.core.config import ConfigError, Settings, load_settings
 from include.ops.postgres import embedded_data_dir, resolve_database_url, stop_embedded
 from include.ops.runtime import airflow_home, runtime_env
+
+if TYPE_CHECKING:
+    from include.serving.process import ServingSupervisor
 
 log = logging.getLogger("nightshift")
 
@@ -66,11 +75,45 @@ def ensure_passwords(settings: Settings) -> Path:
     return ensure(airflow_home(settings) / "passwords.json")
 
 
-def run_airflow(settings: Settings) -> int:
-    """The full Airflow (api-server, scheduler, dag-processor, triggerer) and local serving, until Ctrl-C."""
-    from include.serving.process import local_server
+def serving_restarted(settings: Settings) -> Callable[[str, str, int], None]:
+    """The supervisor's `on_restart`: one warning alert per crash of the local serving process."""
+    from include.core.alerts import Alert, send
 
+    def alert(url: str, how: str, pid: int) -> None:
+        send(settings.require_database_url(), Alert(
+            kind="serving_restarted", key=f"{settings.model_name}:{url}:pid {pid}", severity="warning",
+            title=f"Local serving of {settings.model_name} died ({how}) and was restarted on {url}",
+            impact="predictions failed while it was down; it serves models.config again, same URL and labels",
+            details=[f"process {pid} {how}", f"log: {settings.serving_dir / 'server.log'}"],
+            next_step="read the serving log for why it died; a crash that repeats needs the model or the host fixed",
+        ))  # fmt: skip
+
+    return alert
+
+
+@contextlib.contextmanager
+def supervised_serving(settings: Settings, env: dict[str, str] | None = None) -> Iterator[ServingSupervisor]:
+    """The local serving process under `make airflow`: restarted with backoff when it dies, and on-call told."""
+    from include.serving.process import supervised_server
+
+    with supervised_server(settings, env, on_restart=serving_restarted(settings)) as supervisor:
+        yield supervisor
+
+
+def run_airflow(settings: Settings) -> int:
+    """The full Airflow (api-server, scheduler, dag-processor, triggerer) and local serving, until Ctrl-C.
+
+    Serving is supervised: if the local serving process dies it is restarted on the same port, and an
+    alert says so; if an Airflow process exits, everything stops.
+    """
     env = prepare(settings)
+    from include.ops.replay import replay_clock
+
+    clock = replay_clock(settings, env["NIGHTSHIFT_DATABASE_URL"], dt.datetime.now(ZoneInfo(LOCAL_TZ)).date())
+    env.update(clock)
+    if clock:
+        start, first = clock["NIGHTSHIFT_REPLAY_START"], clock["NIGHTSHIFT_REPLAY_FIRST_DAY"]
+        step(f"replay clock: the night of {start} replays {first}, each later night the next day")
     passwords = ensure_passwords(settings)
     users = ", ".join(f"{user} ({'/'.join(roles)})" for user, roles in USERS.items())
     step(f"UI on {env['AIRFLOW__API__BASE_URL']} — users {users}; passwords in {passwords}")
@@ -84,8 +127,9 @@ def run_airflow(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     serving_settings = load_settings(env)
     try:
-        with local_server(serving_settings, env) as url:
-            step(f"TF Serving REST API (local, or the one already answering) on {url}")
+        with supervised_serving(serving_settings, env) as serving:
+            watched = "supervised" if serving.pid else "already answering, not supervised"
+            step(f"TF Serving REST API (local, {watched}) on {serving.url}")
             procs = [subprocess.Popen(["airflow", c], env=env) for c in AIRFLOW_COMPONENTS]
             try:
                 while not stopping and all(p.poll() is None for p in procs):

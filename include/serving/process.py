@@ -4,6 +4,7 @@ serves `models.config`, and the throwaway sandbox infra validation loads a candi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -13,14 +14,17 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from include.core.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
 
 
 def is_up(url: str) -> bool:
@@ -31,6 +35,75 @@ def is_up(url: str) -> bool:
         return False
 
 
+@dataclass
+class _Served:
+    """One local serving process we started: stopped with `_stop`."""
+
+    proc: subprocess.Popen
+    url: str
+    port_file: Path
+    log_file: Any
+
+
+def _check_local(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
+        raise ConfigError(f"NIGHTSHIFT_SERVING_URL={url} does not answer, and a local server can only be started "
+                          "on http://127.0.0.1:<port> (port 0: any free one)")  # fmt: skip
+
+
+def _start(settings: Settings, env: dict[str, str] | None, port: int, timeout_s: float) -> _Served:
+    """Start the local server over `settings.models_config` on `port` (0: any free one), wait until it answers."""
+    from include.serving.config import write_models_config
+
+    parts = urlsplit(settings.serving_url)
+    settings.serving_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.models_config.exists():
+        write_models_config(settings.models_config, [])
+    port_file = settings.serving_dir / f".server-{uuid.uuid4().hex[:8]}.port"
+    log_file = (settings.serving_dir / "server.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "include.serving.local_server", "--model_config_file", str(settings.models_config),
+         "--rest_api_port", str(port), "--host", str(parts.hostname), "--port_file", str(port_file)],
+        env={**(env or os.environ), "PYTHONPATH": str(settings.home)}, stdout=log_file, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    served = _Served(proc, "", port_file, log_file)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not served.url or not is_up(served.url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the local serving process did not come up on {served.url or settings.serving_url}"
+                                   f"; see {log_file.name}")  # fmt: skip
+            if not served.url and port_file.exists():
+                served.url = f"{parts.scheme}://{parts.hostname}:{int(port_file.read_text())}"
+            time.sleep(0.1 if not served.url else 0.3)
+    except BaseException:
+        _stop(served)
+        raise
+    return served
+
+
+def _stop(served: _Served) -> None:
+    served.proc.terminate()
+    try:
+        served.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        served.proc.kill()
+        served.proc.wait(timeout=20)
+    served.log_file.close()
+    served.port_file.unlink(missing_ok=True)
+
+
+def how_it_ended(code: int) -> str:
+    """A process's return code in words: "killed by SIGKILL", "exited with code 1"."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 @contextlib.contextmanager
 def local_server(settings: Settings, env: dict[str, str] | None = None, timeout_s: float = 90) -> Iterator[str]:
     """Serve `settings.models_config` on `settings.serving_url` for the block's duration; yield its URL.
@@ -39,44 +112,114 @@ def local_server(settings: Settings, env: dict[str, str] | None = None, timeout_
     yielded has that port. Otherwise, if a server already answers there (a real TF Serving, or one
     started by `bin/nightshift serve`), it is used as it is and left running.
     """
-    from include.serving.config import write_models_config
-
     url = settings.serving_url
-    parts = urlsplit(url)
-    if parts.port != 0 and is_up(url):
+    if urlsplit(url).port != 0 and is_up(url):
         yield url
         return
-    if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
-        raise ConfigError(f"NIGHTSHIFT_SERVING_URL={url} does not answer, and a local server can only be started "
-                          "on http://127.0.0.1:<port> (port 0: any free one)")  # fmt: skip
-    settings.serving_dir.mkdir(parents=True, exist_ok=True)
-    if not settings.models_config.exists():
-        write_models_config(settings.models_config, [])
-    port_file = settings.serving_dir / f".server-{uuid.uuid4().hex[:8]}.port"
-    log_file = (settings.serving_dir / "server.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "include.serving.local_server", "--model_config_file", str(settings.models_config),
-         "--rest_api_port", str(parts.port), "--host", parts.hostname, "--port_file", str(port_file)],
-        env={**(env or os.environ), "PYTHONPATH": str(settings.home)}, stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    _check_local(url)
+    served = _start(settings, env, int(urlsplit(url).port or 0), timeout_s)
     try:
-        deadline = time.monotonic() + timeout_s
-        served = None
-        while served is None or not is_up(served):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the local serving process did not come up on {served or url}; see {log_file.name}")
-            if served is None and port_file.exists():
-                served = f"{parts.scheme}://{parts.hostname}:{int(port_file.read_text())}"
-            time.sleep(0.1 if served is None else 0.3)
-        yield served
+        yield served.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log_file.close()
-        port_file.unlink(missing_ok=True)
+        _stop(served)
+
+
+@dataclass
+class ServingSupervisor:
+    """The local serving process, restarted on the same port whenever it exits, with backoff.
+
+    A restart waits `backoff_s`, doubled after each failed start up to `max_backoff_s`, and reset once a
+    restarted server has answered. `on_restart(url, how, pid)` is told after each successful restart.
+    """
+
+    settings: Settings
+    env: dict[str, str] | None = None
+    on_restart: Callable[[str, str, int], None] | None = None
+    timeout_s: float = 90
+    poll_s: float = 0.5
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    url: str = ""
+    restarts: int = 0
+    _served: _Served | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def pid(self) -> int | None:
+        return self._served.proc.pid if self._served else None
+
+    def start(self) -> str:
+        _check_local(self.settings.serving_url)
+        self._served = _start(self.settings, self.env, int(urlsplit(self.settings.serving_url).port or 0),
+                              self.timeout_s)  # fmt: skip
+        self.url = self._served.url
+        self._thread = threading.Thread(target=self._watch, name="serving-supervisor", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def _watch(self) -> None:
+        port = int(urlsplit(self.url).port or 0)  # the port it got first: clients keep their URL
+        while not self._stopping.wait(self.poll_s):
+            served = self._served
+            code = served.proc.poll() if served else None
+            if served is None or code is None:
+                continue
+            how, pid = how_it_ended(code), served.proc.pid
+            log.error("the local serving process (pid %d) %s; restarting it on %s", pid, how, self.url)
+            served.log_file.close()
+            served.port_file.unlink(missing_ok=True)
+            delay = self.backoff_s
+            while not self._stopping.wait(delay):
+                try:
+                    with self._lock:
+                        if self._stopping.is_set():
+                            return
+                        self._served = _start(self.settings, self.env, port, self.timeout_s)
+                    break
+                except (RuntimeError, OSError) as err:
+                    log.error("restarting the local serving process failed (%s); next try in %.0f s", err, delay)
+                    delay = min(delay * 2, self.max_backoff_s)
+            else:
+                return
+            self.restarts += 1
+            log.warning("the local serving process is back on %s (pid %d)", self.url, self._served.proc.pid)
+            if self.on_restart is not None:
+                try:
+                    self.on_restart(self.url, how, pid)
+                except Exception:  # the alert's failure must not stop the supervision
+                    log.exception("telling on-call about the serving restart failed")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout_s + 30)
+        with self._lock:
+            if self._served is not None:
+                _stop(self._served)
+                self._served = None
+
+
+@contextlib.contextmanager
+def supervised_server(settings: Settings, env: dict[str, str] | None = None,
+                      on_restart: Callable[[str, str, int], None] | None = None,
+                      **options: float) -> Iterator[ServingSupervisor]:  # fmt: skip
+    """`local_server`, restarted whenever it exits; yields the supervisor (its `url`, `pid`, `restarts`).
+
+    A server that already answers on a fixed port is not ours to supervise: it is used as it is
+    (`supervisor.pid` is None then).
+    """
+    url = settings.serving_url
+    if urlsplit(url).port != 0 and is_up(url):
+        yield ServingSupervisor(settings, env, url=url)
+        return
+    supervisor = ServingSupervisor(settings, env, on_restart, **options)
+    supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop()
 
 
 # -- the infra validation sandbox ------------------------------------------------------------------
