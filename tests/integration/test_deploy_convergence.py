@@ -67,6 +67,27 @@ def _served(settings: Settings, label: str) -> int | None:
             return None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _serving_restored(stable_model, serving, db_url):
+    """Leave serving and the registry as this module found them: later modules score with `stable_model`."""
+    import os
+
+    config = serving.models_config.read_bytes()
+    mv = db.model_versions
+    with db.engine(db_url).connect() as conn:
+        statuses = dict(conn.execute(sa.select(mv.c.version, mv.c.status)).all())
+    yield
+    staged = serving.models_config.with_suffix(".restore")
+    staged.write_bytes(config)
+    os.replace(staged, serving.models_config)
+    with db.engine(db_url).begin() as conn:
+        for version, status in statuses.items():
+            conn.execute(sa.update(mv).where(mv.c.version == version).values(status=status))
+        conn.execute(sa.update(mv).where(mv.c.version.not_in(list(statuses)), mv.c.status.in_(
+            ["production", "canary"])).values(status="archived"))  # fmt: skip
+    _wait_for_server(lambda: _served(serving, "stable") == stable_model, "stable restored")
+
+
 @pytest.fixture
 def stable_only(stable_model, serving, db_url) -> int:
     """Serving with a `stable` and no canary label (another test may have left one), the registry agreeing."""

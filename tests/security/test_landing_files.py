@@ -69,7 +69,7 @@ def test_a_bad_landing_drop_fails_collect_once_naming_the_file(
     states = {task: str(ti.state) for task, ti in instances.items()}
     assert run.state == "failed", states
     assert states == {"collect": "failed", "clean": "upstream_failed", "validate": "upstream_failed",
-                      "materialize": "upstream_failed"}  # fmt: skip
+                      "materialize": "upstream_failed", "rejected_days": "upstream_failed"}  # fmt: skip
     assert instances["collect"].try_number == 1  # failed at once: not retried
     with db.engine(db_url).connect() as conn:
         alert = conn.execute(
