@@ -354,13 +354,14 @@ def mark_retrain_emitted(url: str, day: dt.date, at: dt.datetime) -> None:
 
 
 def resolve_days(params: dict[str, Any], windows: list[list[str]], url: str | None = None) -> list[dt.date]:
-    """The form's range, else the days the triggering ingestion published; with `url`, only the
-    days whose latest validation passed (a day rejected since is skipped, with a warning)."""
+    """The form's range as asked, else the days the triggering ingestion published; with `url`, of
+    those only the days whose latest validation passed (a day rejected since is skipped, with a warning)."""
     days = form_days(params)
-    if days is None:
-        if not windows:
-            raise MonitorError("no days to monitor: give start_date/end_date, or run after nightshift_ingest")
-        days = window_days(windows)
+    if days is not None:
+        return days
+    if not windows:
+        raise MonitorError("no days to monitor: give start_date/end_date, or run after nightshift_ingest")
+    days = window_days(windows)
     if url is None:
         return days
     from include.ingest.records import published_days
