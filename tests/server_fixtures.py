@@ -154,9 +154,11 @@ def clients_closed(monkeypatch) -> Iterator[None]:
     assert not left_open, f"ServingClient left open: {left_open}; use it in a `with` block"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stable_model(dagbag, serving, trained) -> int:
-    """The trained model serving as `stable` (deployed here unless the deploy tests left one)."""
+    """The version serving as `stable` when the module starts (the trained model, deployed here unless
+    the deploy tests left one). Per module: deploy tests move `stable`, and a later module must see
+    what serves now, not what served when the first module asked."""
     from include.serving.state import read_state
 
     state = read_state(serving)
