@@ -21,13 +21,13 @@ from include.ingest.collect import replay_flights
 ATTACKS = {
     # Seen before: retried twice (about 2 minutes) before failing on "missing columns", naming no file.
     "renamed column": (
-        dt.date(2013, 7, 1),
+        dt.date(2013, 11, 11),
         lambda rows: {"export.csv": rows.rename(columns={"dep_time": "departure_time"}).to_csv(index=False).encode()},
         r"export.csv: missing columns \['dep_time'\]; extra columns \['departure_time'\]",
     ),
     # Seen before: `UnicodeDecodeError … position 90242`, naming no file, retried.
     "Latin-1 export": (
-        dt.date(2013, 7, 2),
+        dt.date(2013, 11, 12),
         lambda rows: {
             "export.csv": rows.assign(dest=rows["dest"].where(rows.index != 700, "ZÜR"))
             .to_csv(index=False)
@@ -37,7 +37,7 @@ ATTACKS = {
     ),
     # Seen before: concatenated first, so b.csv's missing column silently became NaN and the run succeeded.
     "mixed column sets": (
-        dt.date(2013, 7, 3),
+        dt.date(2013, 11, 13),
         lambda rows: {
             "a.csv": rows.iloc[:400].to_csv(index=False).encode(),
             "b.csv": rows.iloc[400:].drop(columns="arr_delay").to_csv(index=False).encode(),
