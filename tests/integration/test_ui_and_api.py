@@ -276,7 +276,7 @@ def test_a_viewer_can_read_but_not_trigger_or_act(airflow: Airflow, browser) -> 
 
     page.goto(f"{airflow.url}/plugin/mlops")
     view = page.frame_locator("iframe")
-    view.get_by_text("Read-only: promote and roll back need the").wait_for()
+    view.get_by_text("Read-only: promote and roll back need permission").wait_for()
     assert view.get_by_role("button", name="Roll back stable").count() == 0
     _shot(page, "viewer-2-mlops-read-only")
     forced = page.request.post(f"{airflow.url}/mlops/actions", form={"action": "rollback"})
