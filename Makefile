@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test chromium demo test test-fast lint-imports airflow bench bench-serving bench-monitor lint format lock clean
+.PHONY: install install-test chromium demo test test-fast lint-imports airflow nights bench bench-serving bench-monitor lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -79,3 +79,9 @@ bench-serving: install
 ## Evidently report time for 1k, 10k, 100k and 1M rows (after `make demo`).
 bench-monitor: install
 	PYTHONPATH=. $(PY) -m benchmarks.monitor
+
+## 14 nights of the chain under the real scheduler, with every fault (writes .local/nights/report.json).
+NIGHTS ?= 14
+FAULTS ?= postgres,scheduler,promote,serving,landing,channels,disk
+nights: install
+	bin/nightshift nights --nights $(NIGHTS) --faults $(FAULTS)

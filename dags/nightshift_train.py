@@ -26,17 +26,18 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, t
 
 from include.core.access import access_control
 from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
-from include.core.config import task_timeout
+from include.core.config import NightlyTraining, task_timeout
 from include.core.dag_defaults import default_args
 from include.core.deadlines import nightly_deadlines
 from include.train.backends import training_step, tune_shards
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15), dag_id=TRAIN_DAG)
+NIGHTLY = NightlyTraining.from_env()  # the form's defaults: what scheduled runs train with
 DATASET_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['uri'] }}"
 MODELS_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['models_uri'] }}"
 TRAIN_PARAMS = {
     "train_days": Param(
-        60,
+        NIGHTLY.train_days,
         type="integer",
         minimum=7,
         maximum=365,
@@ -45,7 +46,7 @@ TRAIN_PARAMS = {
         section="Data window",
     ),
     "test_days": Param(
-        7,
+        NIGHTLY.test_days,
         type="integer",
         minimum=1,
         maximum=60,
@@ -62,7 +63,7 @@ TRAIN_PARAMS = {
         section="Data window",
     ),
     "tuner": Param(
-        "hyperband",
+        NIGHTLY.tuner,
         type="string",
         enum=["hyperband", "bayesian", "random"],
         values_display={
@@ -75,7 +76,7 @@ TRAIN_PARAMS = {
         section="Tuning budget",
     ),
     "max_trials": Param(
-        6,
+        NIGHTLY.max_trials,
         type="integer",
         minimum=1,
         maximum=200,
@@ -84,7 +85,7 @@ TRAIN_PARAMS = {
         section="Tuning budget",
     ),
     "epochs": Param(
-        6,
+        NIGHTLY.epochs,
         type="integer",
         minimum=1,
         maximum=200,
@@ -93,7 +94,7 @@ TRAIN_PARAMS = {
         section="Tuning budget",
     ),
     "ensemble_size": Param(
-        2,
+        NIGHTLY.ensemble_size,
         type="integer",
         minimum=1,
         maximum=10,
@@ -102,7 +103,7 @@ TRAIN_PARAMS = {
         section="Tuning budget",
     ),
     "seed": Param(
-        7,
+        NIGHTLY.seed,
         type="integer",
         minimum=0,
         maximum=2**31 - 1,

@@ -246,6 +246,31 @@ class DeployPolicy:
 
 
 @dataclass(frozen=True)
+class NightlyTraining:
+    """The nightly training's window and tuning budget: the train form's defaults, so every scheduled
+    run uses them, and `make demo` trains with them too. Each field is `NIGHTSHIFT_NIGHTLY_<NAME>`.
+    The defaults fit one night of the chain in 8 minutes on 2 CPU cores; on a GPU raise epochs,
+    max_trials (with tuner=bayesian|random) and ensemble_size."""
+
+    train_days: int = 60
+    test_days: int = 7
+    tuner: str = "hyperband"
+    max_trials: int = 6
+    epochs: int = 4
+    ensemble_size: int = 2
+    seed: int = 7
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> NightlyTraining:
+        budget = cls(**env_overrides(cls(), "NIGHTSHIFT_NIGHTLY_", env))
+        if budget.tuner not in ("hyperband", "bayesian", "random"):
+            raise ConfigError(f"NIGHTSHIFT_NIGHTLY_TUNER={budget.tuner!r}; choose hyperband, bayesian or random")
+        if min(budget.train_days - 6, budget.test_days, budget.max_trials, budget.epochs, budget.ensemble_size) < 1:
+            raise ConfigError(f"the nightly training budget {budget} needs train_days >= 7 and the rest >= 1")
+        return budget
+
+
+@dataclass(frozen=True)
 class LandingLimits:
     """What one file dropped under `landing/` may be; each field is `NIGHTSHIFT_LANDING_<NAME>`."""
 

@@ -55,6 +55,7 @@ from include.core import lake
 from include.core.alerts import Alert, send
 from include.core.assets import DEPLOY_DAG
 from include.core.config import DeployPolicy, Settings
+from include.core.faults import PROMOTE_LABEL_MOVED, failpoint
 from include.db import engine
 from include.deploy.canary import MIN_CANARY_REQUESTS, compare
 from include.deploy.errors import DeployConflict, DeployError, SandboxRejected, StatusRefused
@@ -516,6 +517,7 @@ def promote(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_
             promoted = ServingState(state.versions, {"stable": version})
             _change(settings, run_id, "promote", version, state, promoted,
                     lambda: wait_label(client, "stable", version, policy.load_timeout_s))  # fmt: skip
+            failpoint(PROMOTE_LABEL_MOVED)  # the commit point is behind; a retry must finish what follows
         _ensure_status(settings, version, "production")
         if previous is not None and _status(settings, previous) == "production":
             _set_status(settings, previous, "archived", f"replaced by version {version}")

@@ -26,17 +26,14 @@ log = logging.getLogger(__name__)
 def run_days(settings: Settings, params: dict[str, Any], interval_start: dt.datetime | None,
              interval_end: dt.datetime | None) -> list[dt.date]:  # fmt: skip
     """The days an ingest run covers: the form's range, else its data interval's night(s). Under the
-    replay clock (`bin/nightshift airflow` sets it after the demo), a scheduled night replays the
-    next 2013 day after the demo's data instead of the same month/day of 2013."""
+    replay clock (`bin/nightshift airflow` sets it after the demo, `bin/nightshift nights` for its
+    nights), a scheduled or backfilled night stands for the next 2013 day after the demo's data, not
+    the same month/day of 2013: the replay source serves that day, and the landing source reads the
+    files dropped for it (`landing/flights/date=<that day>/`)."""
     from include.core.calendar import form_days, replayed_days, resolve_days
 
     days = resolve_days(params, interval_start, interval_end)
-    if (
-        form_days(params) is None
-        and settings.source == "replay"
-        and settings.replay_start
-        and settings.replay_first_day
-    ):
+    if form_days(params) is None and settings.replay_start and settings.replay_first_day:
         return replayed_days(days, settings.replay_start, settings.replay_first_day)
     return days
 

@@ -1,12 +1,11 @@
 """`bin/nightshift`: set up and run nightshift on one Postgres (DATABASE_URL or embedded).
 
-Commands: db start|stop|url · prepare · demo · airflow · serve
+Commands: db start|stop|url · prepare · demo · airflow · nights · serve
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -14,23 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from include.core.access import USERS
 from include.core.calendar import LOCAL_TZ
 from include.core.config import ConfigError, Settings, load_settings
+from include.ops.nights import FAULTS
 from include.ops.postgres import embedded_data_dir, resolve_database_url, stop_embedded
-from include.ops.runtime import airflow_home, runtime_env
-
-if TYPE_CHECKING:
-    from include.serving.process import ServingSupervisor
+from include.ops.runtime import AIRFLOW_COMPONENTS, ensure_passwords, runtime_env, supervised_serving
 
 log = logging.getLogger("nightshift")
-
-AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 def step(message: str) -> None:
@@ -66,38 +58,6 @@ def prepare(settings: Settings) -> dict[str, str]:
     )
     print(f"    ready in {time.monotonic() - started:.1f} s")
     return env
-
-
-def ensure_passwords(settings: Settings) -> Path:
-    """The UI users' passwords file (generated once, mode 0600 from its first byte)."""
-    from include.ops.auth import ensure_passwords as ensure
-
-    return ensure(airflow_home(settings) / "passwords.json")
-
-
-def serving_restarted(settings: Settings) -> Callable[[str, str, int], None]:
-    """The supervisor's `on_restart`: one warning alert per crash of the local serving process."""
-    from include.core.alerts import Alert, send
-
-    def alert(url: str, how: str, pid: int) -> None:
-        send(settings.require_database_url(), Alert(
-            kind="serving_restarted", key=f"{settings.model_name}:{url}:pid {pid}", severity="warning",
-            title=f"Local serving of {settings.model_name} died ({how}) and was restarted on {url}",
-            impact="predictions failed while it was down; it serves models.config again, same URL and labels",
-            details=[f"process {pid} {how}", f"log: {settings.serving_dir / 'server.log'}"],
-            next_step="read the serving log for why it died; a crash that repeats needs the model or the host fixed",
-        ))  # fmt: skip
-
-    return alert
-
-
-@contextlib.contextmanager
-def supervised_serving(settings: Settings, env: dict[str, str] | None = None) -> Iterator[ServingSupervisor]:
-    """The local serving process under `make airflow`: restarted with backoff when it dies, and on-call told."""
-    from include.serving.process import supervised_server
-
-    with supervised_server(settings, env, on_restart=serving_restarted(settings)) as supervisor:
-        yield supervisor
 
 
 def run_airflow(settings: Settings) -> int:
@@ -171,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--end", help="last day (default NIGHTSHIFT_BOOTSTRAP_END)")
     demo.add_argument("--keep-postgres", action="store_true", help="leave the embedded Postgres running")
     sub.add_parser("airflow", help="run the full Airflow with the UI on :8080")
+    nights = sub.add_parser("nights", help="N nights of the chain under the real scheduler, with faults (make nights)")
+    nights.add_argument("--nights", type=int, default=14, help="how many consecutive nights, ending yesterday")
+    nights.add_argument("--faults", default="", help=f"comma-separated, night by night, or name@N: {', '.join(FAULTS)}")
+    nights.add_argument("--last-night", type=dt.date.fromisoformat, help="the last night (default: yesterday)")
     serve = sub.add_parser("serve", help="the local TF-Serving-compatible REST server on .local/serving")
     serve.add_argument("--port", type=int, default=8501)
     args = parser.parse_args(argv)
@@ -195,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(settings, prepare, args.start, args.end, keep_postgres=args.keep_postgres)
         if args.command == "airflow":
             return run_airflow(settings)
+        if args.command == "nights":
+            from include.ops.nights import NightsError, run_nights
+
+            faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+            try:
+                return run_nights(settings, args.nights, faults, prepare, args.last_night)
+            except NightsError as err:
+                print(f"nightshift nights: {err}", file=sys.stderr)
+                return 1
         if args.command == "serve":
             return run_local_serving(settings, args.port)
     except ConfigError as err:

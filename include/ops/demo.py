@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import subprocess
@@ -17,17 +18,13 @@ from include import db
 from include.core import lake
 from include.core.assets import DEPLOY_DAG, INGEST_DAG, MONITOR_DAG, TRAIN_DAG
 from include.core.calendar import days_between
-from include.core.config import Settings, load_settings
+from include.core.config import NightlyTraining, Settings, load_settings
 from include.ingest.publish import online_row_count
 from include.ops.postgres import embedded_data_dir, stop_embedded
 from include.serving.process import local_server
 
 MONITOR_DAYS = 7
 SMOKE_ROWS = 3
-
-# A tuning budget that fits the demo's time limit on 2 CPU cores; on a GPU raise epochs,
-# max_trials (with tuner=bayesian|random) and ensemble_size in the trigger form.
-DEMO_TRAIN_CONF = {"train_days": 60, "test_days": 7, "tuner": "hyperband", "epochs": 4, "ensemble_size": 2, "seed": 7}
 
 
 def summary_path(settings: Settings) -> Path:
@@ -235,7 +232,9 @@ def run_demo(
             "run_ids": {INGEST_DAG: ingested[0]},
         }
         if ingested[1] == "success":
-            trained = run_dag(env, TRAIN_DAG, {**DEMO_TRAIN_CONF, "end_date": last.isoformat()})
+            # The nightly budget (NIGHTSHIFT_NIGHTLY_*, fits 2 CPU cores), on the bootstrap window.
+            budget = dataclasses.asdict(NightlyTraining.from_env(env))
+            trained = run_dag(env, TRAIN_DAG, {**budget, "end_date": last.isoformat()})
             if trained is not None:
                 summary["dag_runs"][TRAIN_DAG] = trained[1]
                 summary["run_ids"][TRAIN_DAG] = trained[0]

@@ -48,6 +48,16 @@ def stop_embedded(data_dir: Path) -> bool:
     return True
 
 
+def kill_embedded(data_dir: Path) -> None:
+    """Stop the embedded server immediately, as a crash would (no checkpoint; it recovers on start).
+    `start_embedded` starts it again: pgserver's handle on the stopped server is dropped here."""
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data_dir, user=_pg_system_user())
+    pgserver.PostgresServer._instances.pop(data_dir.expanduser().resolve(), None)
+
+
 def resolve_database_url(database_url: str | None, local_dir: Path) -> str:
     """DATABASE_URL when given, else the embedded server (started on demand)."""
     if database_url:

@@ -6,13 +6,19 @@ demo, the full Airflow, the CLI's `airflow …` calls and the tests all agree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from include.core.config import Settings
 from include.core.feast import feast_variables
 from include.db import sqlalchemy_url
+
+if TYPE_CHECKING:
+    from include.serving.process import ServingSupervisor
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
@@ -74,3 +80,38 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
     )
     env.update(feast_variables(database_url))
     return env
+
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def ensure_passwords(settings: Settings) -> Path:
+    """The UI users' passwords file (generated once, mode 0600 from its first byte)."""
+    from include.ops.auth import ensure_passwords as ensure
+
+    return ensure(airflow_home(settings) / "passwords.json")
+
+
+def serving_restarted(settings: Settings) -> Callable[[str, str, int], None]:
+    """The supervisor's `on_restart`: one warning alert per crash of the local serving process."""
+    from include.core.alerts import Alert, send
+
+    def alert(url: str, how: str, pid: int) -> None:
+        send(settings.require_database_url(), Alert(
+            kind="serving_restarted", key=f"{settings.model_name}:{url}:pid {pid}", severity="warning",
+            title=f"Local serving of {settings.model_name} died ({how}) and was restarted on {url}",
+            impact="predictions failed while it was down; it serves models.config again, same URL and labels",
+            details=[f"process {pid} {how}", f"log: {settings.serving_dir / 'server.log'}"],
+            next_step="read the serving log for why it died; a crash that repeats needs the model or the host fixed",
+        ))  # fmt: skip
+
+    return alert
+
+
+@contextlib.contextmanager
+def supervised_serving(settings: Settings, env: dict[str, str] | None = None) -> Iterator[ServingSupervisor]:
+    """The local serving process under `make airflow`: restarted with backoff when it dies, and on-call told."""
+    from include.serving.process import supervised_server
+
+    with supervised_server(settings, env, on_restart=serving_restarted(settings)) as supervisor:
+        yield supervisor

