@@ -91,6 +91,37 @@ class DailyUtcDeadline(BaseDeadlineReference):
         return self.deadline_for(night, queued, done)
 
 
+@dataclass
+class RunQueuedAt(BaseDeadlineReference):
+    """When the run was queued: Airflow's own DAGRUN_QUEUED_AT, under another name. Airflow 3.3.2
+    cannot clear a run that carries an unmissed DAGRUN_QUEUED_AT deadline: `clear_task_instances`
+    recalculates it with `timedelta(seconds=<the stored interval>)`, and the stored interval is a dict,
+    so the clear fails with HTTP 500 and on-call cannot re-run an ingest (seen with the nights
+    harness's `landing` fault). A deadline on this reference is not recalculated by a clear; it
+    stays due at the first queuing, which is when the night's data was expected. A backfill run gets
+    none: a backfill queues all its nights at once, so its later nights would page for waiting their
+    turn (re-runs of old nights get no chain deadline either)."""
+
+    required_kwargs = {"dag_id", "run_id"}  # noqa: RUF012 (class attribute read by Airflow, not a field)
+
+    def serialize_reference(self) -> dict:
+        return {"reference_type": self.reference_name}
+
+    @classmethod
+    def deserialize_reference(cls, data: dict) -> RunQueuedAt:
+        return cls()
+
+    def _evaluate_with(self, *, session: Session, dag_id: str, run_id: str, **kwargs: Any) -> datetime | None:
+        from airflow.models import DagRun
+        from airflow.utils.types import DagRunType
+        from sqlalchemy import select
+
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if run is None or run.run_type == DagRunType.BACKFILL_JOB:
+            return None
+        return run.queued_at or run.run_after
+
+
 def next_cutoff(instant: datetime, hour: int, minute: int) -> datetime:
     """The first `hour:minute` UTC at or after `instant`."""
     instant = instant.astimezone(UTC)
@@ -208,4 +239,4 @@ class _Nights:
 
 class NightshiftDeadlinesPlugin(AirflowPlugin):
     name = "nightshift_deadlines"
-    deadline_references = [DailyUtcDeadline]  # noqa: RUF012
+    deadline_references = [DailyUtcDeadline, RunQueuedAt]  # noqa: RUF012

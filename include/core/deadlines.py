@@ -43,11 +43,12 @@ def nightly_deadlines(what: str) -> list:
 def ingest_deadlines() -> list:
     if not deadlines_enabled():
         return []
-    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+    from airflow.sdk import AsyncCallback, DeadlineAlert
+    from nightshift_deadlines import RunQueuedAt
 
     hours = ingest_deadline_hours()
     return [DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(hours=hours),
+        reference=RunQueuedAt(), interval=timedelta(hours=hours),
         callback=AsyncCallback(deadline_missed, kwargs={"what": f"ingest must finish within {hours:g} h of queuing"}),
         name="ingest_within_hours_of_queued",
     )]  # fmt: skip

@@ -49,20 +49,25 @@ def test_three_nights_with_faults_keep_every_invariant(nights_run):
     assert report["failed_invariants"] == [], done.stdout[-4000:]
     assert done.returncode == 0, done.stdout[-4000:]
     invariants = report["invariants"]
-    assert invariants["rows_lost"] == 0 and invariants["rows_duplicated"] == 0
+    assert invariants["rows_lost"] == 0
+    assert invariants["rows_duplicated"] == 0
     assert invariants["max_trainings_per_night"] <= 1
     assert invariants["registry_matches_serving"] is True
     assert invariants["predictions_logged_under_served_version"] is True
-    assert invariants["alerts_pending"] == 0 and invariants["alerts_delivered_twice"] == 0
-    assert invariants["probe_requests"] > 60 and invariants["probe_failures"] == 0
+    assert invariants["alerts_pending"] == 0
+    assert invariants["alerts_delivered_twice"] == 0
+    assert invariants["probe_requests"] > 60
+    assert invariants["probe_failures"] == 0
 
 
 def test_every_fault_was_injected_and_every_night_ran_the_chain(nights_run):
     _, report = nights_run
     assert sorted(report["faults"]) == sorted(FAULTS), report["per_night"]
-    assert report["nights"] == 3 and len(report["per_night"]) == 3
+    assert report["nights"] == 3
+    assert len(report["per_night"]) == 3
     days = [night["replays"] for night in report["per_night"]]
-    assert days == sorted(days) and len(set(days)) == 3  # consecutive replayed days, one per night
+    assert days == sorted(days)
+    assert len(set(days)) == 3
     for night in report["per_night"]:
         assert night["ingest"] == "success", night
         assert night["monitored_days"] == [night["replays"]], night  # the night's day, monitored that night

@@ -97,3 +97,30 @@ def test_an_alert_mail_escapes_what_the_alert_carries() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
     assert "&lt;img src=x onerror=y&gt;" in body
     assert body.startswith("<pre style='font-family:monospace'>")
+
+
+def test_the_nightly_budget_reads_the_environment() -> None:
+    """One budget, read from NIGHTSHIFT_NIGHTLY_*: what scheduled runs train with (the form's defaults,
+    tests/dags) and what `make demo` trains with, so the nights and the demo are the same training."""
+    import dataclasses
+
+    from include.core.config import NightlyTraining
+
+    budget = NightlyTraining.from_env({})
+    assert dataclasses.asdict(budget) == {"train_days": 60, "test_days": 7, "tuner": "hyperband", "max_trials": 6,
+                                          "epochs": 4, "ensemble_size": 2, "seed": 7}  # fmt: skip
+    smaller = NightlyTraining.from_env({"NIGHTSHIFT_NIGHTLY_EPOCHS": "2", "NIGHTSHIFT_NIGHTLY_TUNER": "random"})
+    assert (smaller.epochs, smaller.tuner, smaller.train_days) == (2, "random", 60)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"NIGHTSHIFT_NIGHTLY_TUNER": "grid"}, "choose hyperband, bayesian or random"),
+    ({"NIGHTSHIFT_NIGHTLY_TRAIN_DAYS": "6"}, "train_days >= 7"),
+    ({"NIGHTSHIFT_NIGHTLY_EPOCHS": "0"}, "the rest >= 1"),
+    ({"NIGHTSHIFT_NIGHTLY_EPOCHS": "four"}, "NIGHTSHIFT_NIGHTLY_EPOCHS='four' is not a int"),
+])  # fmt: skip
+def test_a_bad_nightly_budget_is_refused_by_name(env, message) -> None:
+    from include.core.config import NightlyTraining
+
+    with pytest.raises(ConfigError, match=message):
+        NightlyTraining.from_env(env)

@@ -84,3 +84,28 @@ def test_the_reference_round_trips_through_serialization() -> None:
     data = DailyUtcDeadline(hour=5, minute=30).serialize_reference()
     assert data == {"reference_type": "DailyUtcDeadline", "hour": 5, "minute": 30}
     assert DailyUtcDeadline.deserialize_reference(data) == DailyUtcDeadline(hour=5, minute=30)
+
+
+class _Session:
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def scalar(self, _query):
+        return self.run
+
+
+def test_the_ingest_deadline_counts_from_queuing_and_skips_backfills() -> None:
+    """`RunQueuedAt` stands in for Airflow's DAGRUN_QUEUED_AT, which 3.3.2 cannot clear a run with."""
+    from types import SimpleNamespace
+
+    from airflow.utils.types import DagRunType
+    from nightshift_deadlines import RunQueuedAt
+
+    queued = dt.datetime(2026, 11, 30, 5, 2, tzinfo=dt.UTC)
+    reference = RunQueuedAt()
+    scheduled = SimpleNamespace(run_type=DagRunType.SCHEDULED, queued_at=queued, run_after=queued)
+    assert reference._evaluate_with(session=_Session(scheduled), dag_id="d", run_id="r") == queued
+    backfill = SimpleNamespace(run_type=DagRunType.BACKFILL_JOB, queued_at=queued, run_after=queued)
+    assert reference._evaluate_with(session=_Session(backfill), dag_id="d", run_id="r") is None
+    assert RunQueuedAt.deserialize_reference(reference.serialize_reference()) == reference
+    assert reference.serialize_reference()["reference_type"] != "DagRunQueuedAtDeadline"

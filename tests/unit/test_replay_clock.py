@@ -34,14 +34,26 @@ def test_fourteen_nights_are_fourteen_consecutive_days_that_continue_the_window(
     assert days == [dt.date(2013, 4, 8) + dt.timedelta(days=n) for n in range(14)]
 
 
-def test_the_form_and_other_sources_are_not_remapped() -> None:
+def test_the_form_and_an_unset_clock_are_not_remapped() -> None:
     form = {"start_date": "2013-06-01", "end_date": "2013-06-02"}
     settings = load_settings({**CLOCK, "NIGHTSHIFT_SOURCE": "replay"})
     assert run_days(settings, form, None, None) == [dt.date(2013, 6, 1), dt.date(2013, 6, 2)]
+    for source in ("replay", "landing"):
+        unset = load_settings({"NIGHTSHIFT_SOURCE": source})
+        assert run_days(unset, {}, *_interval(dt.date(2026, 11, 30))) == [dt.date(2026, 11, 30)]
+
+
+def test_under_the_clock_the_landing_source_reads_the_replayed_days_drop() -> None:
+    """The nights harness plays the upstream system in 2013: night 2026-11-30 reads landing/…/date=2013-04-08/."""
     landing = load_settings({**CLOCK, "NIGHTSHIFT_SOURCE": "landing"})
-    assert run_days(landing, {}, *_interval(dt.date(2026, 11, 30))) == [dt.date(2026, 11, 30)]
-    unset = load_settings({"NIGHTSHIFT_SOURCE": "replay"})
-    assert run_days(unset, {}, *_interval(dt.date(2026, 11, 30))) == [dt.date(2026, 11, 30)]
+    assert run_days(landing, {}, *_interval(dt.date(2026, 11, 30))) == [dt.date(2013, 4, 8)]
+
+
+def test_make_airflow_sets_no_clock_for_the_landing_source(tmp_path) -> None:
+    from include.ops.replay import replay_clock
+
+    landing = load_settings({"NIGHTSHIFT_SOURCE": "landing", "NIGHTSHIFT_LOCAL_DIR": str(tmp_path)})
+    assert replay_clock(landing, "postgresql://unused", dt.date(2026, 12, 1)) == {}
 
 
 def test_the_clock_refuses_to_run_past_the_data() -> None:
