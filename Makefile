@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test chromium demo test test-fast lint-imports airflow nights bench bench-serving bench-monitor lint format lock clean
+.PHONY: install install-test chromium demo test test-fast test-nights lint-imports airflow nights bench bench-serving bench-monitor lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ test: install-test
 test-fast: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not integration and not ui" -p no:cacheprovider tests/unit tests/dags
+
+## The nights harness's 3-night run with the postgres, promote and landing faults (about 20 min).
+test-nights: $(VENV)/.installed-test
+	$(PY) -m pytest -m nights -p no:cacheprovider tests/integration/test_nights.py
 
 ## The layers of include/ (pyproject.toml [tool.importlinter], docs/architecture.md).
 lint-imports: $(VENV)/.installed-test

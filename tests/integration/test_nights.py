@@ -26,6 +26,9 @@ BUDGET = {
 }  # fmt: skip
 FAULTS = ["postgres", "promote", "landing"]
 
+# Not in `make test` yet: this run has not been seen passing end to end (`make test-nights` runs it).
+pytestmark = pytest.mark.nights
+
 
 @pytest.fixture(scope="module")
 def nights_run(tmp_path_factory):
