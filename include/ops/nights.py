@@ -201,7 +201,7 @@ class Harness:
     serving: Any = None
     backfill_id: int | None = None
     carried: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    disk: Path | None = None  # the tmpfs of the `disk` fault, while mounted
 
     @property
     def url(self) -> str:
@@ -271,7 +271,7 @@ class Harness:
             if "channels" in pending:
                 self.receivers.up()
             if mounted:
-                self._free_disk(night)
+                self._free_disk()
         (self.failpoints / f"{PROMOTE_LABEL_MOVED}.armed").unlink(missing_ok=True)
         self.carried = [f for f in pending if f not in night.fired]
         for fault in self.carried:
@@ -345,7 +345,7 @@ class Harness:
                 for t in tasks
             )
         ):
-            self._free_disk(night)
+            self._free_disk()
             night.fired["disk"] = "clean failed on a full disk; the disk was freed before its retry"
             print(f"    fault disk: {night.fired['disk']}", flush=True)
 
@@ -393,14 +393,13 @@ class Harness:
             night.fired["disk"] = message
             print(f"    fault disk: {message}", flush=True)
             return False
-        self._disk = target
+        self.disk = target
         return True
 
-    def _free_disk(self, night: Night) -> None:
-        target = getattr(self, "_disk", None)
-        if target is not None:
-            subprocess.run(["umount", str(target)], capture_output=True, timeout=30, check=False)
-            self._disk = None
+    def _free_disk(self) -> None:
+        if self.disk is not None:
+            subprocess.run(["umount", str(self.disk)], capture_output=True, timeout=30, check=False)
+            self.disk = None
 
 
 # -- the report ---------------------------------------------------------------------------------------------
@@ -605,22 +604,6 @@ def needs_bootstrap(url: str) -> bool:
     return not published_days(url) or production_version(url) is None
 
 
-def replay_clock_for(settings: Settings, url: str, first_night: dt.date) -> dict[str, str]:
-    """The replay clock: the clock file's when it exists (`make airflow` fixed it), else night 1 replays
-    the day after the latest published one; written back so `make airflow` continues after the nights."""
-    from include.ingest.records import published_days
-    from include.ops.auth import write_private
-    from include.ops.replay import clock_file
-
-    path = clock_file(settings)
-    if path.exists():
-        return json.loads(path.read_text())
-    clock = {"NIGHTSHIFT_REPLAY_START": first_night.isoformat(),
-             "NIGHTSHIFT_REPLAY_FIRST_DAY": (max(published_days(url)) + dt.timedelta(days=1)).isoformat()}  # fmt: skip
-    write_private(path, json.dumps(clock, indent=2))
-    return clock
-
-
 @contextlib.contextmanager
 def _stack(harness: Harness) -> Iterator[None]:
     from include.ops.runtime import ensure_passwords, supervised_serving
@@ -667,6 +650,7 @@ def run_nights(settings: Settings, count: int, faults: list[str], prepare: Calla
     from include.deploy.savedmodel import sample_rows
     from include.ops.demo import run_demo
     from include.ops.postgres import embedded_data_dir, stop_embedded
+    from include.ops.replay import fixed_clock
     from include.train.registry import production_version
 
     began = time.monotonic()
@@ -685,7 +669,7 @@ def run_nights(settings: Settings, count: int, faults: list[str], prepare: Calla
                 return 1
         last = last_night or dt.datetime.now(NY).date() - dt.timedelta(days=1)
         first_night = last - dt.timedelta(days=count - 1)
-        clock = replay_clock_for(settings, url, first_night)
+        clock = fixed_clock(settings, url, first_night)  # night 1 replays the day after the published ones
         first_day = dt.date.fromisoformat(clock["NIGHTSHIFT_REPLAY_FIRST_DAY"]) + (
             first_night - dt.date.fromisoformat(clock["NIGHTSHIFT_REPLAY_START"])
         )

@@ -29,15 +29,20 @@ def replay_clock(settings: Settings, database_url: str, today: dt.date) -> dict[
     if settings.replay_start and settings.replay_first_day:
         return {"NIGHTSHIFT_REPLAY_START": settings.replay_start.isoformat(),
                 "NIGHTSHIFT_REPLAY_FIRST_DAY": settings.replay_first_day.isoformat()}  # fmt: skip
+    return fixed_clock(settings, database_url, today - dt.timedelta(days=1))
+
+
+def fixed_clock(settings: Settings, database_url: str, start: dt.date) -> dict[str, str]:
+    """The clock in the clock file; on first use the night `start` replays the day after the latest
+    published one, and that is written down (`make airflow` and `make nights` share the file)."""
+    from include.ingest.records import published_days
+    from include.ops.auth import write_private
+
     path = clock_file(settings)
     if path.exists():
         return json.loads(path.read_text())
-    from include.ingest.records import published_days
-
     published = published_days(database_url)
     first = max(published) + dt.timedelta(days=1) if published else settings.bootstrap_start
-    clock = {"NIGHTSHIFT_REPLAY_START": (today - dt.timedelta(days=1)).isoformat(),
-             "NIGHTSHIFT_REPLAY_FIRST_DAY": first.isoformat()}  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clock, indent=2))
+    clock = {"NIGHTSHIFT_REPLAY_START": start.isoformat(), "NIGHTSHIFT_REPLAY_FIRST_DAY": first.isoformat()}
+    write_private(path, json.dumps(clock, indent=2))  # atomic: a half-written clock would remap every night
     return clock
