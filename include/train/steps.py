@@ -95,14 +95,22 @@ def build_dataset(settings: Settings, params: dict[str, Any], run_id: str) -> di
     }
 
 
+# How the form names the window: the dataset's bytes already pin it, so a run with "Last day" empty
+# (the latest validated day) and one that names that same day are the same training.
+WINDOW_SPELLING = "end_date"
+
+
 def identical_version(url: str, params: dict[str, Any], dataset: dict[str, Any]) -> int | None:
-    """The version trained on the same dataset bytes, by the same code, with the same form values."""
+    """The version trained on the same dataset bytes, by the same code, with the same form values
+    (apart from how the window's last day was named)."""
     mv = db.model_versions
+    form = {k: v for k, v in params.items() if k != WINDOW_SPELLING}
     with db.engine(url).connect() as conn:
         return conn.execute(
             sa.select(mv.c.version)
             .where(mv.c.dataset_sha256 == dataset["content_sha256"], mv.c.code_version == code_version(),
-                   mv.c.params == sa.cast(sa.literal(json.dumps(params, sort_keys=True, default=str)), JSONB))
+                   mv.c.params.op("-")(WINDOW_SPELLING)
+                   == sa.cast(sa.literal(json.dumps(form, sort_keys=True, default=str)), JSONB))
             .order_by(mv.c.version.desc())
             .limit(1)
         ).scalar()  # fmt: skip

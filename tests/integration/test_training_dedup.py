@@ -42,3 +42,16 @@ def test_other_form_values_or_other_data_are_not_identical(trained, db_url) -> N
     assert identical_version(db_url, first["params"], dataset) >= first["version"]
     assert identical_version(db_url, {**first["params"], "seed": first["params"]["seed"] + 1}, dataset) is None
     assert identical_version(db_url, first["params"], {"content_sha256": "0" * 64}) is None
+
+
+def test_naming_the_latest_day_or_leaving_it_empty_is_the_same_training(trained, db_url) -> None:
+    """The demo trains with `end_date` set; the first scheduled run after it leaves it empty (the latest
+    validated day). On the same dataset bytes they are one training, not two."""
+    from include.train.steps import identical_version
+
+    _, first, _ = trained
+    dataset = {"content_sha256": first["dataset_sha256"]}
+    for end_date in (None, "2013-07-31", first["params"].get("end_date")):
+        assert identical_version(db_url, {**first["params"], "end_date": end_date}, dataset) >= first["version"]
+    without = {k: v for k, v in first["params"].items() if k != "end_date"}
+    assert identical_version(db_url, without, dataset) >= first["version"]
