@@ -69,9 +69,10 @@ def nightshift_monitor() -> None:
     @task
     def days(**context: Any) -> list[str]:
         from include.core.alerts import deliver_pending
+        from include.core.calendar import form_days
         from include.core.config import load_settings
         from include.core.lineage import require_known_conf
-        from include.monitor.steps import resolve_days
+        from include.monitor.steps import not_yet_monitored, resolve_days
 
         require_known_conf(context)
         deliver_pending()
@@ -79,7 +80,10 @@ def nightshift_monitor() -> None:
         events = (context.get("triggering_asset_events") or {}).get(FEATURES, [])
         windows = [[e.extra["first_day"], e.extra["last_day"]] for e in events if (e.extra or {}).get("first_day")]
         url = load_settings().require_database_url()
-        return [d.isoformat() for d in resolve_days(dict(context["params"]), windows, url)]
+        chosen = resolve_days(dict(context["params"]), windows, url)
+        if form_days(context["params"]) is None:  # triggered: only what the serving version has not seen
+            chosen = not_yet_monitored(url, chosen, context["run_id"])
+        return [d.isoformat() for d in chosen]
 
     @task
     def score(days: list[str], **context: Any) -> list[dict[str, Any]]:

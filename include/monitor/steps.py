@@ -353,6 +353,37 @@ def mark_retrain_emitted(url: str, day: dt.date, at: dt.datetime) -> None:
         conn.execute(sa.update(r).where(r.c.partition_date == day, r.c.emitted_at.is_(None)).values(emitted_at=at))
 
 
+def not_yet_monitored(url: str, days: list[dt.date], run_id: str) -> list[dt.date]:
+    """Of the days an ingestion published, those worth monitoring with the version serving now.
+
+    A triggered run leaves out the days inside that version's own data window (they are what it was
+    trained, validated and tested on: its reference, not new traffic) and the days another run has
+    already reported at that version. So the first night after `make demo` monitors that night, not
+    the 98 bootstrap days again; a range asked for in the form is monitored as asked."""
+    from include.train.registry import production_version
+
+    serving = production_version(url)
+    if serving is None:
+        return days
+    version, window_end = serving["version"], dt.date.fromisoformat(serving["data_window"]["end"])
+    with engine(url).connect() as conn:
+        reported = set(conn.execute(
+            sa.select(drift_reports.c.partition_date).where(
+                drift_reports.c.metric == "drift_share", drift_reports.c.model_version == version,
+                drift_reports.c.run_id != run_id, drift_reports.c.partition_date.in_(days),
+            )
+        ).scalars())  # fmt: skip
+    trained = [d for d in days if d <= window_end]
+    again = [d for d in days if d > window_end and d in reported]
+    if trained:
+        log.info("monitor: %d day(s) inside version %d's data window (…%s) left out: %s…%s", len(trained), version,
+                 window_end, trained[0], trained[-1])  # fmt: skip
+    if again:
+        log.info("monitor: %d day(s) already reported at version %d left out: %s", len(again), version,
+                 [d.isoformat() for d in again[:20]])  # fmt: skip
+    return [d for d in days if d > window_end and d not in reported]
+
+
 def resolve_days(params: dict[str, Any], windows: list[list[str]], url: str | None = None) -> list[dt.date]:
     """The form's range as asked, else the days the triggering ingestion published; with `url`, of
     those only the days whose latest validation passed (a day rejected since is skipped, with a warning)."""

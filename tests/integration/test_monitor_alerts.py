@@ -350,3 +350,32 @@ def test_a_judge_retried_after_recording_the_request_still_emits_it(dagbag, moni
     assert str(again.get_task_instance("request_retraining").state) == "skipped"
     with db.engine(db_url).connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(retrain_requests)).scalar_one() == 1
+
+
+def test_a_triggered_run_monitors_only_what_the_serving_version_has_not_seen(stable_model, db_url) -> None:
+    """The first night after `make demo` consumes the bootstrap's features events too: it must monitor
+    that night, not the days the serving version was trained and tested on, nor days another run
+    already reported at that version. A retry of the run that reported a day keeps it."""
+    from include.monitor.steps import not_yet_monitored
+    from include.train.registry import production_version
+
+    serving = production_version(db_url)
+    assert serving is not None
+    end = dt.date.fromisoformat(serving["data_window"]["end"])
+    fresh, reported = end + dt.timedelta(days=40), end + dt.timedelta(days=41)
+    row = {"partition_date": reported, "metric": "drift_share", "feature": "", "value": 0.1, "threshold": 0.3,
+           "crossed": False, "model_version": serving["version"], "rows": 900, "report_uri": "file:///r.html",
+           "run_id": "an-earlier-run", "computed_at": dt.datetime.now(dt.UTC)}  # fmt: skip
+    with db.engine(db_url).begin() as conn:
+        db.upsert(conn, drift_reports, [row])
+    try:
+        days = [end - dt.timedelta(days=1), end, fresh, reported]
+        assert not_yet_monitored(db_url, days, "tonight") == [fresh]
+        assert not_yet_monitored(db_url, days, "an-earlier-run") == [fresh, reported]
+        with db.engine(db_url).begin() as conn:  # reported at another version: new to this one
+            conn.execute(sa.update(drift_reports).where(drift_reports.c.partition_date == reported)
+                         .values(model_version=serving["version"] + 1000))  # fmt: skip
+        assert not_yet_monitored(db_url, days, "tonight") == [fresh, reported]
+    finally:
+        with db.engine(db_url).begin() as conn:
+            conn.execute(sa.delete(drift_reports).where(drift_reports.c.partition_date == reported))
