@@ -45,7 +45,7 @@ test-fast: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not integration and not ui" -p no:cacheprovider tests/unit tests/dags
 
-## The nights harness's 3-night run with the postgres, promote and landing faults (about 26 min; not in make test).
+## The nights harness's 3-night run with the postgres, promote and landing faults, alone (make test runs it too).
 test-nights: $(VENV)/.installed-test
 	$(PY) -m pytest -m nights -p no:cacheprovider tests/integration/test_nights.py
 
