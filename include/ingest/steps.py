@@ -64,8 +64,18 @@ def collect(settings: Settings, days: list[dt.date], run_id: str, now: dt.dateti
     return {"days": len(days), "rows_raw": rows, "source": settings.source}
 
 
+def history_days(url: str, day: dt.date, cleaning: list[dt.date]) -> list[dt.date]:
+    """The days whose delay stats feed `day`'s history features: the week before it, less the days
+    whose latest validation failed, so a rejected day's outcomes never reach another day's features.
+    A day cleaned again in this run keeps its place: its old verdict was on other data."""
+    window = history_window(day)
+    refused = records.rejected_days(url, window) - set(cleaning)
+    return [d for d in window if d not in refused]
+
+
 def clean(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime) -> dict[str, Any]:
-    """Clean each day in order, so a day's history features see the days just cleaned before it."""
+    """Clean each day in order, so a day's history features see the days just cleaned before it (and
+    none whose latest validation failed)."""
     url = settings.require_database_url()
     root = lake.lake_root(settings)
     started = time.monotonic()
@@ -73,7 +83,7 @@ def clean(settings: Settings, days: list[dt.date], run_id: str, now: dt.datetime
     reasons: dict[str, int] = {}
     for index, day in enumerate(days, start=1):
         raw = lake.read_parquet(lake.partition_file(root, "raw", "flights", day))
-        earlier = lake.read_partitions(root, "clean", "delay_stats", history_window(day))
+        earlier = lake.read_partitions(root, "clean", "delay_stats", history_days(url, day, days))
         result = clean_flights(raw, day, earlier)
         outputs = {
             "clean/flights": (lake.partition_file(root, "clean", "flights", day), result.clean),

@@ -119,3 +119,20 @@ def test_the_manifest_lists_the_validation_run_that_passed_every_day(trained, db
         passed = set(conn.execute(sa.select(v.c.partition_date, v.c.run_id).where(v.c.success)).all())
     for day, validation_run in manifest["days"].items():
         assert (dt.date.fromisoformat(day), validation_run) in passed
+
+
+def test_a_rejected_days_outcomes_feed_no_later_days_history(mixed_range, db_url) -> None:
+    """History features (7-day delay rates) of the days after BAD read no stats of BAD: its latest
+    validation failed. A new ingestion of BAD itself lets it count again, as its old verdict was on
+    other data."""
+    from include.ingest.clean import history_window
+    from include.ingest.steps import history_days
+
+    after = BAD + dt.timedelta(days=1)
+    assert BAD in history_window(after)
+    assert BAD not in history_days(db_url, after, cleaning=[])
+    assert set(history_days(db_url, after, cleaning=[])) == set(history_window(after)) - {BAD}
+    assert history_days(db_url, after, cleaning=[BAD]) == history_window(after)
+    # A week on, BAD has left the window and nothing is dropped.
+    later = BAD + dt.timedelta(days=8)
+    assert history_days(db_url, later, cleaning=[]) == history_window(later)
