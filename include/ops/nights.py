@@ -645,6 +645,18 @@ def _wait_ready(harness: Harness) -> None:
     raise NightsError(f"Airflow not ready after {READY_TIMEOUT_S} s; see {harness.out / 'logs'}")
 
 
+def _unwind_on_signals() -> None:
+    """SIGTERM (a CI or pytest timeout, systemd, `kill`) and SIGINT (ignored in a background shell job
+    otherwise) unwind like Ctrl-C: the harness stops Airflow, serving and the embedded Postgres it
+    started instead of leaving them running."""
+
+    def unwind(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+    signal.signal(signal.SIGINT, unwind)
+
+
 def run_nights(settings: Settings, count: int, faults: list[str], prepare: Callable[[Settings], dict[str, str]],
                last_night: dt.date | None = None) -> int:  # fmt: skip
     from include.deploy.savedmodel import sample_rows
@@ -654,6 +666,7 @@ def run_nights(settings: Settings, count: int, faults: list[str], prepare: Calla
     from include.train.registry import production_version
 
     began = time.monotonic()
+    _unwind_on_signals()
     if "postgres" in [f.partition("@")[0] for f in faults] and settings.database_url:
         print("nightshift nights: the postgres fault stops the embedded Postgres; unset DATABASE_URL", file=sys.stderr)
         return 2

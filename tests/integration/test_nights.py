@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,13 +39,18 @@ def nights_run(tmp_path_factory):
     # Nothing of the test session's own stack (its database, its Airflow) reaches the harness.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
     env.update({**BUDGET, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT)})
-    done = subprocess.run([str(ROOT / "bin" / "nightshift"), "nights", "--nights", "3", "--faults", ",".join(FAULTS)],
-                          env=env, capture_output=True, text=True, timeout=40 * 60, check=False)  # fmt: skip
-    log = local / "nights" / "harness.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(done.stdout + done.stderr)
+    log = local / "harness.log"
+    command = [str(ROOT / "bin" / "nightshift"), "nights", "--nights", "3", "--faults", ",".join(FAULTS)]
+    with log.open("w") as out:
+        harness = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            returncode = harness.wait(timeout=40 * 60)
+        except subprocess.TimeoutExpired:
+            harness.terminate()  # SIGTERM: the harness stops its Airflow, serving and Postgres on the way out
+            returncode = harness.wait(timeout=300)
+    done = SimpleNamespace(returncode=returncode, stdout=log.read_text(errors="replace")[-20000:])
     report_file = local / "nights" / "report.json"
-    assert report_file.exists(), f"no report (exit {done.returncode}):\n{(done.stdout + done.stderr)[-6000:]}"
+    assert report_file.exists(), f"no report (exit {done.returncode}):\n{done.stdout[-6000:]}"
     return done, json.loads(report_file.read_text())
 
 

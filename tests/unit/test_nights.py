@@ -135,3 +135,51 @@ def test_a_landing_drop_is_the_real_day_and_the_faulty_one_is_repaired(settings,
     assert [p.name for p in folder.iterdir()] == ["part-0.csv"]
     assert drop_landing(lake_settings, day, faulty=False) == expected  # a re-drop replaces, never appends
     assert [p.name for p in folder.iterdir()] == ["part-0.csv"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_a_killed_component_leaves_no_orphans_and_is_started_again(tmp_path) -> None:
+    """As under a cgroup: SIGKILL the component's main process, and its workers go with it."""
+    from include.ops.nights_rig import Processes
+
+    fake = tmp_path / "bin" / "airflow"  # an "airflow <component>" that forks a worker, as the scheduler does
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {tmp_path}/worker.$$\nwait\n")
+    fake.chmod(0o755)
+    procs = Processes(("scheduler",), {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}, tmp_path / "logs")
+    procs.start()
+    try:
+        first = procs.procs["scheduler"].pid
+        worker_file = tmp_path / f"worker.{first}"
+        deadline = time.monotonic() + 10
+        while not worker_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)
+        worker = int(worker_file.read_text())
+        assert _alive(worker)
+        assert procs.kill("scheduler") == first
+        deadline = time.monotonic() + 10
+        while procs.procs["scheduler"].pid == first and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert procs.procs["scheduler"].pid != first, "not started again"
+        assert procs.restarts["scheduler"] == 1
+        assert _gone(worker), "the killed scheduler's worker was left running"
+    finally:
+        procs.stop()
+    second = procs.procs["scheduler"].pid
+    assert _gone(second)
+    assert all(_gone(int(f.read_text())) for f in tmp_path.glob("worker.*"))
