@@ -40,10 +40,10 @@ test: install-test
 	$(VENV)/bin/lint-imports
 	NIGHTSHIFT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
-## The unit tier: no Postgres, no Airflow metadata database, no servers (under a minute).
+## The unit tier: no Postgres, no Airflow metadata database, no servers, no slow-marked test (under a minute).
 test-fast: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m "not integration and not ui" -p no:cacheprovider tests/unit tests/dags
+	$(PY) -m pytest -m "not integration and not ui and not slow" -p no:cacheprovider tests/unit tests/dags
 
 ## The nights harness's 3-night run with the postgres, promote and landing faults, alone (make test runs it too).
 test-nights: $(VENV)/.installed-test

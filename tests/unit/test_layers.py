@@ -61,6 +61,7 @@ def test_a_cycle_between_sibling_modules_fails_the_check(tree: Path) -> None:
     assert "No import cycles" in result.stdout
 
 
+@pytest.mark.slow  # imports TensorFlow in a fresh process
 def test_the_training_image_runs_from_what_its_dockerfile_copies(tmp_path: Path) -> None:
     """Only the files the Dockerfile COPYs of include/, on an empty path: every trainer module imports."""
     dockerfile = (ROOT / "docker" / "train.Dockerfile").read_text().splitlines()
