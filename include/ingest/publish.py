@@ -62,11 +62,12 @@ def feature_frames(
     return frames
 
 
-def publish_day(root: ObjectStoragePath, day: dt.date) -> dict[str, int]:
-    """Write the day's offline feature files (replacing earlier ones); rows per view."""
+def publish_day(root: ObjectStoragePath, day: dt.date, refused: set[dt.date] = frozenset()) -> dict[str, int]:
+    """Write the day's offline feature files (replacing earlier ones); rows per view. The delay
+    history reads no day of `refused` (days whose latest validation failed)."""
     flights = lake.read_parquet(lake.partition_file(root, "clean", "flights", day))
     weather = lake.read_parquet(lake.partition_file(root, "clean", "weather", day))
-    window = [*history_window(day)[1:], day]
+    window = [d for d in [*history_window(day)[1:], day] if d not in refused or d == day]
     window_stats = lake.read_partitions(root, "clean", "delay_stats", window)
     rows = {}
     for view, frame in feature_frames(day, flights, weather, window_stats).items():

@@ -260,7 +260,8 @@ def materialize(settings: Settings, days: list[dt.date], run_id: str, now: dt.da
     started = time.monotonic()
     offline_rows: dict[str, int] = {}
     for index, day in enumerate(days, start=1):
-        for view, count in publish_day(root, day).items():
+        refused = records.rejected_days(url, history_window(day))  # validated by now, this run's days too
+        for view, count in publish_day(root, day, refused).items():
             offline_rows[view] = offline_rows.get(view, 0) + count
         _progress("publish features", index, days, started)
     start = local_midnight_utc(days[0]).to_pydatetime()

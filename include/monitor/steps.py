@@ -356,32 +356,45 @@ def mark_retrain_emitted(url: str, day: dt.date, at: dt.datetime) -> None:
 def not_yet_monitored(url: str, days: list[dt.date], run_id: str) -> list[dt.date]:
     """Of the days an ingestion published, those worth monitoring with the version serving now.
 
-    A triggered run leaves out the days inside that version's own data window (they are what it was
+    A triggered run leaves out the days up to the end of that version's data window (what it was
     trained, validated and tested on: its reference, not new traffic) and the days another run has
-    already reported at that version. So the first night after `make demo` monitors that night, not
-    the 98 bootstrap days again; a range asked for in the form is monitored as asked."""
+    already reported at that version since the day's data last passed validation (a day ingested
+    again with corrected data is monitored again). So the first night after `make demo` monitors
+    that night, not the 98 bootstrap days again; a range asked for in the form is monitored as asked."""
+    from include.db import validation_results as v
     from include.train.registry import production_version
 
     serving = production_version(url)
-    if serving is None:
+    if serving is None or not days:
         return days
     version, window_end = serving["version"], dt.date.fromisoformat(serving["data_window"]["end"])
     with engine(url).connect() as conn:
-        reported = set(conn.execute(
-            sa.select(drift_reports.c.partition_date).where(
-                drift_reports.c.metric == "drift_share", drift_reports.c.model_version == version,
-                drift_reports.c.run_id != run_id, drift_reports.c.partition_date.in_(days),
-            )
-        ).scalars())  # fmt: skip
+        reported = dict(
+            conn.execute(
+                sa.select(drift_reports.c.partition_date, sa.func.max(drift_reports.c.computed_at))
+                .where(
+                    drift_reports.c.metric == "drift_share",
+                    drift_reports.c.model_version == version,
+                    drift_reports.c.run_id != run_id,
+                    drift_reports.c.partition_date.in_(days),
+                )
+                .group_by(drift_reports.c.partition_date)
+            ).all()
+        )
+        validated = dict(conn.execute(
+            sa.select(v.c.partition_date, sa.func.max(v.c.validated_at))
+            .where(v.c.success, v.c.partition_date.in_(days)).group_by(v.c.partition_date)
+        ).all())  # fmt: skip
+    seen = {d for d, at in reported.items() if d not in validated or at >= validated[d]}
     trained = [d for d in days if d <= window_end]
-    again = [d for d in days if d > window_end and d in reported]
+    again = [d for d in days if d > window_end and d in seen]
     if trained:
-        log.info("monitor: %d day(s) inside version %d's data window (…%s) left out: %s…%s", len(trained), version,
-                 window_end, trained[0], trained[-1])  # fmt: skip
+        log.warning("monitor: %d day(s) up to the end of version %d's data window (%s) left out: %s…%s",
+                    len(trained), version, window_end, trained[0], trained[-1])  # fmt: skip
     if again:
-        log.info("monitor: %d day(s) already reported at version %d left out: %s", len(again), version,
-                 [d.isoformat() for d in again[:20]])  # fmt: skip
-    return [d for d in days if d > window_end and d not in reported]
+        log.warning("monitor: %d day(s) already reported at version %d since their last validation left out: %s",
+                    len(again), version, [d.isoformat() for d in again[:20]])  # fmt: skip
+    return [d for d in days if d > window_end and d not in seen]
 
 
 def resolve_days(params: dict[str, Any], windows: list[list[str]], url: str | None = None) -> list[dt.date]:

@@ -609,27 +609,29 @@ def _stack(harness: Harness) -> Iterator[None]:
     from include.ops.runtime import ensure_passwords, supervised_serving
 
     harness.receivers.start()
-    env = harness.env
-    env.update(harness.receivers.connections())
-    serving_settings = load_settings({**env, "NIGHTSHIFT_SERVING_URL": "http://127.0.0.1:0"})
-    with supervised_serving(serving_settings, env) as serving:
-        harness.serving = serving
-        env["NIGHTSHIFT_SERVING_URL"] = serving.url
-        port = _free_port()
-        env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-                    "AIRFLOW__API__WORKERS": "1"})  # fmt: skip
-        harness.procs = Processes(AIRFLOW_COMPONENTS, env, harness.out / "logs")
-        harness.procs.start()
-        password = json.loads(ensure_passwords(harness.settings).read_text())["admin"]
-        harness.api = Api(env["AIRFLOW__API__BASE_URL"], password)
-        try:
-            _wait_ready(harness)
-            yield
-        finally:
-            if harness.prober:
-                harness.prober.stop()
-            harness.procs.stop()
-            harness.receivers.stop()
+    try:
+        env = harness.env
+        env.update(harness.receivers.connections())
+        serving_settings = load_settings({**env, "NIGHTSHIFT_SERVING_URL": "http://127.0.0.1:0"})
+        with supervised_serving(serving_settings, env) as serving:
+            harness.serving = serving
+            env["NIGHTSHIFT_SERVING_URL"] = serving.url
+            port = _free_port()
+            env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+                        "AIRFLOW__API__WORKERS": "1"})  # fmt: skip
+            harness.procs = Processes(AIRFLOW_COMPONENTS, env, harness.out / "logs")
+            try:
+                harness.procs.start()
+                password = json.loads(ensure_passwords(harness.settings).read_text())["admin"]
+                harness.api = Api(env["AIRFLOW__API__BASE_URL"], password)
+                _wait_ready(harness)
+                yield
+            finally:
+                if harness.prober:
+                    harness.prober.stop()
+                harness.procs.stop()
+    finally:
+        harness.receivers.stop()
 
 
 def _wait_ready(harness: Harness) -> None:
@@ -651,6 +653,8 @@ def _unwind_on_signals() -> None:
     started instead of leaving them running."""
 
     def unwind(signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, unwind)

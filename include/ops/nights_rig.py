@@ -227,13 +227,38 @@ def _write_atomically(path: Any, data: bytes) -> None:
 # -- the Airflow processes ----------------------------------------------------------------------------
 
 
+def session_members(session: int) -> list[int]:
+    """The live processes of a session (Linux /proc; field 6 of `stat` is the session id)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == session:
+            members.append(int(entry.name))
+    return members
+
+
+def _die_with_parent() -> Any:
+    """What a component runs before exec to get SIGTERM when the harness dies (its own session would
+    outlive it). Resolved here, in the parent: the child only calls into libc."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class Processes:
     """The Airflow components, started and restarted by the harness as systemd or Kubernetes would:
     a component that exits is started again (and counted). Logs append to `<logs>/<component>.log`.
 
-    Each component runs in a process group of its own, which goes down with it, as a cgroup does
-    under systemd or a container runtime: a SIGKILLed scheduler leaves no orphaned LocalExecutor
-    workers behind (they piled up, 32 per scheduler start, before this)."""
+    Each component runs in a session of its own, which goes down with it, as a cgroup does under
+    systemd or a container runtime: a SIGKILLed scheduler leaves no orphaned LocalExecutor worker
+    (they piled up, 32 per scheduler start, before this) and no task process (Airflow puts each in a
+    process group of its own, within the session). A component also dies with the harness."""
 
     def __init__(self, components: tuple[str, ...], env: dict[str, str], logs: Path) -> None:
         self.components = components
@@ -244,6 +269,7 @@ class Processes:
         self.held: set[str] = set()  # components a fault keeps down on purpose
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._reaped: set[int] = set()
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -254,21 +280,28 @@ class Processes:
     def _start(self, component: str) -> None:
         out = (self.logs / f"{component}.log").open("a")
         self.procs[component] = subprocess.Popen(["airflow", component], env=self.env, stdout=out,
-                                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                                 preexec_fn=_die_with_parent())  # fmt: skip
 
-    @staticmethod
-    def _reap(proc: subprocess.Popen) -> None:
-        """What is left of a component's process group once its main process is gone."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    def _reap(self, proc: subprocess.Popen) -> None:
+        """SIGKILL what is left of a component's session once its main process is gone: once, straight
+        after its exit was seen, so a pid the kernel has handed out again is never a target."""
+        if proc.pid in self._reaped:
+            return
+        self._reaped.add(proc.pid)
+        for pid in session_members(proc.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def _watch(self) -> None:
         while not self._stop.wait(2):
             with self._lock:
                 for component, proc in self.procs.items():
-                    if proc.poll() is not None and component not in self.held and not self._stop.is_set():
+                    if proc.poll() is None:
+                        continue
+                    self._reap(proc)
+                    if component not in self.held and not self._stop.is_set():
                         log.warning("airflow %s exited (%s); starting it again", component, proc.returncode)
-                        self._reap(proc)
                         self.restarts[component] += 1
                         self._start(component)
 

@@ -372,10 +372,20 @@ def test_a_triggered_run_monitors_only_what_the_serving_version_has_not_seen(sta
         days = [end - dt.timedelta(days=1), end, fresh, reported]
         assert not_yet_monitored(db_url, days, "tonight") == [fresh]
         assert not_yet_monitored(db_url, days, "an-earlier-run") == [fresh, reported]
+        # Ingested again with corrected data, validated after that report: monitored again.
+        revalidated = {"suite": "flights_clean", "partition_date": reported, "run_id": "a-later-ingest",
+                       "success": True, "evaluated": 10, "critical_failed": 0, "warning_failed": 0, "failures": [],
+                       "result_uri": "file:///v.json",
+                       "validated_at": row["computed_at"] + dt.timedelta(hours=1)}  # fmt: skip
+        with db.engine(db_url).begin() as conn:
+            db.upsert(conn, db.validation_results, [revalidated])
+        assert not_yet_monitored(db_url, days, "tonight") == [fresh, reported]
         with db.engine(db_url).begin() as conn:  # reported at another version: new to this one
+            conn.execute(sa.delete(db.validation_results).where(db.validation_results.c.run_id == "a-later-ingest"))
             conn.execute(sa.update(drift_reports).where(drift_reports.c.partition_date == reported)
                          .values(model_version=serving["version"] + 1000))  # fmt: skip
         assert not_yet_monitored(db_url, days, "tonight") == [fresh, reported]
     finally:
         with db.engine(db_url).begin() as conn:
             conn.execute(sa.delete(drift_reports).where(drift_reports.c.partition_date == reported))
+            conn.execute(sa.delete(db.validation_results).where(db.validation_results.c.run_id == "a-later-ingest"))

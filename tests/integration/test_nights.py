@@ -44,10 +44,15 @@ def nights_run(tmp_path_factory):
     with log.open("w") as out:
         harness = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            returncode = harness.wait(timeout=40 * 60)
-        except subprocess.TimeoutExpired:
-            harness.terminate()  # SIGTERM: the harness stops its Airflow, serving and Postgres on the way out
-            returncode = harness.wait(timeout=300)
+            returncode = harness.wait(timeout=35 * 60)
+        finally:
+            if harness.poll() is None:  # past its time, or this test was interrupted
+                harness.terminate()  # SIGTERM: the harness stops its Airflow, serving and Postgres on the way out
+                try:
+                    harness.wait(timeout=240)
+                except subprocess.TimeoutExpired:
+                    harness.kill()  # its Airflow components die with it (PR_SET_PDEATHSIG)
+                    harness.wait(timeout=30)
     done = SimpleNamespace(returncode=returncode, stdout=log.read_text(errors="replace")[-20000:])
     report_file = local / "nights" / "report.json"
     assert report_file.exists(), f"no report (exit {done.returncode}):\n{done.stdout[-6000:]}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 import threading
 import time
 
@@ -156,9 +157,12 @@ def test_a_killed_component_leaves_no_orphans_and_is_started_again(tmp_path) -> 
     """As under a cgroup: SIGKILL the component's main process, and its workers go with it."""
     from include.ops.nights_rig import Processes
 
-    fake = tmp_path / "bin" / "airflow"  # an "airflow <component>" that forks a worker, as the scheduler does
+    # An "airflow <component>" that forks a worker which, as Airflow's task processes do, moves to a
+    # process group of its own (os.setpgid(0, 0)).
+    fake = tmp_path / "bin" / "airflow"
     fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {tmp_path}/worker.$$\nwait\n")
+    task = "import os, time; os.setpgid(0, 0); time.sleep(300)"
+    fake.write_text(f"#!/bin/sh\n{sys.executable} -c '{task}' &\necho $! > {tmp_path}/worker.$$\nwait\n")
     fake.chmod(0o755)
     procs = Processes(("scheduler",), {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}, tmp_path / "logs")
     procs.start()
