@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,9 +34,13 @@ pytestmark = [pytest.mark.nights, pytest.mark.timeout(45 * 60)]
 
 
 @pytest.fixture(scope="module")
-def nights_run(tmp_path_factory):
+def nights_run():
     """`bin/nightshift nights --nights 3 --faults postgres,promote,landing` in a state of its own."""
-    local = tmp_path_factory.mktemp("nights")
+    # Not under pytest's temporary folder: pytest keeps its base 0700, which the embedded Postgres's
+    # unprivileged user (pgserver, when run as root) cannot traverse once another pytest session resets it.
+    local = ROOT / ".local" / "test-nights"
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
     # Nothing of the test session's own stack (its database, its Airflow) reaches the harness.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
     env.update({**BUDGET, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT)})
