@@ -92,18 +92,35 @@ def ensure_passwords(settings: Settings) -> Path:
     return ensure(airflow_home(settings) / "passwords.json")
 
 
-def serving_restarted(settings: Settings) -> Callable[[str, str, int], None]:
-    """The supervisor's `on_restart`: one warning alert per crash of the local serving process."""
-    from include.core.alerts import Alert, send
+# Records and delivers one alert in a child process with the runtime environment: the Airflow
+# connections the channels use resolve there (the CLI's own process may not see them).
+_SEND_ALERT = (
+    "import json, sys; from include.core.alerts import Alert, send; from include.core.config import load_settings; "
+    "send(load_settings().require_database_url(), Alert(**json.loads(sys.stdin.read())))"
+)
+
+
+def serving_restarted(settings: Settings, env: dict[str, str] | None = None) -> Callable[[str, str, int], None]:
+    """The supervisor's `on_restart`: one warning alert per crash of the local serving process, sent
+    with `env` (the environment Airflow's components get), so it reaches the same mail and webhook."""
+    import json
+    import subprocess
 
     def alert(url: str, how: str, pid: int) -> None:
-        send(settings.require_database_url(), Alert(
+        fields = dict(
             kind="serving_restarted", key=f"{settings.model_name}:{url}:pid {pid}", severity="warning",
             title=f"Local serving of {settings.model_name} died ({how}) and was restarted on {url}",
             impact="predictions failed while it was down; it serves models.config again, same URL and labels",
             details=[f"process {pid} {how}", f"log: {settings.serving_dir / 'server.log'}"],
             next_step="read the serving log for why it died; a crash that repeats needs the model or the host fixed",
-        ))  # fmt: skip
+        )  # fmt: skip
+        child = {**(os.environ if env is None else env), "NIGHTSHIFT_DATABASE_URL": settings.require_database_url()}
+        done = subprocess.run([sys.executable, "-c", _SEND_ALERT], input=json.dumps(fields), env=child, text=True,
+                              cwd=str(settings.home),
+                              capture_output=True, timeout=120, check=False)  # fmt: skip
+        if done.returncode != 0:
+            print(f"nightshift: the serving_restarted alert could not be recorded: {done.stderr[-500:]}",
+                  file=sys.stderr)  # fmt: skip
 
     return alert
 
@@ -113,5 +130,5 @@ def supervised_serving(settings: Settings, env: dict[str, str] | None = None) ->
     """The local serving process under `make airflow`: restarted with backoff when it dies, and on-call told."""
     from include.serving.process import supervised_server
 
-    with supervised_server(settings, env, on_restart=serving_restarted(settings)) as supervisor:
+    with supervised_server(settings, env, on_restart=serving_restarted(settings, env)) as supervisor:
         yield supervisor
