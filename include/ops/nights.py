@@ -65,6 +65,7 @@ FAULTS = {
     "disk": "the lake's disk full during clean (a 64 KiB tmpfs), freed after the first failure",
 }
 POSTGRES_DOWN_S = 20
+DISK_FILLER = ".nights-disk-full"
 POLL_S = 2.0
 SETTLED_POLLS = 3  # the chain is quiet this many polls in a row (5 s apart) before the night ends
 SETTLE_GAP_S = 5.0
@@ -394,12 +395,27 @@ class Harness:
             print(f"    fault disk: {message}", flush=True)
             return False
         self.disk = target
+        # Filled to the last page: every write into the partition fails with ENOSPC, whatever its size (a
+        # day's clean flights, ~45 KB, fitted into the empty 64 KiB and vanished with the unmount).
+        fd = os.open(target / DISK_FILLER, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
         return True
 
     def _free_disk(self) -> None:
-        if self.disk is not None:
-            subprocess.run(["umount", str(self.disk)], capture_output=True, timeout=30, check=False)
-            self.disk = None
+        """Unmount the full disk, keeping whatever was written to it (nothing, when the fault worked)."""
+        if self.disk is None:
+            return
+        kept = {p.name: p.read_bytes() for p in self.disk.iterdir() if p.name != DISK_FILLER}
+        subprocess.run(["umount", str(self.disk)], capture_output=True, timeout=30, check=False)
+        for name, data in kept.items():
+            (self.disk / name).write_bytes(data)
+        self.disk = None
 
 
 # -- the report ---------------------------------------------------------------------------------------------

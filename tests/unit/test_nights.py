@@ -187,3 +187,28 @@ def test_a_killed_component_leaves_no_orphans_and_is_started_again(tmp_path) -> 
     second = procs.procs["scheduler"].pid
     assert _gone(second)
     assert all(_gone(int(f.read_text())) for f in tmp_path.glob("worker.*"))
+
+
+def test_the_disk_fault_refuses_every_write_and_loses_nothing(tmp_path) -> None:
+    """A full disk (a filled tmpfs over the day's clean partition) refuses even a small write; freeing it
+    keeps what was written, so an unmount never takes a partition with it."""
+    from include.core.config import load_settings
+
+    settings = load_settings({"NIGHTSHIFT_LOCAL_DIR": str(tmp_path), "NIGHTSHIFT_LAKE": (tmp_path / "lake").as_uri()})
+    harness = nights.Harness(settings, {}, [], tmp_path)
+    night = nights.Night(7, dt.date(2026, 11, 24), dt.date(2013, 4, 14), ["disk"])
+    if not harness._fill_disk(night):
+        pytest.skip(night.fired["disk"])
+    target = harness.disk
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            (target / "part-0.parquet").write_bytes(b"x" * 1000)
+        (target / "part-0.parquet").unlink(missing_ok=True)
+        (target / nights.DISK_FILLER).unlink()  # the disk has room again: a write lands on the mount
+        (target / "part-0.parquet").write_bytes(b"written while mounted")
+    finally:
+        harness._free_disk()
+    assert harness.disk is None
+    assert not os.path.ismount(target)
+    assert sorted(p.name for p in target.iterdir()) == ["part-0.parquet"]
+    assert (target / "part-0.parquet").read_bytes() == b"written while mounted"
