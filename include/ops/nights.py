@@ -477,6 +477,19 @@ def served_during(url: str, model: str, began: dt.datetime, ended: dt.datetime |
     return {before[0]["stable_version"] if before else None} | {r["stable_version"] for r in during}
 
 
+def rows_on_disk(settings: Settings, zone: str, dataset: str, day: dt.date) -> int:
+    """Rows in the day's partition file as the lake holds it now (0 when the file is gone)."""
+    import pyarrow.parquet as pq
+
+    from include.core import lake
+
+    path = lake.partition_file(lake.lake_root(settings), zone, dataset, day)
+    if not path.exists():
+        return 0
+    with path.open("rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
 def facts(settings: Settings, url: str, nights: list[Night], per_night: list[dict[str, Any]], receivers: Receivers,
           prober: Prober | None) -> dict[str, Any]:  # fmt: skip
     """The numbers the invariants judge, over every night so far."""
@@ -498,6 +511,9 @@ def facts(settings: Settings, url: str, nights: list[Night], per_night: list[dic
         kept = counts.get(("clean/flights", night.day), 0) + counts.get(("quarantine/flights", night.day), 0)
         lost += max(0, night.dropped_rows - raw) + max(0, raw - kept)
         duplicated += max(0, raw - night.dropped_rows) + max(0, kept - raw)
+        # What Postgres records must still be in the lake (a fault's unmount once took a partition).
+        lost += max(0, counts.get(("clean/flights", night.day), 0) - rows_on_disk(settings, "clean", "flights",
+                                                                                    night.day))  # fmt: skip
     state = read_state(settings)
     production = production_version(url)
     last = _rows(url, "SELECT stable_version, canary_version FROM nightshift.deployments WHERE model = :m AND "

@@ -212,3 +212,17 @@ def test_the_disk_fault_refuses_every_write_and_loses_nothing(tmp_path) -> None:
     assert not os.path.ismount(target)
     assert sorted(p.name for p in target.iterdir()) == ["part-0.parquet"]
     assert (target / "part-0.parquet").read_bytes() == b"written while mounted"
+
+
+def test_rows_lost_counts_what_the_lake_no_longer_holds(tmp_path) -> None:
+    import pandas as pd
+
+    from include.core import lake
+    from include.core.config import load_settings
+
+    settings = load_settings({"NIGHTSHIFT_LOCAL_DIR": str(tmp_path), "NIGHTSHIFT_LAKE": (tmp_path / "lake").as_uri()})
+    day = dt.date(2013, 4, 14)
+    assert nights.rows_on_disk(settings, "clean", "flights", day) == 0
+    path = lake.partition_file(lake.lake_root(settings), "clean", "flights", day)
+    lake.write_parquet(path, pd.DataFrame({"flight": range(981)}))
+    assert nights.rows_on_disk(settings, "clean", "flights", day) == 981
