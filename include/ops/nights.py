@@ -201,6 +201,7 @@ class Harness:
     prober: Prober | None = None
     serving: Any = None
     backfill_id: int | None = None
+    backfill_paused: bool = False
     carried: list[str] = field(default_factory=list)
     disk: Path | None = None  # the tmpfs of the `disk` fault, while mounted
 
@@ -228,13 +229,20 @@ class Harness:
         })  # fmt: skip
         self.backfill_id = backfill["id"]
         self.api.call("PUT", f"/backfills/{self.backfill_id}/pause")
+        self.backfill_paused = True
         missing = [n.night for n in self.nights if _ingest_run(self.url, n.night) is None]
         if missing:
             raise NightsError(f"the backfill created no run for the nights {missing}")
 
     def release(self, night: Night) -> None:
-        """Let the scheduler start this night's ingest run, and only it: unpause the backfill until it runs."""
-        self.api.call("PUT", f"/backfills/{self.backfill_id}/unpause")
+        """Let the scheduler start this night's ingest run, and only it: unpause the backfill until it runs.
+
+        After the last night's run the backfill stays unpaused: no later night waits in it, and once its
+        runs have all ended Airflow marks it completed and refuses to unpause it (HTTP 409), while a paused
+        backfill never starts a run that on-call clears (the `landing` fault on the last night)."""
+        if self.backfill_paused:
+            self.api.call("PUT", f"/backfills/{self.backfill_id}/unpause")
+            self.backfill_paused = False
         deadline = time.monotonic() + 600
         try:
             while time.monotonic() < deadline:
@@ -245,7 +253,9 @@ class Harness:
                 time.sleep(0.5)
             raise NightsError(f"the scheduler did not start the ingest run of {night.night} in 10 minutes")
         finally:
-            self.api.call("PUT", f"/backfills/{self.backfill_id}/pause")
+            if night is not self.nights[-1]:
+                self.api.call("PUT", f"/backfills/{self.backfill_id}/pause")
+                self.backfill_paused = True
 
     def run_night(self, night: Night) -> None:
         night.began = dt.datetime.now(dt.UTC)

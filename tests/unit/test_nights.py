@@ -226,3 +226,43 @@ def test_rows_lost_counts_what_the_lake_no_longer_holds(tmp_path) -> None:
     path = lake.partition_file(lake.lake_root(settings), "clean", "flights", day)
     lake.write_parquet(path, pd.DataFrame({"flight": range(981)}))
     assert nights.rows_on_disk(settings, "clean", "flights", day) == 981
+
+
+class _Backfills:
+    """Airflow's backfill endpoints as the harness meets them: a paused backfill starts no run, and once
+    every run has ended the scheduler marks the backfill completed and refuses to unpause it (HTTP 409)."""
+
+    def __init__(self, planned: list[nights.Night]) -> None:
+        self.paused, self.completed = True, False
+        self.runs = {n.night: "queued" for n in planned}
+
+    def call(self, method: str, path: str, **_: object) -> None:
+        if path.endswith("/unpause"):
+            if self.completed:
+                raise nights.NightsError(f'{method} {path}: HTTP 409 {{"detail":"Backfill is already completed."}}')
+            self.paused = False
+        elif path.endswith("/pause"):
+            self.paused = True
+
+    def ingest_run(self, _url: str, night: dt.date) -> dict:
+        if not self.paused and self.runs[night] == "queued":  # the scheduler starts the first queued run
+            self.runs[night] = "running"
+        return {"run_id": str(night), "state": self.runs[night]}
+
+
+def test_a_run_cleared_on_the_last_night_starts_after_its_backfill_completed(monkeypatch, settings, tmp_path):
+    planned = nights.plan_nights(2, [], LAST, FIRST_DAY)
+    backfills = _Backfills(planned)
+    monkeypatch.setattr(nights, "_ingest_run", backfills.ingest_run)
+    harness = nights.Harness(settings, {"NIGHTSHIFT_DATABASE_URL": "unused"}, planned, tmp_path, api=backfills)
+    harness.backfill_paused = True  # as create_backfill leaves it
+    harness.release(planned[0])
+    assert backfills.runs == {planned[0].night: "running", planned[1].night: "queued"}
+    assert backfills.paused  # the next night waits
+    backfills.runs[planned[0].night] = "success"
+    harness.release(planned[1])
+    backfills.runs[planned[1].night] = "failed"  # the landing fault
+    backfills.completed = True
+    backfills.runs[planned[1].night] = "queued"  # on-call cleared it
+    harness.release(planned[1])
+    assert backfills.runs[planned[1].night] == "running"
