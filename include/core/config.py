@@ -233,6 +233,7 @@ class DeployPolicy:
     max_latency_ratio: float = 3.0  # canary p50 and p90 <= ratio * stable's + latency_slack_ms
     latency_slack_ms: float = 25.0
     max_prediction_shift: float = 0.10  # |mean canary - mean stable| prediction on the same rows
+    canary_percent: int = 10  # share of the prediction service's flights sent to `canary`, sticky by flight key
     grace_hours: float = 24.0  # a replaced version stays loaded this long, for an instant rollback
     lock_timeout_s: float = 300.0
 
@@ -242,7 +243,10 @@ class DeployPolicy:
         for old, new in RENAMED_DEPLOY_SETTINGS.items():
             if old in env:
                 raise ConfigError(f"{old} is now {new} (the canary judges p50 and p90, not p99); rename it")
-        return cls(**env_overrides(cls(), "NIGHTSHIFT_DEPLOY_", env))
+        policy = cls(**env_overrides(cls(), "NIGHTSHIFT_DEPLOY_", env))
+        if not 0 <= policy.canary_percent <= 100:
+            raise ConfigError(f"NIGHTSHIFT_DEPLOY_CANARY_PERCENT={policy.canary_percent} is not between 0 and 100")
+        return policy
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,29 @@ class LandingLimits:
         if limits.max_file_mb < 1:
             raise ConfigError(f"NIGHTSHIFT_LANDING_MAX_FILE_MB={limits.max_file_mb} must be at least 1")
         return limits
+
+
+@dataclass(frozen=True)
+class PredictService:
+    """The prediction service for callers (`bin/nightshift predict`); each field is `NIGHTSHIFT_PREDICT_<NAME>`."""
+
+    host: str = "127.0.0.1"  # loopback unless configured otherwise
+    port: int = 8600
+    requests_per_minute: int = 12000  # a new API key's rate limit, unless `predict-keys create --rate` says
+    max_flights: int = 1000  # flights in one request
+    log_batch_rows: int = 5000  # the served-prediction log writes a Parquet file at this many rows…
+    log_flush_s: float = 10.0  # …or this often, whichever comes first
+    state_ttl_s: float = 2.0  # how long the service trusts what it read of labels, split and keys
+    serving_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PredictService:
+        service = cls(**env_overrides(cls(), "NIGHTSHIFT_PREDICT_", env))
+        if not 0 <= service.port <= 65535:
+            raise ConfigError(f"NIGHTSHIFT_PREDICT_PORT={service.port} is not a port")
+        if min(service.requests_per_minute, service.max_flights, service.log_batch_rows) < 1:
+            raise ConfigError(f"the prediction service's limits {service} must be at least 1")
+        return service
 
 
 # Settings of an earlier release: refused with their new name rather than silently ignored.

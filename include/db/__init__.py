@@ -19,6 +19,7 @@ from include.db.tables import (
     FEAST_ONLINE_SCHEMA,
     SCHEMA,
     alerts,
+    api_keys,
     deployments,
     drift_reports,
     gate_checks,
@@ -29,13 +30,14 @@ from include.db.tables import (
     quarantine_counts,
     retrain_requests,
     runs,
+    served_batches,
     validation_results,
 )
 
 __all__ = [
-    "ALERT_SEVERITIES", "FEAST_ONLINE_SCHEMA", "SCHEMA", "alerts", "deployments", "drift_reports", "engine",
+    "ALERT_SEVERITIES", "FEAST_ONLINE_SCHEMA", "SCHEMA", "alerts", "api_keys", "deployments", "drift_reports", "engine",
     "gate_checks", "ingestion_runs", "libpq_host", "metadata", "model_versions", "partitions", "quarantine_counts",
-    "retrain_requests", "runs", "sqlalchemy_url", "upsert", "validation_results",
+    "retrain_requests", "runs", "served_batches", "sqlalchemy_url", "upsert", "validation_results",
 ]  # fmt: skip
 
 # Every statement gives up after this long, so a stuck lock or server fails the task (and its retry) instead

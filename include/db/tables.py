@@ -222,3 +222,34 @@ runs = sa.Table(
     sa.Column("outcome", sa.Text),  # what nightshift decided, e.g. "skipped: identical to v3"
     sa.Index("runs_run_id", "run_id"),
 )
+
+# -- predictions for callers ----------------------------------------------------------------------
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(start=1), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    # sha256 of the whole key: the key itself is shown once, at creation, and stored nowhere.
+    sa.Column("key_sha256", sa.Text, nullable=False, unique=True),
+    sa.Column("prefix", sa.Text, nullable=False),  # the key's first characters, to tell keys apart in a list
+    sa.Column("requests_per_minute", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
+served_batches = sa.Table(
+    "served_batches",
+    metadata,
+    # One Parquet file of the served-prediction log, per flight day, version and arm; its id names the file,
+    # so a flush retried after a failure rewrites the same file and records it once.
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("flight_date", sa.Date, nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("arm", sa.Text, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("served_batches_day", "flight_date"),
+)

@@ -1,6 +1,6 @@
 """`bin/nightshift`: set up and run nightshift on one Postgres (DATABASE_URL or embedded).
 
-Commands: db start|stop|url · prepare · demo · airflow · nights · serve
+Commands: db start|stop|url · prepare · demo · airflow · nights · serve · predict · predict-keys
 """
 
 from __future__ import annotations
@@ -120,6 +120,52 @@ def run_local_serving(settings: Settings, port: int) -> int:
     return 0
 
 
+def _runtime_url(settings: Settings) -> Settings:
+    """The settings with the database URL resolved (DATABASE_URL, else the embedded Postgres, started)."""
+    url = resolve_database_url(settings.database_url, settings.local_dir)
+    return load_settings({**os.environ, "NIGHTSHIFT_DATABASE_URL": url})
+
+
+def run_predict(settings: Settings) -> int:
+    """The prediction service (include/predict/app.py) until Ctrl-C."""
+    from include.core.config import PredictService
+    from include.predict.app import serve
+
+    config = PredictService.from_env()
+    step(f"prediction service on http://{config.host}:{config.port}/v1/predict (serving {settings.serving_url})")
+    serve(_runtime_url(settings), config)
+    return 0
+
+
+def predict_keys(settings: Settings, action: str, name: str | None, rate: int | None) -> int:
+    from include.core.config import PredictService
+    from include.predict import keys
+
+    url = _runtime_url(settings).require_database_url()
+    if action == "list":
+        for row in keys.list_keys(url):
+            state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "live"
+            print(f"{row['name']}\t{row['prefix']}…\t{row['requests_per_minute']}/min\t{state}")
+        return 0
+    if not name:
+        print(f"nightshift predict-keys {action}: give the key's name", file=sys.stderr)
+        return 2
+    try:
+        if action == "create":
+            key = keys.create_key(url, name, rate or PredictService.from_env().requests_per_minute)
+            print(key)  # shown once; only its hash is stored
+            print(f"key {name!r} created; it is shown only now", file=sys.stderr)
+            return 0
+    except keys.ApiKeyError as err:
+        print(f"nightshift predict-keys: {err}", file=sys.stderr)
+        return 1
+    if keys.revoke_key(url, name):
+        print(f"key {name!r} revoked")
+        return 0
+    print(f"nightshift predict-keys: no live key named {name!r}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nightshift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     nights.add_argument("--last-night", type=dt.date.fromisoformat, help="the last night (default: yesterday)")
     serve = sub.add_parser("serve", help="the local TF-Serving-compatible REST server on .local/serving")
     serve.add_argument("--port", type=int, default=8501)
+    sub.add_parser("predict", help="the prediction service for callers (NIGHTSHIFT_PREDICT_HOST/PORT, default :8600)")
+    keys = sub.add_parser("predict-keys", help="API keys of the prediction service")
+    keys.add_argument("action", choices=["create", "revoke", "list"])
+    keys.add_argument("name", nargs="?", help="the key's name (create, revoke)")
+    keys.add_argument("--rate", type=int, help="requests a minute (default NIGHTSHIFT_PREDICT_REQUESTS_PER_MINUTE)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("pgserver", "alembic"):
@@ -170,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         if args.command == "serve":
             return run_local_serving(settings, args.port)
+        if args.command == "predict":
+            return run_predict(settings)
+        if args.command == "predict-keys":
+            return predict_keys(settings, args.action, args.name, args.rate)
     except ConfigError as err:
         print(f"nightshift: configuration error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,252 @@
+"""The prediction service (FastAPI): flights by key in, delay probabilities out.
+
+`POST /v1/predict` with an API key (`Authorization: Bearer <key>` or `X-API-Key`):
+
+1. the flights are checked (a 422 names the field) and their schedule-time inputs derived
+   (`include/predict/flights.py`, as cleaning derives them);
+2. the rest of the model's inputs are read from Feast's online store (`include/predict/online.py`);
+3. each flight goes to `stable` or, for `canary_percent` % of flight keys (sticky), to `canary`, through
+   TF Serving's REST API (`include/serving/client.py`); a canary that fails is answered by `stable`, and
+   its error is logged against the canary;
+4. every prediction is logged (`include/predict/served.py`) and counted in the Prometheus metrics.
+
+`GET /healthz` says the process lives; `GET /readyz` that serving and the online store answer;
+`GET /metrics` is Prometheus's. Nothing is read or opened at import: `create_app` builds it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from include.contract.features import MODEL_FEATURES
+from include.contract.inputs import serving_rows
+from include.predict.flights import PredictRequest, PredictResponse, arm_of, entity_rows
+
+if TYPE_CHECKING:
+    from include.core.config import PredictService, Settings
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("nightshift_predict_requests", "HTTP requests to /v1/predict by status code",
+                                ["code"], registry=self.registry)  # fmt: skip
+        self.flights = Counter("nightshift_predict_flights", "Flights scored, by arm and model version",
+                               ["arm", "version"], registry=self.registry)  # fmt: skip
+        self.errors = Counter("nightshift_predict_errors", "Flights a serving call failed for, by arm and version",
+                              ["arm", "version"], registry=self.registry)  # fmt: skip
+        self.latency = Histogram(
+            "nightshift_predict_latency_seconds", "Request latency (features, model, log), by arm and version",
+            ["arm", "version"], registry=self.registry,
+            buckets=(0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5),
+        )  # fmt: skip
+        self.unknown = Counter(
+            "nightshift_predict_unknown_entities",
+            "Flights scored with an entity the online store did not know",
+            registry=self.registry,
+        )
+
+
+class Service:
+    """What one running service holds: the store, the serving client, the keys, the routes, the log."""
+
+    def __init__(self, settings: Settings, config: PredictService) -> None:
+        from include.core.lake import lake_root
+        from include.predict.keys import KeyRing
+        from include.predict.online import open_online_store
+        from include.predict.routing import RouteCache
+        from include.predict.served import ServedLog
+        from include.serving.client import ServingClient
+
+        url = settings.require_database_url()
+        self.settings, self.config = settings, config
+        self.store = open_online_store(settings)
+        self.client = ServingClient(settings.serving_url, settings.model_name, timeout=config.serving_timeout_s,
+                                    retries=1, backoff=0.05)  # fmt: skip
+        self.keys = KeyRing(url, config.state_ttl_s)
+        self.routes = RouteCache(settings, config.state_ttl_s)
+        self.log = ServedLog(lake_root(settings), url, config.log_batch_rows, config.log_flush_s)
+        self.metrics = Metrics()
+
+    def close(self) -> None:
+        self.log.close()
+        self.client.close()
+
+    def score(self, request: PredictRequest, request_id: str, started: float) -> PredictResponse:
+        from include.predict.online import lookup
+        from include.serving.client import ServingError
+
+        routes = self.routes.get()
+        if routes.version("stable") is None:
+            raise HTTPException(503, "no model is serving yet: deploy one (nightshift_deploy) first")
+        flights = request.flights
+        entities, unknown = entity_rows(flights)
+        frame, missing = lookup(self.store, entities)
+        unknown = [a + b for a, b in zip(unknown, missing, strict=True)]
+        rows = serving_rows(frame)
+        keys = [f.key for f in flights]
+        arms = [arm_of(k, routes.canary_percent) for k in keys]
+        answer: dict[int, tuple[float | None, str, str | None]] = {}  # flight → (p, arm that served, error)
+        logged: list[dict[str, Any]] = []
+        for arm in ("canary", "stable"):
+            chosen = [i for i, a in enumerate(arms) if a == arm]
+            if arm == "stable":  # and the canary's flights its failure left unanswered
+                chosen += [i for i, a in enumerate(arms) if a == "canary" and i not in answer]
+            if not chosen:
+                continue
+            version = routes.version(arm)
+            called = time.perf_counter()
+            try:
+                outputs = self.client.predict_rows([rows[i] for i in chosen], version=version)
+                error = None
+            except ServingError as err:
+                outputs, error = [None] * len(chosen), f"{arm} v{version}: {err}"
+                self.metrics.errors.labels(arm, str(version)).inc(len(chosen))
+                log.warning("request %s: %s", request_id, error)
+            took_ms = (time.perf_counter() - called) * 1000
+            for i, out in zip(chosen, outputs, strict=True):
+                p = None if out is None else float(out[0] if isinstance(out, list) else out)
+                if error is None or arm == "stable":
+                    answer[i] = (p, arm, error)
+                logged.append(self._row(request_id, flights[i], frame.iloc[i], version, arm, p, error, unknown[i],
+                                        took_ms))  # fmt: skip
+            if error is None:
+                self.metrics.flights.labels(arm, str(version)).inc(len(chosen))
+        if all(answer[i][0] is None for i in answer):
+            self.log.add(logged)
+            raise HTTPException(503, f"serving failed: {answer[0][2]}")
+        total = time.perf_counter() - started
+        for row in logged:
+            row["latency_ms"] = total * 1000
+        self.log.add(logged)
+        for arm in set(a for _, a, _ in answer.values()):
+            self.metrics.latency.labels(arm, str(routes.version(arm))).observe(total)
+        self.metrics.unknown.inc(sum(1 for u in unknown if u))
+        predictions = [
+            {"flight_key": keys[i], "p_delayed": answer[i][0], "model_version": routes.version(answer[i][1]),
+             "arm": answer[i][1], "unknown": unknown[i], "error": answer[i][2]}
+            for i in range(len(flights))
+        ]  # fmt: skip
+        return PredictResponse(predictions=predictions, request_id=request_id)
+
+    @staticmethod
+    def _row(request_id: str, flight: Any, features: Any, version: int | None, arm: str, p: float | None,
+             error: str | None, unknown: list[str], serving_ms: float) -> dict[str, Any]:  # fmt: skip
+        import datetime as dt
+
+        return {
+            "request_id": request_id, "flight_key": flight.key, "flight_date": flight.flight_date,
+            "flight": flight.flight, "route": f"{flight.origin}-{flight.dest}",
+            "sched_dep": flight.sched_dep.astimezone(dt.UTC),
+            **{f: features[f] for f in MODEL_FEATURES},
+            "model_version": version, "arm": arm, "p_delayed": p, "error": error, "unknown": "; ".join(unknown),
+            "serving_ms": serving_ms, "latency_ms": None, "served_at": dt.datetime.now(dt.UTC),
+        }  # fmt: skip
+
+
+def create_app(settings: Settings, config: PredictService) -> FastAPI:
+    """The ASGI app; its resources open when the server starts it and close when it stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = Service(settings, config)
+        service.log.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            service.close()
+
+    app = FastAPI(title="nightshift predictions", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def _service(request: Request) -> Service:
+        return request.app.state.service
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        request.app.state.service.metrics.requests.labels(str(exc.status_code)).inc()
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.app.state.service.metrics.requests.labels("422").inc()
+        return await request_validation_exception_handler(request, exc)
+
+    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
+    def predict(body: PredictRequest, request: Request) -> PredictResponse:
+        started = time.perf_counter()
+        service = _service(request)
+        key = _authenticate(service, request)
+        wait = service.keys.allow(key)
+        if wait > 0:
+            raise HTTPException(429, f"rate limit of {key.requests_per_minute} requests a minute reached",
+                                headers={"Retry-After": str(max(1, round(wait)))})  # fmt: skip
+        if len(body.flights) > config.max_flights:
+            raise HTTPException(422, f"flights: at most {config.max_flights} in one request")
+        response = service.score(body, uuid.uuid4().hex, started)
+        service.metrics.requests.labels("200").inc()
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(request: Request) -> JSONResponse:
+        service = _service(request)
+        try:
+            routes = service.routes.get()
+            status = {arm: service.client.status(version=v)[0]["state"] for arm, v in routes.labels.items()}
+        except Exception as err:  # any failure means not ready; say which
+            return JSONResponse({"ready": False, "problem": f"{type(err).__name__}: {err}"[:300]}, status_code=503)
+        ready = bool(status) and all(s == "AVAILABLE" for s in status.values())
+        return JSONResponse({"ready": ready, "versions": routes.labels, "state": status,
+                             "canary_percent": routes.canary_percent}, status_code=200 if ready else 503)  # fmt: skip
+
+    @app.get("/metrics")
+    def metrics(request: Request) -> PlainTextResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(_service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _authenticate(service: Service, request: Request) -> Any:
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    if not key:
+        raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    found = service.keys.check(key)
+    if found is None:
+        raise HTTPException(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+def serve(settings: Settings, config: PredictService) -> None:
+    """Run the service on `config.host:config.port` until SIGINT/SIGTERM (uvicorn's own handling)."""
+    import os
+
+    import uvicorn
+
+    os.environ.setdefault("PGCONNECT_TIMEOUT", "10")  # Feast's online-store connections give up connecting
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, config), host=config.host, port=config.port,
+                                           log_level="info", access_log=False))  # fmt: skip
+    server.run()
