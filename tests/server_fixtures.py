@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -167,3 +168,15 @@ def stable_model(dagbag, serving, trained) -> int:
         assert run.state == "success"
         state = read_state(serving)
     return state.stable
+
+
+@pytest.fixture(scope="module")
+def predict_service(stable_model, serving):
+    """The prediction service on the test session's Postgres, online store and serving, on a port of its own;
+    state is trusted for 0.2 s and the log flushed every 0.5 s, so tests see changes at once."""
+    from include.core.config import PredictService
+    from include.predict.app import running
+
+    config = PredictService(state_ttl_s=0.2, log_flush_s=0.5, log_batch_rows=200)
+    with running(load_settings(), config) as (url, app):
+        yield SimpleNamespace(url=url, app=app, version=stable_model)

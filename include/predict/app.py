@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -250,3 +250,32 @@ def serve(settings: Settings, config: PredictService) -> None:
     server = uvicorn.Server(uvicorn.Config(create_app(settings, config), host=config.host, port=config.port,
                                            log_level="info", access_log=False))  # fmt: skip
     server.run()
+
+
+@contextlib.contextmanager
+def running(settings: Settings, config: PredictService) -> Iterator[tuple[str, FastAPI]]:
+    """The service in a thread of this process on a port the OS picks (`config.port` is ignored): yields its
+    URL and app, and stops it (writing the rest of its log) on the way out. For the demo and the tests."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((config.host, 0))
+    app = create_app(settings, config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="predict-service", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the prediction service did not start (see its log above)")
+        time.sleep(0.05)
+    try:
+        yield f"http://{config.host}:{sock.getsockname()[1]}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=90)
+        sock.close()
