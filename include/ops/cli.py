@@ -61,7 +61,8 @@ def prepare(settings: Settings) -> dict[str, str]:
 
 
 def run_airflow(settings: Settings) -> int:
-    """The full Airflow (api-server, scheduler, dag-processor, triggerer) and local serving, until Ctrl-C.
+    """The full Airflow (api-server, scheduler, dag-processor, triggerer), local serving and the prediction
+    service, until Ctrl-C.
 
     Serving is supervised: if the local serving process dies it is restarted on the same port, and an
     alert says so; if an Airflow process exits, everything stops.
@@ -91,6 +92,7 @@ def run_airflow(settings: Settings) -> int:
             watched = "supervised" if serving.pid else "already answering, not supervised"
             step(f"TF Serving REST API (local, {watched}) on {serving.url}")
             procs = [subprocess.Popen(["airflow", c], env=env) for c in AIRFLOW_COMPONENTS]
+            procs.append(subprocess.Popen([sys.executable, "-m", "include.ops.cli", "predict"], env=env))
             try:
                 while not stopping and all(p.poll() is None for p in procs):
                     time.sleep(1)

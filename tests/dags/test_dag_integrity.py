@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-DAG_IDS = ["nightshift_ingest", "nightshift_train", "nightshift_deploy", "nightshift_monitor"]
-APPROVED_TAGS = {"nightshift", "ingest", "train", "deploy", "monitor"}
+DAG_IDS = [
+    "nightshift_ingest",
+    "nightshift_train",
+    "nightshift_deploy",
+    "nightshift_monitor",
+    "nightshift_predict_batch",
+]
+APPROVED_TAGS = {"nightshift", "ingest", "train", "deploy", "monitor", "predict"}
 HEAVY_MODULES = ["tensorflow", "keras", "pandas", "great_expectations", "feast", "evidently", "sklearn"]
 
 PARSE_PROBE = r"""

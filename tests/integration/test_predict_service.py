@@ -143,6 +143,7 @@ def test_the_canary_gets_its_share_of_flights_sticky_by_key(predict_service, key
         ]
     finally:
         write_state(settings, before)
+        time.sleep(0.3)  # the service follows the labels within its 0.2 s; later tests must see no canary
         shutil.rmtree(settings.model_dir / str(canary), ignore_errors=True)
     on_canary = [p for p in first if p["arm"] == "canary"]
     assert 70 <= len(on_canary) <= 130, len(on_canary)
@@ -155,13 +156,15 @@ def test_the_canary_gets_its_share_of_flights_sticky_by_key(predict_service, key
 
 def test_every_served_prediction_is_logged_in_batches_and_counted(db_url, predict_service, key, flights):
     settings = load_settings()
+    log = predict_service.app.state.service.log
+    log.flush()  # what earlier tests served
     since = dt.datetime.now(dt.UTC)
     before = sum(r["rows"] for r in served_counts(db_url, DAY))
     response = _post(predict_service, key, flights[:120])
     for i in range(0, 120, 40):
         _post(predict_service, key, flights[i : i + 40])
     assert response.status_code == 200
-    predict_service.app.state.service.log.flush()
+    log.flush()
     counts = served_counts(db_url, DAY)
     assert sum(r["rows"] for r in counts) - before == 240
     logged = served_frame(settings, since=since)

