@@ -76,6 +76,16 @@ def _step(name: str, *args: Any) -> Any:
             title="Action",
             section="Deployment",
         ),
+        "canary_percent": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            maximum=100,
+            title="Canary traffic (%)",
+            description="Share of the prediction service's flights the canary serves, sticky by flight key. "
+            "Empty: NIGHTSHIFT_DEPLOY_CANARY_PERCENT (default 10).",
+            section="Deployment",
+        ),
     },
 )
 def nightshift_deploy() -> None:

@@ -267,8 +267,12 @@ def plan(settings: Settings, params: dict[str, Any], event_versions: list[int]) 
     if version is None:
         raise DeployError("no version given and no blessed version in the registry; train one first")
     row = require_status(settings, int(version), action)
+    percent = params.get("canary_percent")
+    if percent is not None and not 0 <= float(percent) <= 100:
+        raise DeployError(f"canary_percent {percent}: give a share between 0 and 100")
     return {"action": action, "version": int(version), "stable": state.stable, "labels": state.labels,
-            "artifact_uri": row["artifact_uri"], "dataset_uri": row["dataset_uri"]}  # fmt: skip
+            "artifact_uri": row["artifact_uri"], "dataset_uri": row["dataset_uri"],
+            "canary_percent": None if percent is None else float(percent)}  # fmt: skip
 
 
 def push(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -400,6 +404,9 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
     again. A try that fails after moving the label puts the labels back before it leaves.
     """
     version = plan["version"]
+    # The prediction service sends this share of flights to `canary` (include/predict/routing.py reads it here).
+    percent = plan.get("canary_percent")
+    percent = float(policy.canary_percent if percent is None else percent)
     if policy.canary_requests < MIN_CANARY_REQUESTS:  # refused before any label moves
         reason = (f"NIGHTSHIFT_DEPLOY_CANARY_REQUESTS={policy.canary_requests} is too few for a latency verdict; "
                   f"set at least {MIN_CANARY_REQUESTS}")  # fmt: skip
@@ -427,6 +434,7 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
             try:
                 wait_label(client, "canary", version, policy.load_timeout_s)
                 result = compare(client, rows, policy) if state.stable is not None else {"first_deployment": True}
+                result["canary_percent"] = percent
             except (DeployError, ServingError) as err:
                 write_state(settings, state)
                 raise _fail(settings, run_id, version, "canary", str(err), state) from err
