@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test chromium demo test test-fast test-nights lint-imports airflow nights bench bench-serving bench-monitor lint format lock clean
+.PHONY: install install-test chromium demo test test-fast test-nights lint-imports airflow nights bench bench-serving bench-monitor bench-predict lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -79,6 +79,12 @@ bench: install
 ## Local serving latency and throughput next to direct SavedModel calls (after `make demo`).
 bench-serving: install
 	PYTHONPATH=. $(PY) -m benchmarks.serving
+
+## The prediction service under wrk: 1 and 100 flights a request, log on and off, in-process ratio (after `make demo`).
+bench-predict: install
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && { $(APT) install wrk || { $(APT) update && $(APT) install wrk; }; } >/dev/null; } \
+	  || { echo "make: bench-predict needs Debian's wrk: sudo apt-get install wrk"; exit 1; }
+	PYTHONPATH=. $(PY) -m benchmarks.predict
 
 ## Evidently report time for 1k, 10k, 100k and 1M rows (after `make demo`).
 bench-monitor: install

@@ -298,6 +298,7 @@ class PredictService:
     max_flights: int = 1000  # flights in one request
     log_batch_rows: int = 5000  # the served-prediction log writes a Parquet file at this many rows…
     log_flush_s: float = 10.0  # …or this often, whichever comes first
+    log_served: int = 1  # 0: no served-prediction log (only to measure what the log costs)
     state_ttl_s: float = 2.0  # how long the service trusts what it read of labels, split and keys
     serving_timeout_s: float = 5.0
 

@@ -135,7 +135,8 @@ class Service:
         total = time.perf_counter() - started
         for row in logged:
             row["latency_ms"] = total * 1000
-        self.log.add(logged)
+        if self.config.log_served:
+            self.log.add(logged)
         for arm in set(a for _, a, _ in answer.values()):
             self.metrics.latency.labels(arm, str(routes.version(arm))).observe(total)
         self.metrics.unknown.inc(sum(1 for u in unknown if u))
