@@ -348,6 +348,9 @@ class MonitorPolicy:
     min_rows: int = 200  # fewer scored flights than this: quality is reported but not judged
     batch_size: int = 256  # rows per predict request
     dedup_hours: float = 24.0  # the same alert (kind + key) at most once in this window
+    # Served predictions judge a day when the service answered at least min_rows of its flights; then a
+    # share of them above this whose served inputs differ from the offline point-in-time ones is skew.
+    max_skew_share: float = 0.01
     # Reported but never alerted on: one day's calendar is always unlike a multi-day reference.
     drift_exempt: str = "day_of_week,month"
 

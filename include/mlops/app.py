@@ -174,6 +174,31 @@ def alert_page(alert_id: int) -> HTMLResponse:
     return _html(views.alert_page(found, _settings().lake_uri))
 
 
+@app.get("/predictions", response_class=HTMLResponse)
+def predictions_page() -> HTMLResponse:
+    from include.core.lake import lake_root
+
+    settings, url = _settings(), _url()
+    state = read_state(settings)
+    return _html(views.predictions_page(views.served_by_day(url), state,
+                                        views.canary_share(url, settings.model_name, state.canary),
+                                        views.scheduled_outputs(lake_root(settings))))  # fmt: skip
+
+
+@app.get("/predictions/scheduled.csv")
+def scheduled_csv(day: Annotated[dt.date, Query()]) -> Response:
+    """One day's batch predictions as CSV (the day is a date, so no path comes from the request)."""
+    from include.core import lake
+
+    target = lake.partition_file(lake.lake_root(_settings()), "predictions", "scheduled", day)
+    if not target.exists():
+        raise HTTPException(404, f"no batch predictions for {day}")
+    frame = lake.read_parquet(target)
+    headers = {"Content-Disposition": f'attachment; filename="predictions-{day.isoformat()}.csv"',
+               "X-Content-Type-Options": "nosniff"}  # fmt: skip
+    return Response(frame.to_csv(index=False), media_type="text/csv", headers=headers)
+
+
 @app.get("/files/{path:path}")
 def lake_file(path: str) -> Response:
     """A report or manifest from the lake (Data Docs, evaluation, Evidently); nothing else is served."""

@@ -26,7 +26,7 @@ from include import db
 
 PREFIX = "/mlops"
 PAGES = {"runs": "Runs", "versions": "Model versions", "deployments": "Deployments", "validations": "Validations",
-         "drift": "Drift", "alerts": "Alerts"}  # fmt: skip
+         "drift": "Drift", "alerts": "Alerts", "predictions": "Predictions"}  # fmt: skip
 TEMPLATES = Path(__file__).parent / "templates"
 # Lake files the view may serve: reports (Data Docs, evaluation, Evidently) and dataset manifests.
 SERVABLE_ZONES = ("reports",)
@@ -417,3 +417,48 @@ def alert_page(found: dict[str, Any], lake_uri: str) -> str:
     target, top = href_for(found["link"], lake_uri)
     deliveries = [(channel, str(d)) for channel, d in sorted((found["deliveries"] or {}).items())]
     return render("alert.html.j2", alert=found, target=target, top=top, deliveries=deliveries)
+
+
+# ---------------------------------------------------------------- predictions
+
+
+def served_by_day(url: str, days: int = 30) -> list[dict[str, Any]]:
+    """What the prediction service answered, per flight day (newest first), version and arm."""
+    b = db.served_batches
+    recent = sa.select(b.c.flight_date).distinct().order_by(b.c.flight_date.desc()).limit(days).subquery()
+    query = (
+        sa.select(b.c.flight_date.label("day"), b.c.model_version, b.c.arm, sa.func.sum(b.c.rows).label("rows"),
+                  sa.func.sum(b.c.errors).label("errors"), sa.func.count().label("files"),
+                  sa.func.max(b.c.written_at).label("last_written"))
+        .where(b.c.flight_date.in_(sa.select(recent.c.flight_date)))
+        .group_by(b.c.flight_date, b.c.model_version, b.c.arm)
+        .order_by(b.c.flight_date.desc(), b.c.model_version, b.c.arm)
+    )  # fmt: skip
+    return _rows(url, query)
+
+
+def canary_share(url: str, model: str, canary: int | None) -> float | None:
+    """The share of flights the canary's deployment asked for (None: no canary)."""
+    if canary is None:
+        return None
+    d = db.deployments
+    query = (
+        sa.select(d.c.detail["canary_percent"].as_float())
+        .where(d.c.model == model, d.c.version == canary, d.c.action == "canary", d.c.succeeded)
+        .order_by(d.c.id.desc()).limit(1)
+    )  # fmt: skip
+    with db.engine(url).connect() as conn:
+        return conn.execute(query).scalar()
+
+
+def scheduled_outputs(lake_root: Any) -> list[str]:
+    """The days `nightshift_predict_batch` wrote predictions for, newest first."""
+    folder = lake_root / "predictions" / "scheduled"
+    if not folder.exists():
+        return []
+    days = [p.name.removeprefix("date=") for p in folder.iterdir() if p.name.startswith("date=")]
+    return sorted((d for d in days if (folder / f"date={d}" / "part-0.parquet").exists()), reverse=True)
+
+
+def predictions_page(served: list[dict[str, Any]], state: Any, share: float | None, scheduled: list[str]) -> str:
+    return render("predictions.html.j2", served=served, state=state, share=share, scheduled=scheduled)

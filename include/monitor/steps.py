@@ -77,10 +77,68 @@ def predictions_file(settings: Settings, day: dt.date):
     return lake.lake_root(settings) / "predictions" / f"date={day.isoformat()}" / lake.PARTITION_FILE
 
 
+def feature_skew(offline: pd.DataFrame, served: pd.DataFrame) -> dict[str, Any]:
+    """How the inputs the service used differ from the offline point-in-time ones, flight by flight (both
+    keyed by `flight_key`): the share of flights with any input differing, and the inputs that differ most."""
+    import numpy as np
+
+    from include.contract.inputs import CATEGORICAL
+
+    both = offline.merge(served, on="flight_key", suffixes=("_offline", "_served"))
+    differs = np.zeros(len(both), dtype=bool)
+    counts = {}
+    for feature in MODEL_FEATURES:
+        a, b = both[f"{feature}_offline"], both[f"{feature}_served"]
+        if feature in CATEGORICAL:
+            wrong = a.fillna("").astype(str).to_numpy() != b.fillna("").astype(str).to_numpy()
+        else:
+            x, y = a.astype("float64").to_numpy(), b.astype("float64").to_numpy()
+            wrong = ~(np.isclose(x, y, rtol=1e-6, atol=1e-6) | (np.isnan(x) & np.isnan(y)))
+        differs |= wrong
+        if wrong.any():
+            counts[feature] = int(wrong.sum())
+    worst = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+    return {"flights": len(both), "share": round(float(differs.mean()) if len(both) else 0.0, 4),
+            "features": worst}  # fmt: skip
+
+
+def _served_scores(settings: Settings, policy: MonitorPolicy, day: dt.date, frame: pd.DataFrame) -> Any:
+    """The day's flights as the service scored them, when it scored enough of them: (scored frame, version,
+    skew); else None. Only the version that answered most of them counts (a canary's share is judged apart)."""
+    from include.predict.served import served_day
+
+    served = served_day(settings, day)
+    if served is None:
+        return None
+    version = int(served["model_version"].mode().iloc[0])
+    served = served[served["model_version"] == version]
+    keyed = frame.assign(flight_key=[f"{day}/{c}/{n}/{o}" for c, n, o in frame[["carrier", "flight", "origin"]]
+                                     .itertuples(index=False)])  # fmt: skip
+    labelled = keyed[[*dict.fromkeys([*FLIGHT_KEY, "flight_key", LABEL_KEY])]].merge(
+        served[["flight_key", *MODEL_FEATURES, "p_delayed"]], on="flight_key"
+    )
+    if len(labelled) < policy.min_rows:
+        return None
+    skew = feature_skew(keyed[["flight_key", *MODEL_FEATURES]], served[["flight_key", *MODEL_FEATURES]])
+    scored = labelled.rename(columns={"p_delayed": PREDICTION}).drop(columns="flight_key")
+    return scored.assign(model_version=version), version, skew
+
+
 def score_day(settings: Settings, policy: MonitorPolicy, day: dt.date, run_id: str) -> dict[str, Any]:
-    """Score the day with the version `stable` points at now: every request names that version, so a
-    promotion while the day is scored cannot mix two models' predictions under one version number."""
+    """The day's flights with their predictions: what the prediction service actually served, at the version
+    that served it, when it answered at least `min_rows` of them (and how its inputs differ from the offline
+    point-in-time ones); else the day scored with the version `stable` points at now. Every request names
+    that version, so a promotion while the day is scored cannot mix two models' predictions under one number."""
     frame = day_frame(settings, day)
+    served = _served_scores(settings, policy, day, frame)
+    if served is not None:
+        scored, version, skew = served
+        target = predictions_file(settings, day)
+        lake.write_parquet(target, scored)
+        log.info("%s: %d served predictions of version %d → %s; %.1f%% of flights served with inputs unlike the "
+                 "offline ones", day, len(scored), version, lake.uri(target), 100 * skew["share"])  # fmt: skip
+        return {"day": day.isoformat(), "rows": len(scored), "model_version": version, "uri": lake.uri(target),
+                "source": "served", "skew": skew}  # fmt: skip
     predictions: list[float] = []
     with client_for(settings) as client:
         version = int(client.status(label="stable")[0]["version"])
@@ -94,7 +152,8 @@ def score_day(settings: Settings, policy: MonitorPolicy, day: dt.date, run_id: s
     target = predictions_file(settings, day)
     lake.write_parquet(target, scored)
     log.info("%s: %d flights scored by version %d → %s", day, len(scored), version, lake.uri(target))
-    return {"day": day.isoformat(), "rows": len(scored), "model_version": version, "uri": lake.uri(target)}
+    return {"day": day.isoformat(), "rows": len(scored), "model_version": version, "uri": lake.uri(target),
+            "source": "offline"}  # fmt: skip
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -189,6 +248,8 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
         "quality_judged": judged,
         "report": report_uri,
         "seconds": round(time.monotonic() - began, 1),
+        "source": scored.get("source", "offline"),  # served: what the prediction service answered
+        "skew": scored.get("skew"),
     }
     summary["prediction_rate_shift"] = abs(summary["prediction_rate"] - summary["reference_prediction_rate"])
     summary["auc_drop"] = (test_auc - auc) if judged else None
@@ -223,6 +284,8 @@ def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run
         add(name, summary[name])
     if summary["auc_drop"] is not None:
         add("auc_drop", summary["auc_drop"], summary["max_auc_drop"], quality_dropped(summary))
+    if summary.get("skew"):
+        add("serving_skew_share", summary["skew"]["share"], policy.max_skew_share, skewed(summary, policy))
     now = dt.datetime.now(dt.UTC)
     common = {"model_version": summary["model_version"], "rows": summary["rows"], "report_uri": summary["report"],
               "run_id": run_id, "computed_at": now}  # fmt: skip
@@ -232,6 +295,11 @@ def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run
 
 
 # -- judge -----------------------------------------------------------------------------------------
+
+
+def skewed(summary: dict[str, Any], policy: MonitorPolicy) -> bool:
+    """The service's inputs differed from the offline point-in-time ones on more flights than the limit."""
+    return bool(summary.get("skew")) and summary["skew"]["share"] > policy.max_skew_share
 
 
 def quality_dropped(summary: dict[str, Any]) -> bool:
@@ -296,6 +364,19 @@ def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, A
     alerted = []
     for summary in summaries:
         day = dt.date.fromisoformat(summary["day"])
+        if skewed(summary, policy):
+            skew = summary["skew"]
+            alert_id = send(url, Alert(
+                kind="serving_skew", key=day.isoformat(), severity="warning",
+                title=f"Training/serving skew on {day}: {100 * skew['share']:.1f}% of {skew['flights']} served "
+                      f"flights had inputs unlike the offline ones (model version {summary['model_version']})",
+                impact="the prediction service scores flights on features training never saw for them",
+                details=[f"{feature}: {count} flights" for feature, count in skew["features"].items()],
+                next_step="check the online store's materialization (nightshift_ingest.materialize) and the "
+                          "service's feature lookup (include/predict/online.py)",
+                link=summary["report"], dag_id=MONITOR_DAG, task_id=task_id, run_id=run_id,
+            ))  # fmt: skip
+            alerted.append({"day": day.isoformat(), "alert_id": alert_id, "kind": "serving_skew"})
         found = crossings(summary, policy)
         if not found:
             continue

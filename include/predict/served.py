@@ -155,3 +155,16 @@ def served_frame(settings: Settings, *, day: dt.date | None = None, since: dt.da
         uris = list(conn.execute(query).scalars())
     frames = [lake.read_parquet(lake.at(settings, u)) for u in uris]
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def served_day(settings: Settings, day: dt.date) -> pd.DataFrame | None:
+    """What the service answered for the day's flights: per flight key its latest prediction that a model
+    served (errors left out), with the features that prediction used and the version and arm that served it."""
+    frame = served_frame(settings, day=day)
+    if frame is None:
+        return None
+    answered = frame[frame["error"].isna() & frame["p_delayed"].notna()]
+    if answered.empty:
+        return None
+    latest = answered.sort_values("served_at", kind="stable").drop_duplicates("flight_key", keep="last")
+    return latest.reset_index(drop=True)

@@ -59,3 +59,32 @@ def test_a_skewed_online_store_is_caught(settings, db_url, predict_service):
                            materialize=False)  # fmt: skip
     assert result["flights"] > 100
     assert result["max_abs_diff"] > 10 * TOLERANCE, result
+
+
+def test_the_monitor_judges_what_was_served_and_alerts_once_on_the_skew(settings, db_url, predict_service):
+    """After the two replays the log holds, per flight of the day, what the service answered last: the morning's
+    skewed answers and the rest's exact ones. The monitor scores the day from them, at the version that served
+    them, measures the skew against the offline features, and raises one alert for it, however often it judges."""
+    from include.core import lake
+    from include.core.config import MonitorPolicy
+    from include.monitor.steps import judge, predictions_file, report_day, score_day
+
+    predict_service.app.state.service.log.flush()
+    policy = MonitorPolicy.from_env()
+    scored = score_day(settings, policy, DAY, "manual__served-monitor")
+    assert scored["source"] == "served"
+    assert scored["model_version"] == predict_service.version
+    logged = lake.read_parquet(predictions_file(settings, DAY))
+    assert len(logged) == scored["rows"] > 700
+    skew = scored["skew"]
+    assert skew["flights"] == scored["rows"]
+    assert 0.05 < skew["share"] < 0.6, skew  # the 06:00-09:00 flights, not the others
+    assert set(skew["features"]) & {"temp", "dewp", "humid", "carrier_delay_rate_7d", "origin_delay_rate_7d"}
+    summary = report_day(settings, policy, scored, "manual__served-monitor")
+    assert summary["source"] == "served"
+    for _ in range(2):
+        judge(settings, policy, [summary], "manual__served-monitor")
+    with db.engine(db_url).connect() as conn:
+        raised = conn.execute(sa.select(sa.func.count()).select_from(db.alerts).where(
+            db.alerts.c.kind == "serving_skew", db.alerts.c.dedup_key == DAY.isoformat())).scalar_one()  # fmt: skip
+    assert raised == 1

@@ -200,3 +200,15 @@ def test_a_rollback_is_confirmed_only_when_there_is_a_version_to_go_back_to() ->
     promote = mlops.confirm_page("promote", 3, "flight_delay", ServingState([2], {"stable": 2}), None)
     assert "<b>v3</b> is pushed" in promote
     assert '<input type="hidden" name="version" value="3">' in promote
+
+
+def test_the_predictions_page_shows_the_split_traffic_and_downloads_escaped() -> None:
+    served = [{"day": dt.date(2013, 7, 30), "model_version": 3, "arm": "<b>canary</b>", "rows": 1200, "errors": 4,
+               "files": 2, "last_written": dt.datetime(2026, 12, 2, 18, 0, tzinfo=dt.UTC)}]  # fmt: skip
+    page = mlops.predictions_page(served, ServingState([2, 3], {"stable": 2, "canary": 3}), 25.0, ["2013-07-31"])
+    assert "gets 25% of flights" in page
+    assert "&lt;b&gt;canary&lt;/b&gt;" in page
+    assert "<b>canary</b>" not in page
+    assert "predictions/scheduled.csv?day=2013-07-31" in page
+    alone = mlops.predictions_page([], ServingState([2], {"stable": 2}), None, [])
+    assert "no canary: every flight goes to stable" in alone
