@@ -194,3 +194,35 @@ def test_ready_when_serving_has_the_stable_version(predict_service):
     ready = httpx.get(f"{predict_service.url}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
     assert ready.json()["versions"]["stable"] == predict_service.version
+
+
+def test_batch_prediction_scores_tomorrows_scheduled_flights_with_stable(dagbag, settings, stable_model, serving):
+    from include.core import lake
+    from include.predict.batch import output_file
+
+    tomorrow = END + dt.timedelta(days=1)  # not ingested: its flights have not flown
+    run = dagbag.get_dag("nightshift_predict_batch").test(run_conf={})
+    assert run.state == "success"
+    out = lake.read_parquet(output_file(lake.lake_root(settings), tomorrow))
+    assert len(out) > 800
+    assert set(out["model_version"]) == {stable_model}
+    assert out["p_delayed"].between(0, 1).all()
+    assert not {"arr_delay", "dep_delay", "is_delayed", "dep_time"} & set(out.columns)
+
+
+def test_batch_prediction_reads_a_landing_file_by_name_only(dagbag, settings, stable_model, serving):
+    from include.core import lake
+    from include.ingest.collect import replay_flights
+    from include.predict.batch import output_file
+
+    root = lake.lake_root(settings)
+    day = dt.date(2013, 8, 5)
+    drop = root / "landing" / "scheduled" / "ops-2013-08-05.csv"
+    drop.parent.mkdir(parents=True, exist_ok=True)
+    drop.write_text(replay_flights(day).drop(columns=["arr_delay", "dep_delay"]).head(40).to_csv(index=False))
+    dag = dagbag.get_dag("nightshift_predict_batch")
+    assert dag.test(run_conf={"date": day.isoformat(), "landing_file": drop.name}).state == "success"
+    assert len(lake.read_parquet(output_file(root, day))) == 40
+    for bad in ("../../clean/flights/date=2013-07-01/part-0.parquet", "/etc/passwd", "missing.csv"):
+        run = dag.test(run_conf={"date": day.isoformat(), "landing_file": bad})
+        assert run.state == "failed", bad
