@@ -234,6 +234,11 @@ class DeployPolicy:
     latency_slack_ms: float = 25.0
     max_prediction_shift: float = 0.10  # |mean canary - mean stable| prediction on the same rows
     canary_percent: int = 10  # share of the prediction service's flights sent to `canary`, sticky by flight key
+    # The canary serves live traffic this long before its verdict (0: judged on replayed requests only). Live
+    # traffic judges it when each arm answered at least canary_min_live flights in that time; keep the bake
+    # above twice NIGHTSHIFT_PREDICT_LOG_FLUSH_S, since the verdict reads the served-prediction log.
+    canary_bake_s: float = 0.0
+    canary_min_live: int = 200
     grace_hours: float = 24.0  # a replaced version stays loaded this long, for an instant rollback
     lock_timeout_s: float = 300.0
 

@@ -1,4 +1,5 @@
-"""The canary's verdict: the new version against `stable` on the same real requests."""
+"""The canary's verdict: the new version against `stable`, on the prediction service's live traffic when there
+is enough of it, else on the same real requests replayed to both."""
 
 from __future__ import annotations
 
@@ -46,16 +47,23 @@ def compare(client: ServingClient, rows: list[dict[str, Any]], policy: DeployPol
             else:
                 latencies[label].append(ms)
                 predictions[label].append(prediction)
-    result: dict[str, Any] = {"requests": len(rows)}
+    return verdict(latencies, predictions, errors, {"canary": len(rows), "stable": len(rows)}, policy, (50, 90),
+                   {"requests": len(rows), "judged_on": "replay"})  # fmt: skip
+
+
+def verdict(latencies: dict[str, list[float]], predictions: dict[str, list[float]], errors: dict[str, int],
+            counts: dict[str, int], policy: DeployPolicy, judged: tuple[int, ...],
+            result: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The canary judged against stable: latency at the `judged` quantiles, error rate, mean prediction shift."""
     for label in ("canary", "stable"):
-        for q in (50, 90, 99):  # p99 is recorded, not judged: of ~100 requests it is one of the slowest two
+        for q in (50, 90, 99):  # p99 of ~100 replayed requests is one of the slowest two: judged only live
             result[f"{label}_p{q}_ms"] = float(np.percentile(latencies[label], q)) if latencies[label] else None
-        result[f"{label}_error_rate"] = errors[label] / len(rows)
+        result[f"{label}_error_rate"] = errors[label] / counts[label] if counts[label] else 0.0
         result[f"{label}_mean_prediction"] = float(np.mean(predictions[label])) if predictions[label] else None
     canary_p, stable_p = result["canary_mean_prediction"], result["stable_mean_prediction"]
     result["prediction_shift"] = abs(canary_p - stable_p) if canary_p is not None and stable_p is not None else None
     problems = []
-    for q in (50, 90):
+    for q in judged:
         canary_ms, stable_ms = result[f"canary_p{q}_ms"], result[f"stable_p{q}_ms"]
         if canary_ms is None or stable_ms is None:
             continue  # nothing answered: the error rate says so
@@ -68,3 +76,33 @@ def compare(client: ServingClient, rows: list[dict[str, Any]], policy: DeployPol
         problems.append(f"mean prediction shift {result['prediction_shift']} > {policy.max_prediction_shift}")
     result["problems"] = problems
     return result
+
+
+def live_compare(served: Any, canary: int, stable: int, policy: DeployPolicy) -> dict[str, Any] | None:
+    """The canary judged on the prediction service's live traffic (its served-prediction log since the canary
+    label moved): None when either arm answered fewer than `canary_min_live` flights. The arms see different
+    flights (split by key hash, so alike in distribution); latency is judged at p50 and p99 of each arm's
+    serving calls."""
+    if served is None:
+        return None
+    arms = {"canary": served[(served["arm"] == "canary") & (served["model_version"] == canary)],
+            "stable": served[(served["arm"] == "stable") & (served["model_version"] == stable)]}  # fmt: skip
+    if min(len(a) for a in arms.values()) < policy.canary_min_live:
+        return None
+    latencies, predictions, errors, counts = {}, {}, {}, {}
+    for label, rows in arms.items():
+        answered = rows[rows["error"].isna()]
+        calls = answered.drop_duplicates("request_id")  # one serving call per request and arm
+        latencies[label] = calls["serving_ms"].astype(float).tolist()
+        predictions[label] = answered["p_delayed"].astype(float).tolist()
+        errors[label] = int(rows["error"].notna().sum())
+        counts[label] = len(rows)
+    return verdict(
+        latencies,
+        predictions,
+        errors,
+        counts,
+        policy,
+        (50, 99),
+        {"judged_on": "live", "canary_flights": counts["canary"], "stable_flights": counts["stable"]},
+    )

@@ -57,7 +57,7 @@ from include.core.assets import DEPLOY_DAG
 from include.core.config import DeployPolicy, Settings
 from include.core.faults import PROMOTE_LABEL_MOVED, failpoint
 from include.db import engine
-from include.deploy.canary import MIN_CANARY_REQUESTS, compare
+from include.deploy.canary import MIN_CANARY_REQUESTS, compare, live_compare
 from include.deploy.errors import DeployConflict, DeployError, SandboxRejected, StatusRefused
 from include.deploy.savedmodel import (
     EXPECTED_DTYPES,
@@ -433,7 +433,7 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
         try:
             try:
                 wait_label(client, "canary", version, policy.load_timeout_s)
-                result = compare(client, rows, policy) if state.stable is not None else {"first_deployment": True}
+                result = _judge_canary(settings, policy, client, rows, version, state.stable)
                 result["canary_percent"] = percent
             except (DeployError, ServingError) as err:
                 write_state(settings, state)
@@ -459,6 +459,26 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
                 write_state(settings, ServingState(current.versions, state.labels))
             raise
     return {"version": version, "labels": labelled.labels, **result}
+
+
+def _judge_canary(settings: Settings, policy: DeployPolicy, client: ServingClient, rows: list[dict[str, Any]],
+                  version: int, stable: int | None) -> dict[str, Any]:  # fmt: skip
+    """On live traffic after `canary_bake_s` of it, when the prediction service sent enough; else on the
+    replayed requests (the first deployment has no stable to compare with)."""
+    if stable is None:
+        return {"first_deployment": True}
+    if policy.canary_bake_s > 0:
+        from include.predict.served import served_frame
+
+        since = dt.datetime.now(dt.UTC)
+        log.info("canary v%d serves live traffic for %.0f s before its verdict", version, policy.canary_bake_s)
+        time.sleep(policy.canary_bake_s)
+        live = live_compare(served_frame(settings, since=since), version, stable, policy)
+        if live is not None:
+            return live
+        log.info("too little live traffic for the canary (under %d flights an arm): judged on replayed requests",
+                 policy.canary_min_live)  # fmt: skip
+    return compare(client, rows, policy)
 
 
 def _succeeded_or_none(settings: Settings, run_id: str, version: int) -> dict[str, Any] | None:
