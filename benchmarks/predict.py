@@ -10,6 +10,8 @@ serving process and the prediction service as `bin/nightshift predict` would run
 * the SavedModel called in-process on the same rows (the ratio);
 * the online-store read alone (Feast `get_online_features` for one flight), p50/p99.
 
+Each load starts after 50 warm-up requests (the service also warms its online store when it starts).
+
     PYTHONPATH=. .venv/bin/python -m benchmarks.predict [--seconds 15]
 
 Writes `.local/bench/predict.json`.
@@ -56,6 +58,9 @@ def _ms(text: str) -> float:
 def wrk(url: str, key: str, flights: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """`wrk --latency` POSTing `flights` in every request; its latency percentiles and requests/s."""
     body = json.dumps({"flights": flights})
+    with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=30) as warm:  # connections, caches
+        for _ in range(50):
+            warm.post(f"{url}/v1/predict", json={"flights": flights}).raise_for_status()
     script = (
         f"wrk.method = 'POST'\nwrk.body = [==[{body}]==]\n"
         f"wrk.headers['Content-Type'] = 'application/json'\nwrk.headers['Authorization'] = 'Bearer {key}'\n"
@@ -69,7 +74,10 @@ def wrk(url: str, key: str, flights: list[dict[str, Any]], seconds: float) -> di
     finally:
         os.unlink(lua.name)
     out = done.stdout
-    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+(?:us|ms|s))$", out, re.M))
+    print(out, flush=True)
+    latency = dict(re.findall(r"^\s+(50|75|90|99)(?:\.0+)?%\s+([\d.]+(?:us|ms|s))\s*$", out, re.M))
+    if len(latency) < 4:
+        raise SystemExit(f"wrk's output had no latency distribution:\n{out}\n{done.stderr}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "flights_per_request": len(flights), "concurrency": CONCURRENCY, "seconds": seconds,

@@ -40,3 +40,19 @@ def serving_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def rows_to_arrays(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Instances back to the arrays an in-process SavedModel call takes."""
     return {f: np.array([r[f] for r in rows], dtype=object if f in CATEGORICAL else np.float32) for f in MODEL_FEATURES}
+
+
+def records_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`serving_rows` of records without a frame (the prediction service's hot path): the same values,
+    categoricals as strings with missing ones as "", numbers rounded to float32 with NaN kept."""
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {}
+        for f in MODEL_FEATURES:
+            value = record.get(f)
+            if f in CATEGORICAL:
+                row[f] = "" if value is None or (isinstance(value, float) and value != value) else str(value)
+            else:
+                row[f] = float(np.float32(np.nan if value is None else value))
+        rows.append(row)
+    return rows

