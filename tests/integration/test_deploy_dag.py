@@ -61,7 +61,33 @@ def artifacts(trained, tmp_path_factory) -> dict[str, str]:
     corrupt = work / "corrupt"
     shutil.copytree(row["artifact_uri"].removeprefix("file://"), corrupt)
     (corrupt / "saved_model.pb").write_bytes(b"\x08\x01 not a protobuf")
-    return {"trained": row["artifact_uri"], "untrained": untrained.as_uri(), "corrupt": corrupt.as_uri()}
+    strict = work / "strict"
+    _strict_copy(row["artifact_uri"].removeprefix("file://"), strict)
+    return {"trained": row["artifact_uri"], "untrained": untrained.as_uri(), "corrupt": corrupt.as_uri(),
+            "strict": strict.as_uri()}  # fmt: skip
+
+
+def _strict_copy(source: str, target) -> None:
+    """The trained model, refusing any flight without a plane: every replayed row has one (no labelled flight
+    lacks its tail number), while live callers send flights whose plane is not assigned yet."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(source)
+    signature = loaded.signatures["serving_default"]
+    specs = {k: tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in signature.structured_input_signature[1].items()}
+
+    class Strict(tf.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        @tf.function(input_signature=[specs])
+        def serve(self, inputs):
+            tf.debugging.Assert(tf.reduce_all(tf.not_equal(inputs["tailnum"], "")), ["a flight without a plane"])
+            return self.inner.signatures["serving_default"](**inputs)
+
+    module = Strict(loaded)
+    tf.saved_model.save(module, str(target), signatures={"serving_default": module.serve.get_concrete_function()})
 
 
 @pytest.fixture
@@ -384,3 +410,54 @@ def test_the_monitor_scores_with_the_version_it_records_while_stable_moves(stabl
     assert set(logged["model_version"]) == {stable}
     assert np.max(np.abs(by_stable - by_other)) > 1e-3  # the two models really disagree on these flights
     np.testing.assert_allclose(logged["prediction"], by_stable, atol=1e-6)
+
+
+def test_a_canary_failing_on_live_traffic_is_rolled_back_with_one_alert(dagbag, stable, new_version, serving,
+                                                                       db_url, predict_service) -> None:  # fmt: skip
+    """The strict model passes infra validation and would pass the replayed canary (real rows all have a plane),
+    but fails the prediction service's callers who send flights with no plane yet. Judged on that live traffic
+    after its bake, it is rolled back by itself: stable never stops answering, and on-call gets one alert."""
+    import httpx
+
+    from include.predict import keys
+    from include.predict.parity import callers_flights
+    from tests.server_fixtures import END
+
+    strict = new_version("strict")
+    flights = list(callers_flights(serving, END).values())[:400]
+    flights = [{**f, "tailnum": None} if i % 3 == 0 else f for i, f in enumerate(flights)]
+    key = keys.create_key(db_url, f"live-canary-{uuid.uuid4().hex[:8]}", 1_000_000)
+    stop, answered = threading.Event(), []
+
+    def callers() -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            while not stop.is_set():
+                for i in range(0, len(flights), 40):
+                    answered.append(http.post(f"{predict_service.url}/v1/predict",
+                                              json={"flights": flights[i : i + 40]}).status_code)  # fmt: skip
+
+    traffic = threading.Thread(target=callers, daemon=True)
+    traffic.start()
+    settings = {"NIGHTSHIFT_DEPLOY_CANARY_BAKE_S": "6", "NIGHTSHIFT_DEPLOY_CANARY_MIN_LIVE": "50",
+                "NIGHTSHIFT_DEPLOY_CANARY_PERCENT": "30"}  # fmt: skip
+    os.environ.update(settings)
+    try:
+        run, states = _deploy(dagbag, version=strict, action="promote")
+    finally:
+        for name in settings:
+            os.environ.pop(name)
+        stop.set()
+        traffic.join(timeout=60)
+    assert run.state == "failed"
+    assert (states["infra_validate"], states["canary"], states["promote"]) == ("success", "failed", "upstream_failed")
+    assert read_state(serving).labels == {"stable": stable}
+    assert get_version(db_url, strict)["status"] == "rolled_back"
+    with db.engine(db_url).connect() as conn:
+        verdict = conn.execute(sa.select(deployments.c.reason, deployments.c.detail).where(
+            deployments.c.version == strict, deployments.c.action == "canary")).one()  # fmt: skip
+        raised = conn.execute(sa.select(alerts.c.kind, alerts.c.title).where(alerts.c.run_id == run.run_id)).all()
+    assert verdict.detail["judged_on"] == "live"
+    assert verdict.detail["canary_error_rate"] > 0.1
+    assert "error rate" in verdict.reason
+    assert len(raised) == 1, raised
+    assert set(answered) == {200}  # callers were answered throughout: stable took the canary's failed flights
