@@ -187,6 +187,7 @@ LONG_TASK_TIMEOUT_MIN = {
     ("nightshift_ingest", "materialize"): 120.0,  # a long range into the Postgres online store
     ("nightshift_train", "tune"): 360.0,  # the form's largest tuning budgets
     ("nightshift_train", "evaluate"): 90.0,  # ensemble, baseline and champion on the test days
+    ("nightshift_serving_health", "check"): 4.0,  # shorter: the next check is due 5 minutes later
 }
 MAX_TIMEOUT_MIN = 7 * 24 * 60.0
 
@@ -315,6 +316,21 @@ class PredictService:
         if min(service.requests_per_minute, service.max_flights, service.log_batch_rows) < 1:
             raise ConfigError(f"the prediction service's limits {service} must be at least 1")
         return service
+
+
+@dataclass(frozen=True)
+class ServingHealth:
+    """The 5-minute health check of serving and the prediction service; each field is
+    `NIGHTSHIFT_HEALTH_<NAME>`."""
+
+    window_s: float = 300.0  # the served traffic each check judges: the last 5 minutes
+    max_error_rate: float = 0.05  # of an arm's flights, when it served at least min_requests
+    min_requests: int = 20
+    probe_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingHealth:
+        return cls(**env_overrides(cls(), "NIGHTSHIFT_HEALTH_", env))
 
 
 # Settings of an earlier release: refused with their new name rather than silently ignored.

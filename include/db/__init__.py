@@ -31,13 +31,16 @@ from include.db.tables import (
     retrain_requests,
     runs,
     served_batches,
+    serving_health,
+    serving_incidents,
     validation_results,
 )
 
 __all__ = [
     "ALERT_SEVERITIES", "FEAST_ONLINE_SCHEMA", "SCHEMA", "alerts", "api_keys", "deployments", "drift_reports", "engine",
     "gate_checks", "ingestion_runs", "libpq_host", "metadata", "model_versions", "partitions", "quarantine_counts",
-    "retrain_requests", "runs", "served_batches", "sqlalchemy_url", "upsert", "validation_results",
+    "retrain_requests", "runs", "served_batches", "serving_health", "serving_incidents", "sqlalchemy_url", "upsert",
+    "validation_results",
 ]  # fmt: skip
 
 # Every statement gives up after this long, so a stuck lock or server fails the task (and its retry) instead

@@ -253,3 +253,32 @@ served_batches = sa.Table(
     sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("served_batches_day", "flight_date"),
 )
+
+serving_health = sa.Table(
+    "serving_health",
+    metadata,
+    # One row per health check and arm (`probe`: TF Serving's model status, whatever the traffic).
+    sa.Column("checked_at", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("arm", sa.Text, primary_key=True),
+    sa.Column("model_version", sa.Integer),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("p50_ms", sa.Float),
+    sa.Column("p99_ms", sa.Float),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+)
+
+serving_incidents = sa.Table(
+    "serving_incidents",
+    metadata,
+    # An outage or error spell, from the check that saw it to the one that saw it over; its alert says so.
+    sa.Column("id", sa.BigInteger, sa.Identity(start=1), primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("alert_id", sa.BigInteger),
+    sa.Column("recovered_at", sa.DateTime(timezone=True)),
+    sa.Column("detail", sa.Text, nullable=False),
+    # At most one open incident of a kind: a retried or concurrent check cannot open a second (or alert twice).
+    sa.Index("serving_incidents_open", "kind", unique=True, postgresql_where=sa.text("recovered_at IS NULL")),
+)

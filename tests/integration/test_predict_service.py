@@ -226,3 +226,38 @@ def test_batch_prediction_reads_a_landing_file_by_name_only(dagbag, settings, st
     for bad in ("../../clean/flights/date=2013-07-01/part-0.parquet", "/etc/passwd", "missing.csv"):
         run = dag.test(run_conf={"date": day.isoformat(), "landing_file": bad})
         assert run.state == "failed", bad
+
+
+def test_serving_down_opens_one_incident_with_one_alert_and_the_recovery_is_noted(db_url, predict_service, key,
+                                                                                   flights, refused_url):  # fmt: skip
+    import dataclasses
+
+    from include.core.config import ServingHealth
+    from include.predict.health import check
+
+    settings, policy = load_settings(), ServingHealth()
+    since = dt.datetime.now(dt.UTC)
+    _post(predict_service, key, flights[:30])
+    predict_service.app.state.service.log.flush()
+    down = dataclasses.replace(settings, serving_url=refused_url)
+    first, again = check(down, policy, "manual__health-1"), check(down, policy, "manual__health-2")
+    assert first["opened"] == ["serving_down"]
+    assert again["opened"] == []
+    assert first["state"].startswith("unreachable")
+    assert {a["arm"] for a in first["arms"]} == {"stable"}
+    assert sum(a["requests"] for a in first["arms"]) >= 30
+    with db.engine(db_url).connect() as conn:
+        raised = conn.execute(sa.select(db.alerts.c.id, db.alerts.c.severity).where(
+            db.alerts.c.kind == "serving_down", db.alerts.c.created_at >= since)).all()  # fmt: skip
+    assert len(raised) == 1
+    assert raised[0].severity == "critical"
+    healthy = check(settings, policy, "manual__health-3")
+    assert healthy["closed"] == ["serving_down"]
+    assert healthy["state"] == "AVAILABLE"
+    with db.engine(db_url).connect() as conn:
+        message = conn.execute(sa.select(db.alerts.c.message).where(db.alerts.c.id == raised[0].id)).scalar_one()
+        checks = conn.execute(sa.select(db.serving_health.c.state).where(
+            db.serving_health.c.arm == "probe", db.serving_health.c.checked_at >= since)).scalars().all()  # fmt: skip
+    assert "Recovered at" in message
+    assert len(checks) == 3
+    assert checks.count("AVAILABLE") == 1
