@@ -180,9 +180,9 @@ def predictions_page() -> HTMLResponse:
 
     settings, url = _settings(), _url()
     state = read_state(settings)
-    return _html(views.predictions_page(views.served_by_day(url), state,
-                                        views.canary_share(url, settings.model_name, state.canary),
-                                        views.scheduled_outputs(lake_root(settings))))  # fmt: skip
+    share = views.canary_share(url, settings.model_name, state.canary)
+    scheduled = views.scheduled_outputs(lake_root(settings))
+    return _html(views.predictions_page(views.served_by_day(url), state, share, scheduled, views.health_series(url)))
 
 
 @app.get("/predictions/scheduled.csv")

@@ -460,5 +460,47 @@ def scheduled_outputs(lake_root: Any) -> list[str]:
     return sorted((d for d in days if (folder / f"date={d}" / "part-0.parquet").exists()), reverse=True)
 
 
-def predictions_page(served: list[dict[str, Any]], state: Any, share: float | None, scheduled: list[str]) -> str:
-    return render("predictions.html.j2", served=served, state=state, share=share, scheduled=scheduled)
+def health_series(url: str, hours: float = 24.0) -> list[dict[str, Any]]:
+    """The health checks of the last `hours`, oldest first: per check and arm, flights, errors, p50/p99."""
+    h = db.serving_health
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    query = sa.select(h).where(h.c.checked_at >= since).order_by(h.c.checked_at, h.c.arm)
+    return _rows(url, query)
+
+
+def health_chart(series: list[dict[str, Any]], width: int = 760, height: int = 200) -> dict[str, Any] | None:
+    """Where the SVG chart draws flights per check (bars) and p99 latency (lines) per arm; None under two checks."""
+    checks = sorted({r["checked_at"] for r in series})
+    if len(checks) < 2:
+        return None
+    left, right, top, bottom = 44, 24, 24, 28
+    step = (width - left - right) / (len(checks) - 1)
+    index = {c: i for i, c in enumerate(checks)}
+    served = [r for r in series if r["arm"] != "probe"]
+    most = max([r["requests"] for r in served] + [1])
+    slowest = max([r["p99_ms"] or 0 for r in served] + [1.0])
+
+    def x(at: dt.datetime) -> float:
+        return left + index[at] * step
+
+    def y(share: float) -> float:
+        return top + (1 - share) * (height - top - bottom)
+
+    colors = {"stable": "#017cee", "canary": "#b54708"}
+    lines = [{"arm": arm, "color": colors.get(arm, "#52606d"),
+              "dots": [(x(r["checked_at"]), y((r["p99_ms"] or 0) / slowest), r["checked_at"], r["p99_ms"] or 0,
+                        r["requests"], r["errors"]) for r in served if r["arm"] == arm]}
+             for arm in sorted({r["arm"] for r in served})]  # fmt: skip
+    down = [x(r["checked_at"]) for r in series if r["arm"] == "probe" and r["state"] != "AVAILABLE"]
+    every = max(1, len(checks) // 8)
+    return {"width": width, "height": height, "left": left, "right": width - right, "top": top,
+            "bottom": height - bottom, "lines": lines, "down": down, "slowest": slowest, "most": most,
+            "ticks": [(x(c), c) for i, c in enumerate(checks) if i % every == 0]}  # fmt: skip
+
+
+def predictions_page(served: list[dict[str, Any]], state: Any, share: float | None, scheduled: list[str],
+                     health: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    health = health or []
+    return render("predictions.html.j2", served=served, state=state, share=share, scheduled=scheduled,
+                  chart=health_chart(health), latest=[r for r in health if r["checked_at"] == max(
+                      (h["checked_at"] for h in health), default=None)])  # fmt: skip

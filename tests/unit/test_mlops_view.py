@@ -212,3 +212,18 @@ def test_the_predictions_page_shows_the_split_traffic_and_downloads_escaped() ->
     assert "predictions/scheduled.csv?day=2013-07-31" in page
     alone = mlops.predictions_page([], ServingState([2], {"stable": 2}), None, [])
     assert "no canary: every flight goes to stable" in alone
+
+
+def test_the_predictions_page_charts_the_health_checks_and_marks_serving_down() -> None:
+    at = [dt.datetime(2026, 12, 2, 18, m, tzinfo=dt.UTC) for m in (0, 5, 10)]
+    health = [
+        *({"checked_at": t, "arm": "probe", "model_version": 2, "requests": 0, "errors": 0, "p50_ms": None,
+           "p99_ms": None, "state": s} for t, s in zip(at, ["AVAILABLE", "unreachable: refused", "AVAILABLE"], strict=True)),
+        *({"checked_at": t, "arm": "stable", "model_version": 2, "requests": 300, "errors": e, "p50_ms": 5.0,
+           "p99_ms": p, "state": "served"} for t, e, p in zip(at, [0, 12, 0], [9.0, 30.0, 8.0], strict=True)),
+    ]  # fmt: skip
+    page = mlops.predictions_page([], ServingState([2], {"stable": 2}), None, [], health)
+    assert page.count("<title>serving down</title>") == 1
+    assert "p99 30.0 ms, 300 flights, 12 errors" in page
+    assert "30 ms</text>" in page  # the axis tops at the slowest p99
+    assert mlops.health_chart(health[:1]) is None
