@@ -216,9 +216,10 @@ def test_the_predictions_page_shows_the_split_traffic_and_downloads_escaped() ->
 
 def test_the_predictions_page_charts_the_health_checks_and_marks_serving_down() -> None:
     at = [dt.datetime(2026, 12, 2, 18, m, tzinfo=dt.UTC) for m in (0, 5, 10)]
+    states = ["AVAILABLE", "unreachable: refused", "AVAILABLE"]
     health = [
         *({"checked_at": t, "arm": "probe", "model_version": 2, "requests": 0, "errors": 0, "p50_ms": None,
-           "p99_ms": None, "state": s} for t, s in zip(at, ["AVAILABLE", "unreachable: refused", "AVAILABLE"], strict=True)),
+           "p99_ms": None, "state": s} for t, s in zip(at, states, strict=True)),
         *({"checked_at": t, "arm": "stable", "model_version": 2, "requests": 300, "errors": e, "p50_ms": 5.0,
            "p99_ms": p, "state": "served"} for t, e, p in zip(at, [0, 12, 0], [9.0, 30.0, 8.0], strict=True)),
     ]  # fmt: skip
