@@ -114,13 +114,14 @@ def _served_scores(settings: Settings, policy: MonitorPolicy, day: dt.date, fram
     served = served[served["model_version"] == version]
     keyed = frame.assign(flight_key=[f"{day}/{c}/{n}/{o}" for c, n, o in frame[["carrier", "flight", "origin"]]
                                      .itertuples(index=False)])  # fmt: skip
-    labelled = keyed[[*dict.fromkeys([*FLIGHT_KEY, "flight_key", LABEL_KEY])]].merge(
-        served[["flight_key", *MODEL_FEATURES, "p_delayed"]], on="flight_key"
-    )
+    # The key's carrier and origin come with the served inputs (the same values): one copy of each column.
+    own = [c for c in dict.fromkeys([*FLIGHT_KEY, LABEL_KEY]) if c not in MODEL_FEATURES]
+    labelled = keyed[["flight_key", *own]].merge(served[["flight_key", *MODEL_FEATURES, "p_delayed"]], on="flight_key")
     if len(labelled) < policy.min_rows:
         return None
     skew = feature_skew(keyed[["flight_key", *MODEL_FEATURES]], served[["flight_key", *MODEL_FEATURES]])
-    scored = labelled.rename(columns={"p_delayed": PREDICTION}).drop(columns="flight_key")
+    scored = labelled.rename(columns={"p_delayed": PREDICTION})
+    scored = scored[[*dict.fromkeys([*FLIGHT_KEY, *MODEL_FEATURES, LABEL_KEY]), PREDICTION]]
     return scored.assign(model_version=version), version, skew
 
 
