@@ -8,7 +8,8 @@ serving process and the prediction service as `bin/nightshift predict` would run
 * 100 flights per request;
 * the same single-flight load with the served-prediction log off (what the log costs);
 * the SavedModel called in-process on the same rows (the ratio);
-* the online-store read alone (Feast `get_online_features` for one flight), p50/p99.
+* the online-store read alone (Feast `get_online_features` for one flight), p50/p99, on Postgres and on
+  Redis (`NIGHTSHIFT_BENCH_REDIS`, default database 4 of 127.0.0.1:6379, filled for the purpose).
 
 Each load starts after 50 warm-up requests (the service also warms its online store when it starts).
 
@@ -110,6 +111,30 @@ def service(env: dict[str, str], port: int, **settings: str) -> Any:
         proc.wait(timeout=60)
 
 
+def _redis_read(settings: Any, url: str, day: dt.date, entities: Any) -> dict[str, Any]:
+    """The same read on Redis (`NIGHTSHIFT_BENCH_REDIS`, default database 4 of 127.0.0.1:6379), after
+    materializing the day's last two days into it."""
+    import pandas as pd
+    import redis
+
+    from include.core.calendar import end_of_day_utc, local_midnight_utc
+    from include.core.config import load_settings
+    from include.core.feast import open_store
+    from include.ingest.publish import materialize_window
+    from include.predict.online import lookup, open_online_store
+
+    address = os.environ.get("NIGHTSHIFT_BENCH_REDIS", "127.0.0.1:6379,db=4")
+    on_redis = load_settings({**os.environ, "NIGHTSHIFT_DATABASE_URL": url, "NIGHTSHIFT_ONLINE_STORE": "redis",
+                              "NIGHTSHIFT_REDIS": address})  # fmt: skip
+    try:
+        materialize_window(open_store(on_redis), (local_midnight_utc(day) - pd.Timedelta(days=2)).to_pydatetime(),
+                           (end_of_day_utc(day) + pd.Timedelta(seconds=1)).to_pydatetime())  # fmt: skip
+    except redis.exceptions.ConnectionError as err:
+        return {"error": f"no Redis at {address}: {err}"}
+    store = open_online_store(on_redis)
+    return percentiles(timed(lambda: lookup(store, entities), 500))
+
+
 def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
@@ -164,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     entities, _ = entity_rows([Flight(**flights[0])])
     results["online_read_postgres"] = percentiles(timed(lambda: lookup(store, entities), 500))
     results["online_read_postgres"]["feast_published_redis_p99_ms"] = FEAST_PUBLISHED_P99_MS
+    results["online_read_redis"] = _redis_read(settings, url, day, entities)
     frame, _ = lookup(store, entities)
     signature = tf.saved_model.load(str(settings.model_dir / str(state.stable))).signatures["serving_default"]
     arrays = rows_to_arrays(serving_rows(frame))

@@ -80,6 +80,9 @@ class Settings:
     serving_url: str
     model_name: str
     serving_model_base: str
+    # Feast's online store: `postgres` (the one Postgres, the default) or `redis` at `redis_address`.
+    online_store: str
+    redis_address: str
 
     @property
     def models_config(self) -> Path:
@@ -105,6 +108,9 @@ class Settings:
         return self.database_url
 
 
+ONLINE_STORES = ("postgres", "redis")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from `env` (default: `os.environ`), validating each one."""
     env = os.environ if env is None else env
@@ -125,6 +131,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     model_name = env.get("NIGHTSHIFT_MODEL_NAME", "flight_delay")
     if not model_name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"NIGHTSHIFT_MODEL_NAME={model_name!r}: use letters, digits, '_' and '-'")
+    online_store = env.get("NIGHTSHIFT_ONLINE_STORE", "postgres")
+    if online_store not in ONLINE_STORES:
+        raise ConfigError(f"NIGHTSHIFT_ONLINE_STORE={online_store!r}; choose one of {', '.join(ONLINE_STORES)}")
     return Settings(
         home=home,
         local_dir=local_dir,
@@ -146,6 +155,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_name=model_name,
         # The model's base path as the server sees it (a container mounts serving_dir elsewhere).
         serving_model_base=env.get("NIGHTSHIFT_SERVING_MODEL_BASE_PATH", str(serving_dir / model_name)),
+        online_store=online_store,
+        redis_address=env.get("NIGHTSHIFT_REDIS", "127.0.0.1:6379"),
     )
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 # Schema of Feast's SQL registry; the online store's is set in feature_repo/feature_store.yaml.
 FEAST_REGISTRY_SCHEMA = "feast_registry"
+REDIS_TIMEOUT_S = 5
 
 
 def feast_variables(database_url: str) -> dict[str, str]:
@@ -41,13 +42,18 @@ def feast_variables(database_url: str) -> dict[str, str]:
 
 
 def open_store(settings: Settings) -> FeatureStore:
-    """A FeatureStore on `feature_repo/`, its yaml filled from settings (not from os.environ)."""
+    """A FeatureStore on `feature_repo/`, its yaml filled from settings (not from os.environ); the online store
+    is the yaml's Postgres one, or Redis when `settings.online_store` says so."""
     import yaml
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
     text = (settings.feast_repo / "feature_store.yaml").read_text()
-    filled = string.Template(text).substitute(feast_variables(settings.require_database_url()))
-    config = RepoConfig(**yaml.safe_load(filled))
+    filled = yaml.safe_load(string.Template(text).substitute(feast_variables(settings.require_database_url())))
+    if settings.online_store == "redis":
+        # Redis at scale (NIGHTSHIFT_ONLINE_STORE=redis): every call gives up after REDIS_TIMEOUT_S.
+        filled["online_store"] = {"type": "redis", "connection_string": f"{settings.redis_address},socket_timeout="
+                                  f"{REDIS_TIMEOUT_S},socket_connect_timeout={REDIS_TIMEOUT_S}"}  # fmt: skip
+    config = RepoConfig(**filled)
     config.repo_path = settings.feast_repo
     return FeatureStore(config=config)

@@ -88,3 +88,26 @@ def test_the_monitor_judges_what_was_served_and_alerts_once_on_the_skew(settings
         raised = conn.execute(sa.select(sa.func.count()).select_from(db.alerts).where(
             db.alerts.c.kind == "serving_skew", db.alerts.c.dedup_key == DAY.isoformat())).scalar_one()  # fmt: skip
     assert raised == 1
+
+
+def test_the_skew_check_holds_on_the_redis_online_store(settings, db_url, predict_service):
+    """`NIGHTSHIFT_ONLINE_STORE=redis`: the same day, materialized hour by hour into the machine's Redis (a
+    database of its own, emptied first), scored by a service reading Redis, equals the offline pipeline."""
+    import os
+
+    import redis
+
+    from include.core.config import PredictService, load_settings
+    from include.predict.app import running
+
+    address = "127.0.0.1:6379,db=3"
+    redis.Redis(host="127.0.0.1", port=6379, db=3, socket_timeout=5).flushdb()
+    on_redis = load_settings({**os.environ, "NIGHTSHIFT_ONLINE_STORE": "redis", "NIGHTSHIFT_REDIS": address})
+    export = settings.model_dir / str(predict_service.version)
+    key = keys.create_key(db_url, f"parity-redis-{time.time_ns()}", 100_000)
+    with running(on_redis, PredictService(state_ttl_s=0.2, log_served=0)) as (url, _):
+        result = replay_parity(on_redis, DAY, url, key, lambda frame: offline_predictions(export, serving_rows(frame)))
+    print(f"parity on redis: {result}")
+    assert result["flights"] == result["offline_flights"] > 700
+    assert result["max_abs_diff"] <= TOLERANCE, result["worst"]
+    assert redis.Redis(host="127.0.0.1", port=6379, db=3, socket_timeout=5).dbsize() > 100  # it was Redis that answered
