@@ -438,17 +438,10 @@ def served_by_day(url: str, days: int = 30) -> list[dict[str, Any]]:
 
 
 def canary_share(url: str, model: str, canary: int | None) -> float | None:
-    """The share of flights the canary's deployment asked for (None: no canary)."""
-    if canary is None:
-        return None
-    d = db.deployments
-    query = (
-        sa.select(d.c.detail["canary_percent"].as_float())
-        .where(d.c.model == model, d.c.version == canary, d.c.action.in_(("infra_validation", "canary")), d.c.succeeded)
-        .order_by(d.c.id.desc()).limit(1)
-    )  # fmt: skip
-    with db.engine(url).connect() as conn:
-        return conn.execute(query).scalar()
+    """The share of flights the canary's deployment asked for (None: no canary, or none recorded)."""
+    from include.predict.routing import canary_percent
+
+    return None if canary is None else canary_percent(url, model, canary, default=None)
 
 
 def scheduled_outputs(lake_root: Any) -> list[str]:

@@ -23,8 +23,9 @@ class Routes:
         return self.labels.get(arm)
 
 
-def canary_percent(url: str, model: str, version: int, default: float) -> float:
-    """The share the canary deployment of `version` asked for (the form's or the policy's at the time)."""
+def canary_percent(url: str, model: str, version: int, default: float | None) -> float | None:
+    """The share the canary deployment of `version` asked for (the form's or the policy's at the time),
+    recorded with its infra validation and its verdict; `default` when neither is recorded."""
     d = deployments
     query = (
         sa.select(d.c.detail["canary_percent"].as_float())
