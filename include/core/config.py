@@ -313,6 +313,7 @@ class PredictService:
     port: int = 8600
     requests_per_minute: int = 12000  # a new API key's rate limit, unless `predict-keys create --rate` says
     max_flights: int = 1000  # flights in one request
+    max_body_bytes: int = 1_048_576  # a larger request body is refused with 413 before it is read whole
     log_batch_rows: int = 5000  # the served-prediction log writes a Parquet file at this many rows…
     log_flush_s: float = 10.0  # …or this often, whichever comes first
     log_served: int = 1  # 0: no served-prediction log (only to measure what the log costs)

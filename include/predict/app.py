@@ -161,6 +161,38 @@ class Service:
         }  # fmt: skip
 
 
+class BodyCap:
+    """Refuses a request body over `max_bytes` with 413 without reading it whole: on its Content-Length,
+    and for a chunked body as soon as what has arrived passes the cap."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or len(declared) > 19 or int(declared) > self.max_bytes):
+            too_large = declared.isdigit()
+            response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes" if too_large
+                                     else "Content-Length is not a number"}, status_code=413 if too_large else 400,
+                                    headers={"Connection": "close"})  # fmt: skip
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def capped() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if received > self.max_bytes:
+                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, capped, send)
+
+
 def create_app(settings: Settings, config: PredictService) -> FastAPI:
     """The ASGI app; its resources open when the server starts it and close when it stops."""
 
@@ -176,6 +208,7 @@ def create_app(settings: Settings, config: PredictService) -> FastAPI:
             service.close()
 
     app = FastAPI(title="nightshift predictions", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyCap, max_bytes=config.max_body_bytes)
 
     def _service(request: Request) -> Service:
         return request.app.state.service

@@ -262,3 +262,27 @@ def test_serving_down_opens_one_incident_with_one_alert_and_the_recovery_is_note
     assert "Recovered at" in message
     assert len(checks) == 3
     assert checks.count("AVAILABLE") == 1
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(predict_service, key):
+    huge = b'{"flights": [' + b" " * 2_000_000 + b"]}"
+    declared = httpx.post(f"{predict_service.url}/v1/predict", content=huge, timeout=30,
+                          headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
+    assert declared.status_code == 413
+
+    def chunks():
+        yield b'{"flights": ['
+        for _ in range(40):
+            yield b" " * 65_536
+
+    streamed = httpx.post(f"{predict_service.url}/v1/predict", content=chunks(), timeout=30,
+                          headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
+    assert streamed.status_code == 413
+    assert httpx.get(f"{predict_service.url}/healthz", timeout=10).status_code == 200  # and it still serves
+
+
+def test_the_service_listens_on_loopback_unless_told_otherwise():
+    from include.core.config import PredictService
+
+    assert PredictService().host == "127.0.0.1"
+    assert PredictService.from_env({"NIGHTSHIFT_PREDICT_HOST": "0.0.0.0"}).host == "0.0.0.0"
