@@ -130,7 +130,8 @@ class Service:
                 self.metrics.flights.labels(arm, str(version)).inc(len(chosen))
         if all(answer[i][0] is None for i in answer):
             self.log.add(logged)
-            raise HTTPException(503, f"serving failed: {answer[0][2]}")
+            # The caller learns that serving failed, not where serving is or what it said: that is in the log.
+            raise HTTPException(503, f"serving failed for this request ({request_id}); try again shortly")
         total = time.perf_counter() - started
         for row in logged:
             row["latency_ms"] = total * 1000
@@ -141,7 +142,7 @@ class Service:
         self.metrics.unknown.inc(sum(1 for u in unknown if u))
         predictions = [
             {"flight_key": keys[i], "p_delayed": answer[i][0], "model_version": routes.version(answer[i][1]),
-             "arm": answer[i][1], "unknown": unknown[i], "error": answer[i][2]}
+             "arm": answer[i][1], "unknown": unknown[i], "error": "serving failed" if answer[i][2] else None}
             for i in range(len(flights))
         ]  # fmt: skip
         return PredictResponse(predictions=predictions, request_id=request_id)

@@ -286,3 +286,18 @@ def test_the_service_listens_on_loopback_unless_told_otherwise():
 
     assert PredictService().host == "127.0.0.1"
     assert PredictService.from_env({"NIGHTSHIFT_PREDICT_HOST": "0.0.0.0"}).host == "0.0.0.0"
+
+
+def test_serving_down_is_a_503_that_tells_the_caller_nothing_of_serving(key, flights, refused_url, predict_service):
+    import dataclasses
+
+    from include.core.config import PredictService
+    from include.predict.app import running
+
+    settings = dataclasses.replace(load_settings(), serving_url=refused_url)
+    with running(settings, PredictService(state_ttl_s=0.2, serving_timeout_s=1.0)) as (url, _):
+        response = httpx.post(f"{url}/v1/predict", json={"flights": flights[:2]}, timeout=30,
+                              headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert response.status_code == 503
+    assert "serving failed for this request" in response.json()["detail"]
+    assert refused_url.removeprefix("http://") not in response.text
