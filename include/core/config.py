@@ -384,6 +384,9 @@ class MonitorPolicy:
     # Served predictions judge a day when the service answered at least min_rows of its flights; then a
     # share of them above this whose served inputs differ from the offline point-in-time ones is skew.
     max_skew_share: float = 0.01
+    # ... and only when what it served covers this share of the day's labelled flights: a few callers' flights
+    # are not the day, so below it the day is scored offline, whole, as before.
+    min_served_share: float = 0.5
     # Reported but never alerted on: one day's calendar is always unlike a multi-day reference.
     drift_exempt: str = "day_of_week,month"
 

@@ -117,7 +117,9 @@ def _served_scores(settings: Settings, policy: MonitorPolicy, day: dt.date, fram
     # The key's carrier and origin come with the served inputs (the same values): one copy of each column.
     own = [c for c in dict.fromkeys([*FLIGHT_KEY, LABEL_KEY]) if c not in MODEL_FEATURES]
     labelled = keyed[["flight_key", *own]].merge(served[["flight_key", *MODEL_FEATURES, "p_delayed"]], on="flight_key")
-    if len(labelled) < policy.min_rows:
+    if len(labelled) < max(policy.min_rows, policy.min_served_share * len(keyed)):
+        log.info("%s: the service answered %d of the day's %d flights; the day is scored offline", day,
+                 len(labelled), len(keyed))  # fmt: skip
         return None
     skew = feature_skew(keyed[["flight_key", *MODEL_FEATURES]], served[["flight_key", *MODEL_FEATURES]])
     scored = labelled.rename(columns={"p_delayed": PREDICTION})

@@ -182,6 +182,17 @@ def test_every_served_prediction_is_logged_in_batches_and_counted(db_url, predic
     assert pd.Timestamp(mine["served_at"].min()) >= pd.Timestamp(since)
 
 
+def test_a_day_the_service_answered_only_in_part_is_monitored_whole_offline(settings, predict_service, key, flights):
+    from include.core.config import MonitorPolicy
+    from include.monitor.steps import score_day
+
+    _post(predict_service, key, flights[:250])
+    predict_service.app.state.service.log.flush()
+    scored = score_day(settings, MonitorPolicy.from_env(), DAY, "manual__partly-served")
+    assert scored["source"] == "offline"  # 250 of the day's flights are not the day
+    assert scored["rows"] > 700
+
+
 def test_metrics_count_flights_by_arm_and_version(predict_service, key, flights):
     _post(predict_service, key, flights[:3])
     text = httpx.get(f"{predict_service.url}/metrics", timeout=10).text
