@@ -682,7 +682,8 @@ def _wait_ready(harness: Harness) -> None:
         with contextlib.suppress(httpx.HTTPError, NightsError, KeyError):
             health = httpx.get(f"{harness.api.url}/api/v2/monitor/health", timeout=5).json()
             dags = harness.api.call("GET", "/dags", tries=1, params={"dag_id_pattern": "nightshift_"})
-            if health["scheduler"]["status"] == "healthy" and dags["total_entries"] == len(DAGS):
+            parsed = {d["dag_id"] for d in dags["dags"]}  # the chain's DAGs; others (health, batch) may be there too
+            if health["scheduler"]["status"] == "healthy" and set(DAGS) <= parsed:
                 print(f"==> Airflow ready on {harness.api.url} (logs in {harness.out / 'logs'})", flush=True)
                 return
         time.sleep(3)
