@@ -16,6 +16,14 @@ from pathlib import Path
 
 import httpx
 
+from include.core.assets import (
+    DEPLOY_DAG,
+    INGEST_DAG,
+    MONITOR_DAG,
+    PREDICT_BATCH_DAG,
+    SERVING_HEALTH_DAG,
+    TRAIN_DAG,
+)
 from include.ops.cli import AIRFLOW_COMPONENTS, ensure_passwords
 from tests.factories import unused_port
 
@@ -99,6 +107,10 @@ def _stop(procs) -> None:
             p.kill()
 
 
+# Every DAG of dags/: the stack is ready once the dag-processor has parsed them all.
+EVERY_DAG = {INGEST_DAG, TRAIN_DAG, DEPLOY_DAG, MONITOR_DAG, PREDICT_BATCH_DAG, SERVING_HEALTH_DAG}
+
+
 def _wait_until_ready(stack: Airflow, procs: dict[str, subprocess.Popen], logs: Path, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -108,7 +120,7 @@ def _wait_until_ready(stack: Airflow, procs: dict[str, subprocess.Popen], logs: 
             health = httpx.get(f"{stack.url}/api/v2/monitor/health", timeout=5).json()
             parsed = stack.api("GET", "/dags", params={"dag_id_pattern": "nightshift_"}).json()
             scheduler_ok = "scheduler" not in procs or health["scheduler"]["status"] == "healthy"
-            if scheduler_ok and parsed["total_entries"] == 4:
+            if scheduler_ok and {d["dag_id"] for d in parsed["dags"]} >= EVERY_DAG:
                 return
         except (httpx.HTTPError, KeyError, AssertionError):
             pass
