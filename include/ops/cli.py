@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     nights.add_argument("--nights", type=int, default=14, help="how many consecutive nights, ending yesterday")
     nights.add_argument("--faults", default="", help=f"comma-separated, night by night, or name@N: {', '.join(FAULTS)}")
     nights.add_argument("--last-night", type=dt.date.fromisoformat, help="the last night (default: yesterday)")
+    nights.add_argument(
+        "--deadline",
+        type=float,
+        metavar="MINUTES",
+        help="give up after this many minutes in all, saying what Airflow was still busy with",
+    )
     serve = sub.add_parser("serve", help="the local TF-Serving-compatible REST server on .local/serving")
     serve.add_argument("--port", type=int, default=8501)
     sub.add_parser("predict", help="the prediction service for callers (NIGHTSHIFT_PREDICT_HOST/PORT, default :8600)")
@@ -217,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
             faults = [f.strip() for f in args.faults.split(",") if f.strip()]
             try:
-                return run_nights(settings, args.nights, faults, prepare, args.last_night)
+                return run_nights(settings, args.nights, faults, prepare, args.last_night, args.deadline)
             except NightsError as err:
                 print(f"nightshift nights: {err}", file=sys.stderr)
                 return 1

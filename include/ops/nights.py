@@ -70,6 +70,7 @@ POLL_S = 2.0
 SETTLED_POLLS = 3  # the chain is quiet this many polls in a row (5 s apart) before the night ends
 SETTLE_GAP_S = 5.0
 NIGHT_TIMEOUT_S = 45 * 60
+PROGRESS_EVERY_S = 120  # a line saying what the harness waits for, while a settle lasts longer than this
 READY_TIMEOUT_S = 240
 HTTP_TIMEOUT_S = 30
 
@@ -163,6 +164,24 @@ def _ingest_run(url: str, night: dt.date) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+def waiting_on(url: str) -> str:
+    """What Airflow is busy with, in one line: the unfinished runs, their unfinished tasks, the Asset queue."""
+    runs = _rows(url, "SELECT dag_id, state, count(*) AS n FROM dag_run WHERE state IN ('queued', 'running') "
+                      "GROUP BY dag_id, state ORDER BY dag_id")  # fmt: skip
+    tasks = _rows(url, "SELECT ti.dag_id, ti.task_id, ti.state, ti.try_number FROM task_instance ti JOIN dag_run r "
+                       "ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id WHERE r.state = 'running' AND (ti.state IS "
+                       "NULL OR ti.state NOT IN ('success', 'skipped', 'failed', 'upstream_failed', 'removed')) "
+                       "ORDER BY ti.dag_id, ti.task_id")  # fmt: skip
+    queued = _rows(url, "SELECT target_dag_id, count(*) AS n FROM asset_dag_run_queue GROUP BY target_dag_id")
+    parts = [", ".join(f"{r['dag_id']} {r['n']} {r['state']}" for r in runs) or "no run queued or running"]
+    if tasks:
+        parts.append("tasks " + ", ".join(f"{t['dag_id']}.{t['task_id']} {t['state'] or 'none'} (try {t['try_number']})"
+                                          for t in tasks[:12]) + (" …" if len(tasks) > 12 else ""))  # fmt: skip
+    if queued:
+        parts.append("Asset queue " + ", ".join(f"{q['target_dag_id']} {q['n']}" for q in queued))
+    return "; ".join(parts)
+
+
 def _tasks_since(url: str, since: dt.datetime) -> list[dict[str, Any]]:
     """Task instances running, waiting to retry or failed, that started after `since`."""
     return _rows(url, "SELECT dag_id, run_id, task_id, state, pid FROM task_instance WHERE state IN "
@@ -204,6 +223,7 @@ class Harness:
     backfill_paused: bool = False
     carried: list[str] = field(default_factory=list)
     disk: Path | None = None  # the tmpfs of the `disk` fault, while mounted
+    deadline: float | None = None  # time.monotonic() by which the whole run ends (`--deadline`), or None
 
     @property
     def url(self) -> str:
@@ -290,17 +310,35 @@ class Harness:
         night.ended = dt.datetime.now(dt.UTC)
 
     def settle(self, what: str, quiet: Callable[[], bool]) -> None:
-        """Poll `quiet` until it holds SETTLED_POLLS times in a row (Postgres down counts as not quiet)."""
-        deadline, calm = time.monotonic() + NIGHT_TIMEOUT_S, 0
+        """Poll `quiet` until it holds SETTLED_POLLS times in a row (Postgres down counts as not quiet).
+
+        It gives up after NIGHT_TIMEOUT_S, or at the run's `--deadline`, saying what Airflow was still busy
+        with; every PROGRESS_EVERY_S it prints that while it waits."""
+        began = time.monotonic()
+        deadline, calm, said = began + NIGHT_TIMEOUT_S, 0, began
+        if self.deadline is not None:
+            deadline = min(deadline, self.deadline)
         while calm < SETTLED_POLLS:
-            if time.monotonic() > deadline:
-                raise NightsError(f"{what} did not settle in {NIGHT_TIMEOUT_S // 60} minutes")
+            now = time.monotonic()
+            if now > deadline:
+                limit = "the run's --deadline" if deadline == self.deadline else f"{NIGHT_TIMEOUT_S // 60} minutes"
+                raise NightsError(f"{what} did not settle by {limit} ({(now - began) / 60:.1f} min): "
+                                  f"{self._busy()}")  # fmt: skip
+            if now - said >= PROGRESS_EVERY_S:
+                said = now
+                print(f"    … {what}, {(now - began) / 60:.0f} min: {self._busy()}", flush=True)
             try:
                 settled = quiet()
             except sa.exc.OperationalError:
                 settled = False  # Postgres is down (the fault) or restarting
             calm = calm + 1 if settled else 0
             time.sleep(SETTLE_GAP_S if settled else POLL_S)
+
+    def _busy(self) -> str:
+        try:
+            return waiting_on(self.url)
+        except sa.exc.OperationalError as err:
+            return f"Postgres unreachable ({str(err.orig).strip()[:120]})"
 
     def startup(self) -> Night:
         """Unpause the DAGs and let the chain finish what was already waiting (the demo's Asset events
@@ -705,7 +743,7 @@ def _unwind_on_signals() -> None:
 
 
 def run_nights(settings: Settings, count: int, faults: list[str], prepare: Callable[[Settings], dict[str, str]],
-               last_night: dt.date | None = None) -> int:  # fmt: skip
+               last_night: dt.date | None = None, deadline_min: float | None = None) -> int:  # fmt: skip
     from include.deploy.savedmodel import sample_rows
     from include.ops.demo import run_demo
     from include.ops.postgres import embedded_data_dir, stop_embedded
@@ -737,7 +775,8 @@ def run_nights(settings: Settings, count: int, faults: list[str], prepare: Calla
         failpoints = out / "failpoints"
         failpoints.mkdir(exist_ok=True)
         env.update({**clock, "NIGHTSHIFT_SOURCE": "landing", FAILPOINT_DIR: str(failpoints)})
-        harness = Harness(settings, env, nights, out)
+        harness = Harness(settings, env, nights, out,
+                          deadline=None if deadline_min is None else began + deadline_min * 60)  # fmt: skip
         per_night: list[dict[str, Any]] = []
         with _stack(harness):
             harness.create_backfill()

@@ -27,6 +27,7 @@ BUDGET = {
     "NIGHTSHIFT_GATE_SLICE_TOLERANCE": "0.5",
 }  # fmt: skip
 FAULTS = ["postgres", "promote", "landing"]
+DEADLINE_MIN = 30  # about 10 min on 2 cores; the harness gives up at this, saying what it waited for
 
 # In `make test`'s integration tier; `make test-nights` runs it alone.
 # The run happens in the first test's module fixture: the suite's 900-s per-test limit would cut it short.
@@ -45,11 +46,17 @@ def nights_run():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
     env.update({**BUDGET, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT)})
     log = local / "harness.log"
-    command = [str(ROOT / "bin" / "nightshift"), "nights", "--nights", "3", "--faults", ",".join(FAULTS)]
+    # The harness gives up by itself at DEADLINE_MIN, saying what Airflow was still busy with; the wait
+    # below is only the backstop for a harness that hangs outside its waits.
+    command = [str(ROOT / "bin" / "nightshift"), "nights", "--nights", "3", "--faults", ",".join(FAULTS),
+               "--deadline", str(DEADLINE_MIN)]  # fmt: skip
+    returncode: int | str
     with log.open("w") as out:
         harness = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            returncode = harness.wait(timeout=35 * 60)
+            returncode = harness.wait(timeout=(DEADLINE_MIN + 4) * 60)
+        except subprocess.TimeoutExpired:
+            returncode = f"none: still running after {DEADLINE_MIN + 4} min, terminated"
         finally:
             if harness.poll() is None:  # past its time, or this test was interrupted
                 harness.terminate()  # SIGTERM: the harness stops its Airflow, serving and Postgres on the way out
@@ -60,8 +67,14 @@ def nights_run():
                     harness.wait(timeout=30)
     done = SimpleNamespace(returncode=returncode, stdout=log.read_text(errors="replace")[-20000:])
     report_file = local / "nights" / "report.json"
-    assert report_file.exists(), f"no report (exit {done.returncode}):\n{done.stdout[-6000:]}"
+    assert report_file.exists(), f"no report (exit {done.returncode}):\n{done.stdout[-8000:]}\n{_scheduler_tail(local)}"
     return done, json.loads(report_file.read_text())
+
+
+def _scheduler_tail(local: Path) -> str:
+    """The end of the scheduler's log: why a run did not move, when the harness did not settle."""
+    logs = sorted((local / "nights" / "logs").glob("scheduler*.log"))
+    return "".join(f"--- {p.name} (last 4000 characters)\n{p.read_text(errors='replace')[-4000:]}" for p in logs)
 
 
 def test_three_nights_with_faults_keep_every_invariant(nights_run):

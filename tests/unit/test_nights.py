@@ -266,3 +266,22 @@ def test_a_run_cleared_on_the_last_night_starts_after_its_backfill_completed(mon
     backfills.runs[planned[1].night] = "queued"  # on-call cleared it
     harness.release(planned[1])
     assert backfills.runs[planned[1].night] == "running"
+
+
+def test_a_night_that_never_settles_ends_at_the_deadline_saying_what_airflow_was_busy_with(
+    monkeypatch, settings, tmp_path, capsys
+):
+    monkeypatch.setattr(nights, "POLL_S", 0.01)
+    monkeypatch.setattr(nights, "PROGRESS_EVERY_S", 0.2)
+    monkeypatch.setattr(nights, "SETTLE_GAP_S", 0.01)
+    monkeypatch.setattr(nights, "waiting_on", lambda _url: "nightshift_train 1 running; tasks nightshift_train.tune "
+                                                             "running (try 1)")  # fmt: skip
+    harness = nights.Harness(settings, {"NIGHTSHIFT_DATABASE_URL": "unused"}, [], tmp_path,
+                             deadline=time.monotonic() + 0.6)  # fmt: skip
+    began = time.monotonic()
+    with pytest.raises(nights.NightsError, match=r"night 1 did not settle by the run's --deadline .*tune running"):
+        harness.settle("night 1", lambda: False)
+    assert time.monotonic() - began < 5
+    assert "… night 1, 0 min: nightshift_train 1 running" in capsys.readouterr().out
+    # Without a deadline, the night's own limit holds; a calm chain settles at once.
+    nights.Harness(settings, {"NIGHTSHIFT_DATABASE_URL": "unused"}, [], tmp_path).settle("night 2", lambda: True)
