@@ -27,7 +27,8 @@ the class path stored with the DAG matches the registered one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
@@ -80,8 +81,7 @@ class DailyUtcDeadline(BaseDeadlineReference):
             return None
         queued = run.queued_at or run.run_after
         try:
-            # A savepoint: whatever goes wrong here must not abort the scheduler's transaction, or the run.
-            with session.begin_nested():
+            with read_savepoint(session):
                 nights = _Nights(session)
                 night = nights.of(run, being_created=True)
                 done = night is not None and nights.done(dag_id, night, run_id)
@@ -120,6 +120,25 @@ class RunQueuedAt(BaseDeadlineReference):
         if run is None or run.run_type == DagRunType.BACKFILL_JOB:
             return None
         return run.queued_at or run.run_after
+
+
+@contextmanager
+def read_savepoint(session: Session) -> Iterator[None]:
+    """Reads that cannot abort the caller's transaction: whatever goes wrong inside rolls back to a
+    savepoint, and the scheduler's transaction, with the run it is creating, goes on.
+
+    A savepoint of the connection, not the ORM's `session.begin_nested()`: the scheduler creates runs
+    under `prohibit_commit`, which refuses the ORM savepoint's release as an "UNEXPECTED COMMIT", so
+    every run the scheduler created got the fallback deadline. Nothing is flushed inside (the reads
+    must not write the caller's pending objects into a savepoint that may be rolled back)."""
+    with session.no_autoflush:
+        savepoint = session.connection().begin_nested()
+        try:
+            yield
+        except BaseException:
+            savepoint.rollback()
+            raise
+        savepoint.commit()
 
 
 def next_cutoff(instant: datetime, hour: int, minute: int) -> datetime:
