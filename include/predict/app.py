@@ -62,6 +62,20 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch(self, served: Any) -> None:
+        """The served-prediction log's own health, read when Prometheus scrapes: what waits to be written,
+        the flushes that failed (the lake or Postgres away), and the rows dropped past its cap."""
+        from prometheus_client import Gauge
+
+        for name, text, read in (
+            ("nightshift_predict_log_pending_rows", "Served predictions not yet written", served.pending_rows),
+            ("nightshift_predict_log_failed_flushes", "Flushes of the served log that failed and were kept",
+             lambda: served.failed_flushes),
+            ("nightshift_predict_log_dropped_rows", "Served predictions dropped past the log's cap",
+             lambda: served.dropped),
+        ):  # fmt: skip
+            Gauge(name, text, registry=self.registry).set_function(read)
+
 
 class Service:
     """What one running service holds: the store, the serving client, the keys, the routes, the log."""
@@ -83,6 +97,7 @@ class Service:
         self.routes = RouteCache(settings, config.state_ttl_s)
         self.log = ServedLog(lake_root(settings), url, config.log_batch_rows, config.log_flush_s)
         self.metrics = Metrics()
+        self.metrics.watch(self.log)
 
     def close(self) -> None:
         self.log.close()

@@ -63,6 +63,11 @@ class ServedLog:
             if len(self._rows) >= self.batch_rows:
                 self._wake.set()
 
+    def pending_rows(self) -> int:
+        """Rows buffered or cut into batches, not yet written."""
+        with self._lock:
+            return len(self._rows) + sum(len(p[4]) for p in self._pending)
+
     def _cut(self) -> None:
         """Move the buffered rows into named batches, one per flight day, version and arm."""
         with self._lock:
