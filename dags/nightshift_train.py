@@ -24,6 +24,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from include.contract.training import TUNERS
 from include.core.access import access_control
 from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
 from include.core.config import NightlyTraining, task_timeout
@@ -65,12 +66,8 @@ TRAIN_PARAMS = {
     "tuner": Param(
         NIGHTLY.tuner,
         type="string",
-        enum=["hyperband", "bayesian", "random"],
-        values_display={
-            "hyperband": "Hyperband: many short trials, the best trained longer",
-            "bayesian": "Bayesian optimisation: each trial learns from the last (uses Max trials)",
-            "random": "Random search (uses Max trials)",
-        },
+        enum=list(TUNERS),
+        values_display=TUNERS,
         title="Tuner",
         description="keras-tuner search strategy.",
         section="Tuning budget",

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from include.contract.training import TUNERS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 SOURCES = ("replay", "landing")
@@ -271,7 +273,7 @@ class NightlyTraining:
     """The nightly training's window and tuning budget: the train form's defaults, so every scheduled
     run uses them, and `make demo` trains with them too. Each field is `NIGHTSHIFT_NIGHTLY_<NAME>`.
     The defaults fit one night of the chain in 8 minutes on 2 CPU cores; on a GPU raise epochs,
-    max_trials (with tuner=bayesian|random) and ensemble_size."""
+    max_trials (with tuner=bayesian|random|grid|evolution) and ensemble_size."""
 
     train_days: int = 60
     test_days: int = 7
@@ -284,8 +286,8 @@ class NightlyTraining:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NightlyTraining:
         budget = cls(**env_overrides(cls(), "NIGHTSHIFT_NIGHTLY_", env))
-        if budget.tuner not in ("hyperband", "bayesian", "random"):
-            raise ConfigError(f"NIGHTSHIFT_NIGHTLY_TUNER={budget.tuner!r}; choose hyperband, bayesian or random")
+        if budget.tuner not in TUNERS:
+            raise ConfigError(f"NIGHTSHIFT_NIGHTLY_TUNER={budget.tuner!r}; choose one of {', '.join(TUNERS)}")
         if min(budget.train_days - 6, budget.test_days, budget.max_trials, budget.epochs, budget.ensemble_size) < 1:
             raise ConfigError(f"the nightly training budget {budget} needs train_days >= 7 and the rest >= 1")
         return budget

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--out", required=True, help="model folder URI for this run")
         cmd.add_argument("--seed", type=int, default=7)
     tune_cmd = sub.choices["tune"]
-    tune_cmd.add_argument("--tuner", choices=TUNERS, default="hyperband")
+    tune_cmd.add_argument("--tuner", choices=list(TUNERS), default="hyperband")
     tune_cmd.add_argument("--max-trials", type=int, default=6)
     tune_cmd.add_argument("--epochs", type=int, default=6)
     tune_cmd.add_argument("--ensemble-size", type=int, default=2)

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from include.contract.training import TUNERS
 from include.trainer.io import read_split, seed_everything, upload_dir
 
 log = logging.getLogger("nightshift.trainer")
 
-TUNERS = ("hyperband", "bayesian", "random")
 BATCH_SIZE = 512
+# Grid search with shards: each shard searches the whole grid but for its share of this hyperparameter.
+GRID_SPLIT = "units"
 
 
 def _hyperparameters(hp) -> dict[str, Any]:
@@ -30,21 +32,43 @@ def _hyperparameters(hp) -> dict[str, Any]:
     }
 
 
-def make_tuner(kind: str, stats, max_trials: int, epochs: int, seed: int, directory: Path):
+def grid_share(shard: int, shards: int):
+    """The part of the grid shard `shard` of `shards` searches: GRID_SPLIT's values dealt out in turn
+    (pre-registered, so the model's own `hp.Int(GRID_SPLIT, …)` takes them); None without shards."""
     import keras_tuner as kt
 
+    if shards <= 1:
+        return None
+    values = kt.HyperParameters()
+    options = list(_hyperparameters_space()[GRID_SPLIT].values)
+    if shards > len(options):
+        raise SystemExit(f"grid search splits {GRID_SPLIT!r} ({len(options)} values) over at most "
+                         f"{len(options)} shards, not {shards}")  # fmt: skip
+    values.Choice(GRID_SPLIT, options[shard::shards])
+    return values
+
+
+def _hyperparameters_space() -> dict[str, Any]:
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    _hyperparameters(hp)
+    return {h.name: h for h in hp.space}
+
+
+def make_tuner(kind: str, stats, max_trials: int, epochs: int, seed: int, directory: Path, shard: int = 0,
+               shards: int = 1):  # fmt: skip
+    import keras_tuner as kt
+
+    from include.trainer.evolution import EvolutionaryOracle
     from include.trainer.model import build_model
 
     def build(hp):
         return build_model(stats, _hyperparameters(hp))
 
-    common = {
-        "objective": kt.Objective("val_auc", direction="max"),
-        "seed": seed,
-        "directory": str(directory),
-        "project_name": "search",
-        "overwrite": True,
-    }
+    objective = kt.Objective("val_auc", direction="max")
+    common = {"objective": objective, "seed": seed, "directory": str(directory), "project_name": "search",
+              "overwrite": True}  # fmt: skip
     if kind == "hyperband":
         return kt.Hyperband(
             build, max_epochs=epochs, factor=3, hyperband_iterations=1, max_consecutive_failed_trials=2, **common
@@ -53,6 +77,14 @@ def make_tuner(kind: str, stats, max_trials: int, epochs: int, seed: int, direct
         return kt.BayesianOptimization(build, max_trials=max_trials, **common)
     if kind == "random":
         return kt.RandomSearch(build, max_trials=max_trials, **common)
+    if kind == "grid":
+        return kt.GridSearch(build, max_trials=max_trials, hyperparameters=grid_share(shard, shards), **common)
+    if kind == "evolution":
+        oracle = EvolutionaryOracle(objective=objective, max_trials=max_trials, seed=seed,
+                                    population_size=max(2, min(6, max_trials // 2)),
+                                    tournament_size=2)  # fmt: skip
+        return kt.Tuner(oracle=oracle, hypermodel=build, directory=str(directory), project_name="search",
+                        overwrite=True)  # fmt: skip
     raise SystemExit(f"unknown tuner {kind!r}; choose one of {', '.join(TUNERS)}")
 
 
@@ -81,7 +113,7 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     x_train, y_train = to_model_inputs(train), labels(train)
     x_val, y_val = to_model_inputs(validation), labels(validation)
     work = Path(tempfile.mkdtemp(prefix="nightshift-tune-"))
-    tuner = make_tuner(args.tuner, stats, args.max_trials, args.epochs, seed, work / "tuner")
+    tuner = make_tuner(args.tuner, stats, args.max_trials, args.epochs, seed, work / "tuner", args.shard, args.shards)
     tuner.search(
         x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=BATCH_SIZE,
         callbacks=[_early_stopping(), keras.callbacks.TensorBoard(str(work / "tensorboard" / "search"))], verbose=0,

@@ -201,7 +201,7 @@ def test_every_form_field_explains_itself_to_an_analyst(dagbag, dag_id: str) -> 
         ("nightshift_ingest", "start_date", "2013-02-30"),
         ("nightshift_train", "train_days", 3),
         ("nightshift_train", "epochs", 0),
-        ("nightshift_train", "tuner", "grid"),
+        ("nightshift_train", "tuner", "annealing"),
         ("nightshift_deploy", "action", "delete"),
         ("nightshift_deploy", "version", 0),
         ("nightshift_monitor", "end_date", "yesterday"),

@@ -49,3 +49,22 @@ def test_local_backend_runs_the_training_entry_point_and_returns_its_summary(tmp
     assert json.loads((written / "tune.json").read_text()) == summary  # what `evaluate` reads back
     assert (written / "member_0.keras").is_file()
     assert set(json.loads((written / "stats.json").read_text())["means"]) == set(NUMERIC)
+
+
+def test_the_evolutionary_search_and_the_sharded_grid_run_in_the_real_entry_point(tmp_path) -> None:
+    """The two strategies keras-tuner's own tuners do not cover, through `python -m include.trainer tune`:
+    the evolutionary oracle in keras-tuner's Tuner, and grid search split over 2 shards (no trial twice)."""
+    from include.train.backends import run_training_cli
+
+    dataset = _tiny_dataset(tmp_path / "dataset")
+    common = ["--dataset", dataset, "--seed", "3", "--epochs", "1", "--ensemble-size", "1"]
+    evolved = run_training_cli(["tune", *common, "--out", (tmp_path / "evo").as_uri(), "--tuner", "evolution",
+                                "--max-trials", "5"])  # fmt: skip
+    assert (evolved["tuner"], evolved["trials"]) == ("evolution", 5)
+    trials = pd.read_csv(tmp_path / "evo" / "trials.csv")
+    assert len(trials.drop_duplicates(["units", "layers", "dropout", "embedding_dim", "learning_rate"])) == 5
+    grids = [run_training_cli(["tune", *common, "--out", (tmp_path / "grid").as_uri(), "--tuner", "grid",
+                               "--max-trials", "3", "--shard", str(i), "--shards", "2"]) for i in range(2)]  # fmt: skip
+    assert [g["trials"] for g in grids] == [3, 3]
+    units = [set(pd.read_csv(tmp_path / "grid" / f"shard_{i}" / "trials.csv")["units"]) for i in range(2)]
+    assert units[0].isdisjoint(units[1])  # each shard searched its own share of the grid

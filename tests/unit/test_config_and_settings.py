@@ -114,7 +114,7 @@ def test_the_nightly_budget_reads_the_environment() -> None:
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"NIGHTSHIFT_NIGHTLY_TUNER": "grid"}, "choose hyperband, bayesian or random"),
+    ({"NIGHTSHIFT_NIGHTLY_TUNER": "annealing"}, "choose one of hyperband, bayesian, random, grid, evolution"),
     ({"NIGHTSHIFT_NIGHTLY_TRAIN_DAYS": "6"}, "train_days >= 7"),
     ({"NIGHTSHIFT_NIGHTLY_EPOCHS": "0"}, "the rest >= 1"),
     ({"NIGHTSHIFT_NIGHTLY_EPOCHS": "four"}, "NIGHTSHIFT_NIGHTLY_EPOCHS='four' is not a int"),

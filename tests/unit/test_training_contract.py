@@ -144,7 +144,7 @@ def test_local_backend_fails_the_task_when_the_entry_point_fails(tmp_path) -> No
     from include.train.backends import run_training_cli
 
     with pytest.raises(RuntimeError, match=r"-m include\.trainer tune .* exited with 2"):
-        run_training_cli(["tune", "--dataset", tmp_path.as_uri(), "--out", tmp_path.as_uri(), "--tuner", "grid"])
+        run_training_cli(["tune", "--dataset", tmp_path.as_uri(), "--out", tmp_path.as_uri(), "--tuner", "annealing"])
 
 
 def test_train_dockerfile_lints_clean() -> None:
@@ -158,9 +158,9 @@ def test_train_form_rejects_bad_input() -> None:
 
     params: ParamsDict = DagBag(dag_folder=str(ROOT / "dags")).dags["nightshift_train"].params
     schema = params.get_param("tuner").schema
-    assert schema["enum"] == ["hyperband", "bayesian", "random"]
+    assert schema["enum"] == ["hyperband", "bayesian", "random", "grid", "evolution"]
     with pytest.raises(ValueError, match="not one of"):
-        params.get_param("tuner").resolve("grid")
+        params.get_param("tuner").resolve("simulated-annealing")
     assert json.loads(json.dumps(params.dump()))["test_days"] == 7
 
 

@@ -1,0 +1,12 @@
+"""The training image's search strategies: one list for the trainer's `--tuner`, the train form's
+enum, and the nightly budget's check (`NIGHTSHIFT_NIGHTLY_TUNER`)."""
+
+from __future__ import annotations
+
+TUNERS: dict[str, str] = {
+    "hyperband": "Hyperband: many short trials, the best trained longer",
+    "bayesian": "Bayesian optimisation: each trial learns from the last (uses Max trials)",
+    "random": "Random search (uses Max trials)",
+    "grid": "Grid search: every combination in order, up to Max trials (shards split the grid)",
+    "evolution": "Evolutionary search: a population bred by tournament, crossover and mutation (uses Max trials)",
+}
