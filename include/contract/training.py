@@ -1,5 +1,6 @@
-"""The training image's search strategies: one list for the trainer's `--tuner`, the train form's
-enum, and the nightly budget's check (`NIGHTSHIFT_NIGHTLY_TUNER`)."""
+"""The training image's choices: its search strategies (one list for the trainer's `--tuner`, the train
+form's enum and the nightly budget's check, `NIGHTSHIFT_NIGHTLY_TUNER`), and the model families the
+search picks members from (`include/trainer/model.py`)."""
 
 from __future__ import annotations
 
@@ -10,3 +11,6 @@ TUNERS: dict[str, str] = {
     "grid": "Grid search: every combination in order, up to Max trials (shards split the grid)",
     "evolution": "Evolutionary search: a population bred by tournament, crossover and mutation (uses Max trials)",
 }
+
+# Every family is a Keras network on the same raw inputs, so any mix of them is still ONE SavedModel.
+FAMILIES = ("mlp", "wide_deep", "dcn")

@@ -171,6 +171,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if not paths:
         raise SystemExit(f"no member_*.keras under {args.out}; run `tune` first")
     members = [keras.saving.load_model(p, custom_objects={"FillMissing": _model.FillMissing}) for p in paths]
+    families = [m.name.removeprefix("flight_delay").lstrip("_") or "mlp" for m in members]  # flight_delay_<family>
     for index, member in enumerate(members):
         member.name = f"member_{index}"  # nested models need distinct names
     train, validation, test = (read_split(args.dataset, s) for s in ("train", "validation", "test"))
@@ -188,6 +189,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ExportMismatch(f"exported SavedModel differs from the ensemble by {parity:.2e} > {PARITY_TOLERANCE}")
     threshold = best_threshold(y_val, member_val @ np.array(weights))
     metrics = classification_metrics(y_test, exported, threshold)
+    from sklearn.metrics import roc_auc_score
+
+    member_test = np.column_stack([m.predict(x_test, batch_size=4096, verbose=0).reshape(-1) for m in members])
+    member_metrics = [{"member": i, "family": families[i], "weight": weights[i],
+                       "val_auc": round(float(roc_auc_score(y_val, member_val[:, i])), 6),
+                       "test_auc": round(float(roc_auc_score(y_test, member_test[:, i])), 6)}
+                      for i in range(len(members))]  # fmt: skip
     gbdt_auc, gbdt_p = gbdt_baseline(train, test, args.seed)
     champion = None
     curves = {"ensemble": exported, "gbdt baseline": gbdt_p}
@@ -208,6 +216,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "test_rows": len(test),
         "weights": weights,
         "members": len(members),
+        "member_metrics": member_metrics,
         "metrics": metrics,
         "slices": slice_aucs(test, exported),
         "gbdt_auc": gbdt_auc,

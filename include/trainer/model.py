@@ -16,6 +16,9 @@ from keras import layers, ops
 
 from include.contract.features import LABEL_KEY
 from include.contract.inputs import CATEGORICAL, NUMERIC
+from include.contract.training import FAMILIES
+
+CROSS_LAYERS = 2
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,6 +87,20 @@ class WeightedAverage(layers.Layer):
         return {**super().get_config(), "weights": self.member_weights}
 
 
+@keras.saving.register_keras_serializable(package="nightshift")
+class Cross(layers.Layer):
+    """One DCN cross layer (Wang et al. 2017/2020): `x0 · (W x + b) + x`, a full-rank W."""
+
+    def build(self, input_shape):
+        width = int(input_shape[0][-1])
+        self.dense = layers.Dense(width, name="cross_dense")
+        self.dense.build((None, width))
+
+    def call(self, inputs):
+        x0, x = inputs
+        return x0 * self.dense(x) + x
+
+
 def model_inputs() -> dict[str, keras.KerasTensor]:
     """One scalar input per raw feature, named as in `include/contract/features.py`."""
     return {
@@ -95,14 +112,26 @@ def model_inputs() -> dict[str, keras.KerasTensor]:
 def build_model(
     stats: FeatureStats, hp: dict[str, Any], inputs: dict[str, keras.KerasTensor] | None = None
 ) -> keras.Model:
-    """The network for one hyperparameter set (`units`, `layers`, `dropout`, `embedding_dim`, `learning_rate`)."""
+    """The network for one hyperparameter set (`family`, `units`, `layers`, `dropout`, `embedding_dim`,
+    `learning_rate`). Every family shares the preprocessing and ends in one delay probability:
+
+    * `mlp`: embeddings and normalized inputs through `layers` dense layers;
+    * `wide_deep`: that, plus a linear (wide) model over one-hot categories and the inputs, logits added;
+    * `dcn`: a deep & cross network: CROSS_LAYERS cross layers (explicit feature crosses) before the MLP.
+    """
+    family = str(hp.get("family", "mlp"))  # members tuned before the families were all MLPs
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     inputs = inputs or model_inputs()
-    encoded = []
+    encoded, one_hot = [], []
     for column in CATEGORICAL:
         vocabulary = stats.vocabularies[column] or ["<none>"]
         ids = layers.StringLookup(vocabulary=vocabulary, num_oov_indices=1, name=f"{column}_lookup")(inputs[column])
         dim = min(int(hp["embedding_dim"]), len(vocabulary) + 1)
         encoded.append(layers.Embedding(len(vocabulary) + 1, dim, name=f"{column}_embedding")(ids))
+        if family == "wide_deep":
+            one_hot.append(layers.CategoryEncoding(len(vocabulary) + 1, output_mode="one_hot",
+                                                   name=f"{column}_one_hot")(ids))  # fmt: skip
     numeric = layers.Concatenate(name="numeric")([layers.Reshape((1,))(inputs[n]) for n in NUMERIC])
     filled = FillMissing([stats.means[n] for n in NUMERIC], name="fill_missing")(numeric)
     width = len(NUMERIC)
@@ -111,12 +140,20 @@ def build_model(
         variance=[stats.variances[n] for n in NUMERIC] + [1.0] * width,
         name="normalize",
     )(filled)
-    hidden = layers.Concatenate(name="features")([*encoded, normalized])
+    features = layers.Concatenate(name="features")([*encoded, normalized])
+    hidden = features
+    if family == "dcn":  # deep & cross: explicit feature crosses x0 · (W x + b) + x before the MLP
+        for index in range(CROSS_LAYERS):
+            hidden = Cross(name=f"cross_{index}")([features, hidden])
     for index in range(int(hp["layers"])):
         hidden = layers.Dense(int(hp["units"]), activation="relu", name=f"dense_{index}")(hidden)
         hidden = layers.Dropout(float(hp["dropout"]), name=f"dropout_{index}")(hidden)
-    output = layers.Dense(1, activation="sigmoid", name="delay_probability")(hidden)
-    model = keras.Model(inputs=inputs, outputs=output, name="flight_delay")
+    logit = layers.Dense(1, name="deep_logit")(hidden)
+    if family == "wide_deep":  # a linear model over one-hot categories and the inputs, added to the deep logit
+        wide = layers.Concatenate(name="wide_features")([*one_hot, normalized])
+        logit = layers.Add(name="wide_and_deep")([logit, layers.Dense(1, name="wide_logit")(wide)])
+    output = layers.Activation("sigmoid", name="delay_probability")(logit)
+    model = keras.Model(inputs=inputs, outputs=output, name=f"flight_delay_{family}")
     model.compile(
         optimizer=keras.optimizers.Adam(float(hp["learning_rate"])),
         loss="binary_crossentropy",

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from include.contract.training import TUNERS
+from include.contract.training import FAMILIES, TUNERS
 from include.trainer.io import read_split, seed_everything, upload_dir
 
 log = logging.getLogger("nightshift.trainer")
@@ -24,6 +24,7 @@ GRID_SPLIT = "units"
 
 def _hyperparameters(hp) -> dict[str, Any]:
     return {
+        "family": hp.Choice("family", list(FAMILIES)),
         "units": hp.Int("units", 32, 128, step=32),
         "layers": hp.Int("layers", 1, 3),
         "dropout": hp.Float("dropout", 0.0, 0.3, step=0.1),

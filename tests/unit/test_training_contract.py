@@ -71,6 +71,41 @@ def test_preprocessing_handles_unseen_categories_and_missing_values() -> None:
     assert ((predictions > 0) & (predictions < 1)).all()
 
 
+@pytest.mark.slow  # trains and exports three networks
+def test_every_family_trains_and_a_mix_of_them_exports_as_one_saved_model(tmp_path) -> None:
+    import keras
+    import tensorflow as tf
+
+    from include.contract.inputs import to_model_inputs
+    from include.contract.training import FAMILIES
+    from include.trainer.model import FeatureStats, FillMissing, build_ensemble, build_model, labels
+
+    train = _frame(days=3)
+    stats, x, y = FeatureStats.from_frame(train), to_model_inputs(train), labels(train)
+    members = []
+    for index, family in enumerate(FAMILIES):
+        member = build_model(stats, {"family": family, "units": 8, "layers": 1, "dropout": 0.0, "embedding_dim": 4,
+                                     "learning_rate": 1e-2})  # fmt: skip
+        member.fit(x, y, epochs=1, batch_size=256, verbose=0)
+        member.save(tmp_path / f"member_{index}.keras")  # as tune writes it and evaluate reads it back
+        loaded = keras.saving.load_model(tmp_path / f"member_{index}.keras",
+                                         custom_objects={"FillMissing": FillMissing})  # fmt: skip
+        assert np.allclose(loaded.predict(x, verbose=0), member.predict(x, verbose=0), atol=1e-6)
+        loaded.name = f"member_{index}"
+        members.append(loaded)
+    assert [any(layer.name.startswith("cross_") for layer in m.layers) for m in members] == [False, False, True]
+    assert [any(layer.name == "wide_logit" for layer in m.layers) for m in members] == [False, True, False]
+    ensemble = build_ensemble(members, [0.5, 0.3, 0.2])
+    in_memory = ensemble.predict(x, verbose=0).reshape(-1)
+    ensemble.export(str(tmp_path / "saved_model"), format="tf_saved_model", verbose=False)
+    signature = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+    exported = next(iter(signature(**{k: tf.constant(v) for k, v in x.items()}).values())).numpy().reshape(-1)
+    assert np.max(np.abs(exported - in_memory)) <= 1e-5
+    with pytest.raises(ValueError, match="unknown model family 'tree'"):
+        build_model(stats, {"family": "tree", "units": 8, "layers": 1, "dropout": 0.0, "embedding_dim": 4,
+                            "learning_rate": 1e-2})  # fmt: skip
+
+
 METRICS = {"auc": 0.70, "ece": 0.05, "non_finite_predictions": 0, "predicted_positive_rate": 0.3}
 
 
