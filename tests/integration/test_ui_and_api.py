@@ -127,7 +127,11 @@ def test_a_script_triggers_a_run_with_conf_and_it_is_recorded(airflow: Airflow, 
     [
         ("nightshift_ingest", {"start_date": "2013-13-45"}, "'2013-13-45' is not a 'date'"),
         ("nightshift_train", {"train_days": 3}, "3 is less than the minimum of 7"),
-        ("nightshift_train", {"tuner": "grid"}, "'grid' is not one of ['hyperband', 'bayesian', 'random']"),
+        (
+            "nightshift_train",
+            {"tuner": "annealing"},
+            "'annealing' is not one of ['hyperband', 'bayesian', 'random', 'grid', 'evolution']",
+        ),
         ("nightshift_deploy", {"action": "delete"}, "'delete' is not one of ['canary', 'promote', 'rollback']"),
         ("nightshift_deploy", {"version": 0}, "0 is less than the minimum of 1"),
     ],
