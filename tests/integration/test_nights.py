@@ -27,7 +27,7 @@ BUDGET = {
     "NIGHTSHIFT_GATE_SLICE_TOLERANCE": "0.5",
 }  # fmt: skip
 FAULTS = ["postgres", "promote", "landing"]
-DEADLINE_MIN = 30  # about 10 min on 2 cores; the harness gives up at this, saying what it waited for
+DEADLINE_MIN = 30  # 13-14 min on 2 cores (2026-12-04); the harness gives up at this, saying what it waited for
 
 # In `make test`'s integration tier; `make test-nights` runs it alone.
 # The run happens in the first test's module fixture: the suite's 900-s per-test limit would cut it short.

@@ -51,12 +51,7 @@ def _evolution(seed: int, budget: int = BUDGET) -> EvolutionaryOracle:
 @pytest.mark.parametrize("seed", range(3))
 def test_evolution_finds_the_known_optimum_within_its_budget(seed, tmp_path) -> None:
     tried = _search(_evolution(seed), tmp_path)
-    assert OPTIMUM in tried
-    # Random search with the same budget and seed, for scale: 120 of 800 configurations.
-    random = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"), max_trials=BUDGET, seed=seed,
-                                           hyperparameters=_space())  # fmt: skip
-    best_random = max(_score(v) for v in _search(random, tmp_path))
-    assert best_random <= _score(OPTIMUM)
+    assert OPTIMUM in tried  # random search is compared in the next test, over 10 seeds
 
 
 def test_evolution_beats_random_search_across_seeds(tmp_path) -> None:
