@@ -42,17 +42,19 @@ def rows_to_arrays(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {f: np.array([r[f] for r in rows], dtype=object if f in CATEGORICAL else np.float32) for f in MODEL_FEATURES}
 
 
-def records_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`serving_rows` of records without a frame (the prediction service's hot path): the same values,
+def _serving_value(feature: str, value: Any) -> Any:
+    if feature in CATEGORICAL:
+        return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+    return float(np.float32(np.nan if value is None else value))
+
+
+def records_to_columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """`serving_columns` of records without a frame (the prediction service's hot path): the same values,
     categoricals as strings with missing ones as "", numbers rounded to float32 with NaN kept."""
-    rows = []
-    for record in records:
-        row: dict[str, Any] = {}
-        for f in MODEL_FEATURES:
-            value = record.get(f)
-            if f in CATEGORICAL:
-                row[f] = "" if value is None or (isinstance(value, float) and value != value) else str(value)
-            else:
-                row[f] = float(np.float32(np.nan if value is None else value))
-        rows.append(row)
-    return rows
+    return {f: [_serving_value(f, record.get(f)) for record in records] for f in MODEL_FEATURES}
+
+
+def records_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`serving_rows` of records without a frame: `records_to_columns`, row by row."""
+    columns = records_to_columns(records)
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]

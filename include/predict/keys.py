@@ -77,13 +77,21 @@ class KeyRing:
         self._buckets: dict[int, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, key: str) -> tuple[bool, ApiKey | None]:
+        """(True, what `check` would answer) when that is known without asking Postgres, else (False, None):
+        the event loop may ask this, and leaves the query to a thread."""
+        cached = self._cache.get(digest(key))
+        if cached and time.monotonic() - cached[0] < self.ttl_s:
+            return True, cached[1]
+        return False, None
+
     def check(self, key: str) -> ApiKey | None:
         """The live key, or None (unknown or revoked)."""
+        known, found = self.cached(key)
+        if known:
+            return found
         hashed = digest(key)
         now = time.monotonic()
-        cached = self._cache.get(hashed)
-        if cached and now - cached[0] < self.ttl_s:
-            return cached[1]
         query = sa.select(api_keys.c.id, api_keys.c.name, api_keys.c.requests_per_minute).where(
             api_keys.c.key_sha256 == hashed, api_keys.c.revoked_at.is_(None)
         )

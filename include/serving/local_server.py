@@ -540,7 +540,19 @@ def build_parser(defaults: ServingLimits) -> argparse.ArgumentParser:
     parser.add_argument("--max_in_flight", type=int, default=defaults.max_in_flight)
     parser.add_argument("--max_queued", type=int, default=defaults.max_queued)
     parser.add_argument("--body_timeout_s", type=float, default=defaults.body_timeout_s)
+    for flag in ("tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism"):
+        parser.add_argument(f"--{flag}", type=int, default=getattr(defaults, flag), help="0: TensorFlow picks")
     return parser
+
+
+def set_tensorflow_threads(limits: ServingLimits) -> None:
+    """TF Serving's `--tensorflow_{intra,inter}_op_parallelism`: before any model loads (0 leaves TF's)."""
+    import tensorflow as tf
+
+    if limits.tensorflow_intra_op_parallelism:
+        tf.config.threading.set_intra_op_parallelism_threads(limits.tensorflow_intra_op_parallelism)
+    if limits.tensorflow_inter_op_parallelism:
+        tf.config.threading.set_inter_op_parallelism_threads(limits.tensorflow_inter_op_parallelism)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -548,10 +560,12 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args = build_parser(ServingLimits.from_env()).parse_args(argv)
-        limits = ServingLimits(args.max_body_bytes, args.max_in_flight, args.max_queued, args.body_timeout_s)
+        limits = ServingLimits(args.max_body_bytes, args.max_in_flight, args.max_queued, args.body_timeout_s,
+                               args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)  # fmt: skip
     except ConfigError as err:
         raise SystemExit(f"local_server: {err}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_tensorflow_threads(limits)
     sock = bind(args.host, args.rest_api_port)
     port = sock.getsockname()[1]
     if args.port_file:
