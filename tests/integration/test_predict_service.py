@@ -182,6 +182,37 @@ def test_every_served_prediction_is_logged_in_batches_and_counted(db_url, predic
     assert pd.Timestamp(mine["served_at"].min()) >= pd.Timestamp(since)
 
 
+def test_concurrent_requests_each_get_their_own_flights_answered_as_if_alone(predict_service, key, flights):
+    """The service scores requests that arrive together in one batch (`include/predict/batching.py`): each
+    must still get its own flights, in its order, with what they get alone, and be logged under its id."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = load_settings()
+    log = predict_service.app.state.service.log
+    log.flush()
+    since = dt.datetime.now(dt.UTC)
+    asked = [flights[i * 7 : i * 7 + 1 + i % 5] for i in range(32)]  # 1 to 5 flights each, none shared
+    alone = [_post(predict_service, key, f).json()["predictions"] for f in asked]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda f: _post(predict_service, key, f), asked))
+    for sent, got, reference in zip(asked, together, alone, strict=True):
+        assert got.status_code == 200, got.text
+        predictions = got.json()["predictions"]
+        assert [p["flight_key"] for p in predictions] == [p["flight_key"] for p in reference]
+        assert len(predictions) == len(sent)
+        assert max(abs(p["p_delayed"] - r["p_delayed"]) for p, r in zip(predictions, reference, strict=True)) < 1e-6
+    log.flush()
+    logged = served_frame(settings, since=since)
+    for got in together:
+        body = got.json()
+        mine = logged[logged["request_id"] == body["request_id"]]
+        assert sorted(mine["flight_key"]) == sorted(p["flight_key"] for p in body["predictions"])
+    text = httpx.get(f"{predict_service.url}/metrics", timeout=10).text
+    gauges = {name: float(value) for name, value in (line.split() for line in text.splitlines()
+              if line.startswith(("nightshift_predict_batches ", "nightshift_predict_batched_requests ")))}  # fmt: skip
+    assert 0 < gauges["nightshift_predict_batches"] <= gauges["nightshift_predict_batched_requests"]
+
+
 def test_a_day_the_service_answered_only_in_part_is_monitored_whole_offline(settings, predict_service, key, flights):
     from include.core.config import MonitorPolicy
     from include.monitor.steps import score_day
