@@ -114,8 +114,10 @@ def test_an_item_that_fails_fails_only_its_caller_and_a_failed_batch_fails_all_i
         return first, second
 
     first, second = asyncio.run(main())
-    assert first[:2] == [0, 2] and first[3] == 6
-    assert isinstance(first[2], ValueError) and str(first[2]) == "bad bad"
+    assert first[:2] == [0, 2]
+    assert first[3] == 6
+    assert isinstance(first[2], ValueError)
+    assert str(first[2]) == "bad bad"
     assert second[0] == 0
     assert all(isinstance(e, RuntimeError) and "whole batch" in str(e) for e in second[1:])
 
