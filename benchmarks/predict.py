@@ -8,10 +8,11 @@ serving process and the prediction service as `bin/nightshift predict` would run
 * 100 flights per request;
 * the same single-flight load with the served-prediction log off (what the log costs);
 * the SavedModel called in-process on the same rows (the ratio);
-* the online-store read alone (Feast `get_online_features` for one flight), p50/p99, on Postgres and on
+* the online-store read alone (`OnlineFeatures.lookup`, Feast's `online_read`, one flight), p50/p99, on Postgres and on
   Redis (`NIGHTSHIFT_BENCH_REDIS`, default database 4 of 127.0.0.1:6379, filled for the purpose).
 
-Each load starts after 50 warm-up requests (the service also warms its online store when it starts).
+Each load starts after 50 warm-up requests and 3 s of the same load (the service also warms its online
+store and reference tables when it starts).
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.predict [--seconds 15]
 
@@ -41,6 +42,7 @@ import httpx
 from benchmarks.serving import percentiles, throughput, timed
 
 CONCURRENCY = 8
+WARMUP_S = 3.0  # of wrk at CONCURRENCY before each measured load
 FEAST_PUBLISHED_P99_MS = 7.2  # Feast's Python feature server on Redis, from its published benchmark
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -68,10 +70,18 @@ def wrk(url: str, key: str, flights: list[dict[str, Any]], seconds: float) -> di
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(script)
-    try:
-        done = subprocess.run(["wrk", "-t2", f"-c{CONCURRENCY}", f"-d{seconds:.0f}s", "--latency", "--timeout", "10s",
+
+    def load(duration: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["wrk", "-t2", f"-c{CONCURRENCY}", f"-d{duration:.0f}s", "--latency", "--timeout", "10s",
                                "-s", lua.name, f"{url}/v1/predict"], capture_output=True, text=True,
-                              timeout=seconds + 60, check=True)  # fmt: skip
+                              timeout=duration + 60, check=True)  # fmt: skip
+
+    try:
+        # The first seconds at full concurrency after a start are slower (connection pools grow, code paths
+        # run for the first time): they are a warm-up here, as the 50 sequential requests above are.
+        load(WARMUP_S)
+        before = _batch_gauges(url)
+        done = load(seconds)
     finally:
         os.unlink(lua.name)
     out = done.stdout
@@ -80,12 +90,23 @@ def wrk(url: str, key: str, flights: list[dict[str, Any]], seconds: float) -> di
     if len(latency) < 4:
         raise SystemExit(f"wrk's output had no latency distribution:\n{out}\n{done.stderr}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    after = _batch_gauges(url)
+    batches = after["nightshift_predict_batches"] - before["nightshift_predict_batches"]
+    shared = after["nightshift_predict_batched_requests"] - before["nightshift_predict_batched_requests"]
     return {
+        "requests_per_batch": round(shared / batches, 2) if batches else None,
         "flights_per_request": len(flights), "concurrency": CONCURRENCY, "seconds": seconds,
         "p50_ms": _ms(latency["50"]), "p90_ms": _ms(latency["90"]), "p99_ms": _ms(latency["99"]),
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
     }  # fmt: skip
+
+
+def _batch_gauges(url: str) -> dict[str, float]:
+    """The service's batch counters: how many requests shared each batch under the load."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    wanted = ("nightshift_predict_batches ", "nightshift_predict_batched_requests ")
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(wanted)}
 
 
 @contextlib.contextmanager
@@ -121,7 +142,7 @@ def _redis_read(settings: Any, url: str, day: dt.date, entities: Any) -> dict[st
     from include.core.config import load_settings
     from include.core.feast import open_store
     from include.ingest.publish import materialize_window
-    from include.predict.online import lookup, open_online_store
+    from include.predict.online import open_online_store
 
     address = os.environ.get("NIGHTSHIFT_BENCH_REDIS", "127.0.0.1:6379,db=4")
     on_redis = load_settings({**os.environ, "NIGHTSHIFT_DATABASE_URL": url, "NIGHTSHIFT_ONLINE_STORE": "redis",
@@ -131,8 +152,15 @@ def _redis_read(settings: Any, url: str, day: dt.date, entities: Any) -> dict[st
                            (end_of_day_utc(day) + pd.Timedelta(seconds=1)).to_pydatetime())  # fmt: skip
     except redis.exceptions.ConnectionError as err:
         return {"error": f"no Redis at {address}: {err}"}
-    store = open_online_store(on_redis)
-    return percentiles(timed(lambda: lookup(store, entities), 500))
+    return _online_read(open_online_store(on_redis), entities)
+
+
+def _online_read(store: Any, entities: Any) -> dict[str, Any]:
+    """The service's read alone (`OnlineFeatures.lookup`, resolved once as the service does), p50/p99."""
+    from include.predict.online import OnlineFeatures
+
+    features, records = OnlineFeatures(store), entities.to_dict("records")
+    return percentiles(timed(lambda: features.lookup([dict(r) for r in records]), 500))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     # The same rows, in-process: the online store read alone, and the SavedModel alone.
     store = open_online_store(settings)
     entities, _ = entity_rows([Flight(**flights[0])])
-    results["online_read_postgres"] = percentiles(timed(lambda: lookup(store, entities), 500))
+    results["online_read_postgres"] = _online_read(store, entities)
     results["online_read_postgres"]["feast_published_redis_p99_ms"] = FEAST_PUBLISHED_P99_MS
     results["online_read_redis"] = _redis_read(settings, url, day, entities)
     frame, _ = lookup(store, entities)

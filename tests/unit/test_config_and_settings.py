@@ -124,3 +124,15 @@ def test_a_bad_nightly_budget_is_refused_by_name(env, message) -> None:
 
     with pytest.raises(ConfigError, match=message):
         NightlyTraining.from_env(env)
+
+
+def test_the_prediction_services_batching_reads_the_environment_and_refuses_zero() -> None:
+    from include.core.config import PredictService
+
+    assert (PredictService.from_env({}).batch_max_flights, PredictService.from_env({}).batches_in_flight) == (256, 2)
+    told = PredictService.from_env({"NIGHTSHIFT_PREDICT_BATCH_MAX_FLIGHTS": "32",
+                                    "NIGHTSHIFT_PREDICT_BATCHES_IN_FLIGHT": "1"})  # fmt: skip
+    assert (told.batch_max_flights, told.batches_in_flight) == (32, 1)
+    for name in ("NIGHTSHIFT_PREDICT_BATCH_MAX_FLIGHTS", "NIGHTSHIFT_PREDICT_BATCHES_IN_FLIGHT"):
+        with pytest.raises(ConfigError, match="at least 1"):
+            PredictService.from_env({name: "0"})

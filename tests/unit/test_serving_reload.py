@@ -189,6 +189,15 @@ def test_serving_limits_come_from_the_environment_and_are_checked() -> None:
         ServingLimits.from_env({"NIGHTSHIFT_SERVING_MAX_BODY_BYTES": "ten"})
     with pytest.raises(ConfigError, match="NIGHTSHIFT_SERVING_MAX_IN_FLIGHT=0"):
         ServingLimits.from_env({"NIGHTSHIFT_SERVING_MAX_IN_FLIGHT": "0"})
+    # TF Serving's thread flags: one thread each unless told; 0 lets TensorFlow pick; below 0 is refused.
+    default = build_parser(ServingLimits.from_env({})).parse_args(["--model_config_file", "m"])
+    assert (default.tensorflow_intra_op_parallelism, default.tensorflow_inter_op_parallelism) == (1, 1)
+    told = ServingLimits.from_env({"NIGHTSHIFT_SERVING_TENSORFLOW_INTRA_OP_PARALLELISM": "0"})
+    assert build_parser(told).parse_args(["--model_config_file", "m", "--tensorflow_inter_op_parallelism", "4"]
+                                         ).tensorflow_inter_op_parallelism == 4  # fmt: skip
+    assert told.tensorflow_intra_op_parallelism == 0
+    with pytest.raises(ConfigError, match="TENSORFLOW_INTER_OP_PARALLELISM=-1"):
+        ServingLimits.from_env({"NIGHTSHIFT_SERVING_TENSORFLOW_INTER_OP_PARALLELISM": "-1"})
 
 
 def test_the_server_binds_loopback_unless_told_otherwise() -> None:
