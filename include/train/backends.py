@@ -25,7 +25,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from include.core.assets import TRAIN_DAG
-from include.core.config import env_overrides, task_timeout
+from include.core.config import ConfigError, env_overrides, load_settings, task_timeout
 
 BACKENDS = ("local", "kubernetes")
 ENTRY_POINT = ["python", "-m", "include.trainer"]
@@ -176,9 +176,20 @@ def training_step(
     return operator.partial(**options).expand(arguments=per_shard)
 
 
+def require_pod_readable_lake(lake_uri: str) -> None:
+    """A pod runs on another machine: it cannot read a lake on this machine's disk."""
+    if not lake_uri.startswith(("s3://", "gs://", "gcs://", "abfs://", "az://")):
+        raise ConfigError(
+            f"TRAIN_BACKEND=kubernetes needs a lake the training pods can read, but NIGHTSHIFT_LAKE={lake_uri} "
+            "is on this machine's disk: set NIGHTSHIFT_LAKE to an object store (s3://bucket/prefix), or use "
+            "TRAIN_BACKEND=local"
+        )
+
+
 def _operator(task_id: str, backend: str, **kwargs: Any) -> tuple[type, dict[str, Any]]:
     if backend == "local":
         return LocalTrainingOperator, {"task_id": task_id, **kwargs}
+    require_pod_readable_lake(load_settings().lake_uri)
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 

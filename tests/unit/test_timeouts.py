@@ -93,8 +93,8 @@ def _train_dag(monkeypatch, **env: str):
 
 
 def test_the_training_pod_gets_kubernetes_run_time_and_startup_limits(monkeypatch) -> None:
-    dag = _train_dag(monkeypatch, TRAIN_BACKEND="kubernetes", NIGHTSHIFT_TIMEOUT_TRAIN_TUNE_MIN="45",
-                     NIGHTSHIFT_TRAIN_STARTUP_TIMEOUT_S="300")  # fmt: skip
+    dag = _train_dag(monkeypatch, TRAIN_BACKEND="kubernetes", NIGHTSHIFT_LAKE="s3://lake",
+                     NIGHTSHIFT_TIMEOUT_TRAIN_TUNE_MIN="45", NIGHTSHIFT_TRAIN_STARTUP_TIMEOUT_S="300")  # fmt: skip
     tune, evaluate = dag.get_task("tune"), dag.get_task("evaluate")
     assert type(tune).__name__ == "KubernetesPodOperator"
     assert tune.execution_timeout == dt.timedelta(minutes=45)

@@ -142,12 +142,31 @@ def test_thresholds_come_from_the_environment() -> None:
     assert GateThresholds.from_env({"NIGHTSHIFT_GATE_AUC_FLOOR": "0.7"}).auc_floor == 0.7
 
 
-def test_gpu_pod_renders_and_validates(tmp_path) -> None:
+def test_the_kubernetes_backend_refuses_a_lake_on_this_machines_disk(monkeypatch, tmp_path) -> None:
+    from airflow.sdk import DAG
+
+    from include.core.config import ConfigError
+    from include.train.backends import training_step
+
+    for lake in (str(tmp_path / "lake"), (tmp_path / "lake").as_uri()):
+        monkeypatch.setenv("NIGHTSHIFT_LAKE", lake)
+        with DAG("pods_cannot_read_it", schedule=None), pytest.raises(ConfigError) as refused:
+            training_step("tune", ["tune"], backend="kubernetes")
+        assert "TRAIN_BACKEND=kubernetes" in str(refused.value)
+        assert f"NIGHTSHIFT_LAKE={(tmp_path / 'lake').as_uri()}" in str(refused.value)
+    monkeypatch.setenv("TRAIN_BACKEND", "local")  # the local backend reads the same lake: fine
+    with DAG("local_reads_it", schedule=None):
+        assert training_step("tune", ["tune"]).task_id == "tune"
+
+
+def test_gpu_pod_renders_and_validates(monkeypatch, tmp_path) -> None:
     import yaml
     from airflow.sdk import DAG
     from kubernetes.client import ApiClient
 
     from include.train.backends import training_step
+
+    monkeypatch.setenv("NIGHTSHIFT_LAKE", "s3://lake")
 
     with DAG("render_pod", schedule=None):
         op = training_step("tune", ["tune", "--dataset", "s3://lake/datasets/r", "--out", "s3://lake/models/r"],
@@ -205,6 +224,7 @@ def test_tuning_fans_out_over_shards(monkeypatch) -> None:
 
     monkeypatch.setenv("NIGHTSHIFT_TUNE_SHARDS", "3")
     monkeypatch.setenv("TRAIN_BACKEND", "kubernetes")
+    monkeypatch.setenv("NIGHTSHIFT_LAKE", "s3://lake")  # the pods' lake
     sys.path.insert(0, str(ROOT / "dags"))
     try:
         module = importlib.reload(importlib.import_module("nightshift_train"))
