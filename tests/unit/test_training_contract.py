@@ -201,9 +201,28 @@ def test_local_backend_fails_the_task_when_the_entry_point_fails(tmp_path) -> No
         run_training_cli(["tune", "--dataset", tmp_path.as_uri(), "--out", tmp_path.as_uri(), "--tuner", "annealing"])
 
 
-def test_train_dockerfile_lints_clean() -> None:
-    result = subprocess.run(["hadolint", str(ROOT / "docker" / "train.Dockerfile")], capture_output=True, text=True)
+@pytest.mark.parametrize("dockerfile", ["train.Dockerfile", "airflow.Dockerfile"])
+def test_dockerfiles_lint_clean(dockerfile: str) -> None:
+    result = subprocess.run(["hadolint", str(ROOT / "docker" / dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_the_airflow_image_bakes_in_the_project_and_runs_unprivileged() -> None:
+    """docker/airflow.Dockerfile: the official image at the locked Airflow version, the locked requirements
+    installed at build time, every folder a component reads copied in, and a non-root user last."""
+    lines = [line.strip() for line in (ROOT / "docker" / "airflow.Dockerfile").read_text().splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    locked = next(line for line in (ROOT / "constraints.txt").read_text().splitlines()
+                  if line.startswith("apache-airflow=="))  # fmt: skip
+    assert instructions[0] == f"FROM apache/airflow:{locked.split('==')[1]}-python3.11"
+    assert "RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt" in instructions
+    copied = {line.split()[-1].rstrip("/") for line in instructions if line.startswith("COPY")}
+    assert {"dags", "plugins", "include", "feature_repo", "expectations"} <= copied
+    for folder in ("dags", "plugins", "include", "feature_repo", "expectations"):
+        assert (ROOT / folder).is_dir()
+    user = [line for line in instructions if line.startswith("USER ")][-1]
+    assert user.split()[1] not in ("root", "0")
+    assert instructions.index(user) > max(i for i, line in enumerate(instructions) if line.startswith(("RUN", "COPY")))
 
 
 def test_train_form_rejects_bad_input() -> None:
