@@ -27,5 +27,11 @@ COPY --chown=airflow:0 expectations/ expectations/
 COPY --chown=airflow:0 bin/ bin/
 COPY --chown=airflow:0 airflow_settings.yaml ./
 
+# The folders compose's volumes mount (a new named volume takes the folder's owner): nightshift's state,
+# the file lake, and the serving base path, which TF Serving mounts at /models too.
+USER 0
+RUN mkdir -p /opt/airflow/nightshift /opt/airflow/lake /models \
+    && chown 50000:0 /opt/airflow/nightshift /opt/airflow/lake /models
+
 # The base image's unprivileged user (uid 50000, group 0, as OpenShift-style random uids need).
 USER 50000

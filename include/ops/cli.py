@@ -68,10 +68,7 @@ def run_airflow(settings: Settings) -> int:
     alert says so; if an Airflow process exits, everything stops.
     """
     env = prepare(settings)
-    from include.ops.replay import replay_clock
-
-    clock = replay_clock(settings, env["NIGHTSHIFT_DATABASE_URL"], dt.datetime.now(ZoneInfo(LOCAL_TZ)).date())
-    env.update(clock)
+    clock = with_replay_clock(settings, env)
     if clock:
         start, first = clock["NIGHTSHIFT_REPLAY_START"], clock["NIGHTSHIFT_REPLAY_FIRST_DAY"]
         step(f"replay clock: the night of {start} replays {first}, each later night the next day")
@@ -106,6 +103,29 @@ def run_airflow(settings: Settings) -> int:
         if not settings.database_url:
             stop_embedded(embedded_data_dir(settings.local_dir))
     return 0 if stopping else 1
+
+
+def with_replay_clock(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """Add the replay clock (fixed on first use, in a file every component shares) to `env`; returns it."""
+    from include.ops.replay import replay_clock
+
+    clock = replay_clock(settings, env["NIGHTSHIFT_DATABASE_URL"], dt.datetime.now(ZoneInfo(LOCAL_TZ)).date())
+    env.update(clock)
+    return clock
+
+
+def run_component(settings: Settings, component: str) -> int:
+    """One Airflow component in the environment `bin/nightshift airflow` gives all four, in place of this
+    process: how a container of docker/airflow.Dockerfile runs each (docker/compose.yaml). `prepare`
+    must have run once against the same DATABASE_URL and NIGHTSHIFT_LOCAL_DIR (compose's init service)."""
+    if not settings.database_url:
+        raise ConfigError("nightshift component runs against a shared Postgres: set DATABASE_URL")
+    env = runtime_env(settings, resolve_database_url(settings.database_url, settings.local_dir))
+    with_replay_clock(settings, env)
+    step(f"airflow {component} (DATABASE_URL, AIRFLOW_HOME {env['AIRFLOW_HOME']})")
+    sys.stdout.flush()
+    os.execvpe("airflow", ["airflow", component], env)
+    return 1  # not reached: exec replaces this process
 
 
 def run_local_serving(settings: Settings, port: int) -> int:
@@ -179,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--end", help="last day (default NIGHTSHIFT_BOOTSTRAP_END)")
     demo.add_argument("--keep-postgres", action="store_true", help="leave the embedded Postgres running")
     sub.add_parser("airflow", help="run the full Airflow with the UI on :8080")
+    component = sub.add_parser("component", help="one Airflow component in nightshift's environment (containers)")
+    component.add_argument("name", choices=AIRFLOW_COMPONENTS)
     nights = sub.add_parser("nights", help="N nights of the chain under the real scheduler, with faults (make nights)")
     nights.add_argument("--nights", type=int, default=14, help="how many consecutive nights, ending yesterday")
     nights.add_argument("--faults", default="", help=f"comma-separated, night by night, or name@N: {', '.join(FAULTS)}")
@@ -218,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(settings, prepare, args.start, args.end, keep_postgres=args.keep_postgres)
         if args.command == "airflow":
             return run_airflow(settings)
+        if args.command == "component":
+            return run_component(settings, args.name)
         if args.command == "nights":
             from include.ops.nights import NightsError, run_nights
 

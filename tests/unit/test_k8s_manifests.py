@@ -100,7 +100,8 @@ def test_serving_reaches_nothing() -> None:
 def test_compose_publishes_on_loopback_only() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     published = {name: service.get("ports", []) for name, service in compose["services"].items()}
-    assert published["airflow"]
+    assert published["api-server"]
+    assert published["predict"]
     assert published["tf-serving"]
     for name, ports in published.items():
         for port in ports:

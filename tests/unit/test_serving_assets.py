@@ -38,7 +38,8 @@ def test_deployment_is_ready_only_when_the_stable_model_is() -> None:
 
 def test_compose_runs_real_tf_serving_with_the_config_file() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    assert set(compose["services"]) == {"postgres", "airflow", "tf-serving"}
+    assert set(compose["services"]) == {"postgres", "nightshift-init", "api-server", "scheduler", "dag-processor",
+                                        "triggerer", "predict", "tf-serving"}  # fmt: skip
     serving = compose["services"]["tf-serving"]
     assert serving["image"].startswith("tensorflow/serving:")
     assert "--model_config_file=/models/models.config" in serving["command"]
@@ -49,12 +50,41 @@ def test_compose_airflow_deploys_to_the_tf_serving_service() -> None:
     from include.core.config import load_settings
 
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    env = compose["services"]["airflow"]["environment"]
-    settings = load_settings({k: str(v) for k, v in env.items()})
-    assert settings.serving_url == "http://tf-serving:8501"
     serving_cmd = compose["services"]["tf-serving"]["command"]
-    assert f"--model_config_file={settings.models_config}" in serving_cmd  # the file the deploy DAG writes
-    assert settings.serving_model_base.startswith("/models/")  # as TF Serving sees it: the shared volume
+    for name in ("scheduler", "predict"):  # the deploy's tasks run in the scheduler's container
+        service = compose["services"][name]
+        settings = load_settings({k: str(v) for k, v in service["environment"].items()})
+        assert settings.serving_url == "http://tf-serving:8501"
+        assert f"--model_config_file={settings.models_config}" in serving_cmd  # the file the deploy DAG writes
+        assert settings.serving_model_base.startswith("/models/")  # as TF Serving sees it: the shared volume
+        assert "models:/models" in service["volumes"]
+
+
+def test_compose_runs_each_airflow_component_from_the_image_after_one_init() -> None:
+    """docker/compose.yaml: nightshift's image (built from docker/airflow.Dockerfile, nothing installed at
+    start), `prepare` once in an init service, then each component as `nightshift component NAME` once the
+    init succeeded, all sharing one Postgres, Airflow home and lake."""
+    from include.ops.runtime import AIRFLOW_COMPONENTS
+
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    init = services["nightshift-init"]
+    assert init["command"] == ["python", "-m", "include.ops.cli", "prepare"]
+    assert init["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name in (*AIRFLOW_COMPONENTS, "predict"):
+        service = services[name]
+        assert service["build"] == {"context": "..", "dockerfile": "docker/airflow.Dockerfile"}
+        assert service["image"] == init["image"]
+        assert service["depends_on"] == {"nightshift-init": {"condition": "service_completed_successfully"}}
+        assert "pip" not in " ".join(service["command"])
+        if name != "predict":
+            assert service["command"] == ["python", "-m", "include.ops.cli", "component", name]
+        env = service["environment"]
+        assert env["DATABASE_URL"] == init["environment"]["DATABASE_URL"]
+        assert "${POSTGRES_PASSWORD:?" in env["DATABASE_URL"]  # the password comes from the host, never the file
+        assert env["NIGHTSHIFT_LOCAL_DIR"] == init["environment"]["NIGHTSHIFT_LOCAL_DIR"]
+        assert f"state:{env['NIGHTSHIFT_LOCAL_DIR']}" in service["volumes"]
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://api-server:8080/execution/"
+    assert (DOCKER / "airflow.Dockerfile").exists()
 
 
 def test_models_config_round_trips_through_the_protobuf(tmp_path) -> None:
