@@ -160,15 +160,25 @@ class LocalTrainingOperator(BaseOperator):
         return run_training_cli([str(a) for a in self.arguments], time_limit_s=subprocess_time_limit(timeout))
 
 
+def training_queue(env: Mapping[str, str] | None = None) -> str | None:
+    """`NIGHTSHIFT_TRAINING_QUEUE`: the Celery queue the training steps go to (a worker set of their own,
+    docker/helm/values.yaml); unset, they stay on Airflow's default queue. LocalExecutor ignores queues."""
+    return (os.environ if env is None else env).get("NIGHTSHIFT_TRAINING_QUEUE") or None
+
+
 def training_step(
     task_id: str, arguments: list[str], backend: str | None = None, shards: int = 1, **kwargs: Any
 ) -> Any:
-    """The training step for `backend` (default: TRAIN_BACKEND), same command, same arguments.
+    """The training step for `backend` (default: TRAIN_BACKEND), same command, same arguments, on the
+    training queue when one is configured.
 
     With `shards > 1` the step is a mapped task: one pod (or subprocess) per shard, each running
     `… --shard i --shards n`, so tuning fans out over several GPU nodes.
     """
     backend = backend or backend_from_env()
+    queue = training_queue()
+    if queue and "queue" not in kwargs:
+        kwargs["queue"] = queue
     operator, options = _operator(task_id, backend, **kwargs)
     if shards <= 1:
         return operator(arguments=arguments, **options)

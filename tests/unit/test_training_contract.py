@@ -159,6 +159,21 @@ def test_the_kubernetes_backend_refuses_a_lake_on_this_machines_disk(monkeypatch
         assert training_step("tune", ["tune"]).task_id == "tune"
 
 
+def test_the_training_steps_go_to_the_training_queue_when_one_is_configured(monkeypatch) -> None:
+    from airflow.sdk import DAG
+
+    from include.train.backends import training_step
+
+    monkeypatch.delenv("NIGHTSHIFT_TRAINING_QUEUE", raising=False)
+    with DAG("default_queue", schedule=None):
+        assert training_step("tune", ["tune"], backend="local").queue == "default"  # Airflow's default
+    monkeypatch.setenv("NIGHTSHIFT_TRAINING_QUEUE", "training")
+    with DAG("training_queue", schedule=None):
+        assert training_step("tune", ["tune"], backend="local").queue == "training"
+        mapped = training_step("tune_shards", ["tune"], backend="local", shards=2)
+        assert mapped.partial_kwargs["queue"] == "training"
+
+
 def test_gpu_pod_renders_and_validates(monkeypatch, tmp_path) -> None:
     import yaml
     from airflow.sdk import DAG
