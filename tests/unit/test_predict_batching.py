@@ -38,6 +38,14 @@ async def _entered(scorer: Scorer) -> None:
     scorer.entered.clear()
 
 
+async def _held(coalescer: Coalescer, scorer: Scorer, item: object = 0) -> asyncio.Future:
+    """A first batch of `item` that runs and is held until the test opens `scorer.gate`."""
+    scorer.gate.clear()
+    held = asyncio.ensure_future(coalescer.submit(item, size=1))
+    await _entered(scorer)
+    return held
+
+
 def test_a_request_that_finds_the_scorer_idle_is_scored_at_once_alone() -> None:
     scorer = Scorer()
 
@@ -58,9 +66,7 @@ def test_requests_arriving_while_a_batch_runs_share_the_next_batch_and_each_gets
 
     async def main() -> list[object]:
         coalescer = Coalescer(scorer, max_flights=100, in_flight=1)
-        scorer.gate.clear()
-        first = asyncio.ensure_future(coalescer.submit(1, size=1))
-        await _entered(scorer)  # batch 1 is running and held
+        first = await _held(coalescer, scorer, 1)  # batch 1 is running and held
         rest = [asyncio.ensure_future(coalescer.submit(n, size=1)) for n in range(2, 9)]
         await asyncio.sleep(0.01)
         assert coalescer.queued == 7  # they wait: one batch at a time
@@ -78,9 +84,7 @@ def test_a_batch_holds_at_most_max_flights_and_a_larger_request_goes_alone() -> 
 
     async def main() -> None:
         coalescer = Coalescer(scorer, max_flights=10, in_flight=1)
-        scorer.gate.clear()
-        held = asyncio.ensure_future(coalescer.submit(0, size=1))
-        await _entered(scorer)
+        held = await _held(coalescer, scorer)
         sizes = {1: 4, 2: 4, 3: 4, 4: 25, 5: 1}
         waiting = [asyncio.ensure_future(coalescer.submit(n, size=s)) for n, s in sizes.items()]
         await asyncio.sleep(0.01)
@@ -97,16 +101,12 @@ def test_an_item_that_fails_fails_only_its_caller_and_a_failed_batch_fails_all_i
 
     async def main() -> tuple[list[object], list[object]]:
         coalescer = Coalescer(scorer, max_flights=100, in_flight=1)
-        scorer.gate.clear()
-        held = asyncio.ensure_future(coalescer.submit(0, size=1))
-        await _entered(scorer)
+        held = await _held(coalescer, scorer)
         mixed = [asyncio.ensure_future(coalescer.submit(item, size=1)) for item in (1, "bad", 3)]
         await asyncio.sleep(0.01)
         scorer.gate.set()
         first = await asyncio.gather(held, *mixed, return_exceptions=True)
-        scorer.gate.clear()
-        held = asyncio.ensure_future(coalescer.submit(0, size=1))
-        await _entered(scorer)
+        held = await _held(coalescer, scorer)
         doomed = [asyncio.ensure_future(coalescer.submit(item, size=1)) for item in (5, "explode")]
         await asyncio.sleep(0.01)
         scorer.gate.set()
@@ -127,9 +127,7 @@ def test_a_caller_that_went_away_while_queued_is_not_scored() -> None:
 
     async def main() -> None:
         coalescer = Coalescer(scorer, max_flights=100, in_flight=1)
-        scorer.gate.clear()
-        held = asyncio.ensure_future(coalescer.submit(0, size=1))
-        await _entered(scorer)
+        held = await _held(coalescer, scorer)
         gone = asyncio.ensure_future(coalescer.submit(1, size=1))
         stays = asyncio.ensure_future(coalescer.submit(2, size=1))
         await asyncio.sleep(0.01)
@@ -149,9 +147,7 @@ def test_with_two_batches_in_flight_a_second_batch_starts_while_the_first_runs()
 
     async def main() -> None:
         coalescer = Coalescer(scorer, max_flights=100, in_flight=2)
-        scorer.gate.clear()
-        one = asyncio.ensure_future(coalescer.submit(1, size=1))
-        await _entered(scorer)
+        one = await _held(coalescer, scorer, 1)
         two = asyncio.ensure_future(coalescer.submit(2, size=1))
         await _entered(scorer)  # started though the first is still held
         assert coalescer.queued == 0
