@@ -91,8 +91,8 @@ def wrk(url: str, key: str, flights: list[dict[str, Any]], seconds: float) -> di
         raise SystemExit(f"wrk's output had no latency distribution:\n{out}\n{done.stderr}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     after = _batch_gauges(url)
-    batches = after["nightshift_predict_batches"] - before["nightshift_predict_batches"]
-    shared = after["nightshift_predict_batched_requests"] - before["nightshift_predict_batched_requests"]
+    batches = after["nightshift_predict_batches_total"] - before["nightshift_predict_batches_total"]
+    shared = after["nightshift_predict_batched_requests_total"] - before["nightshift_predict_batched_requests_total"]
     return {
         "requests_per_batch": round(shared / batches, 2) if batches else None,
         "flights_per_request": len(flights), "concurrency": CONCURRENCY, "seconds": seconds,
@@ -105,7 +105,7 @@ def wrk(url: str, key: str, flights: list[dict[str, Any]], seconds: float) -> di
 def _batch_gauges(url: str) -> dict[str, float]:
     """The service's batch counters: how many requests shared each batch under the load."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    wanted = ("nightshift_predict_batches ", "nightshift_predict_batched_requests ")
+    wanted = ("nightshift_predict_batches_total ", "nightshift_predict_batched_requests_total ")
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(wanted)}
 
 

@@ -81,15 +81,21 @@ class Metrics:
             Gauge(name, text, registry=self.registry).set_function(read)
 
     def watch_batches(self, batcher: Coalescer[Any]) -> None:
-        """How much concurrent requests share batches: requests waiting, batches run, requests in them."""
+        """How much concurrent requests share batches: requests waiting (a gauge), and the batches scored
+        and the requests in them (counters, `_total`), read when Prometheus scrapes."""
         from prometheus_client import Gauge
+        from prometheus_client.core import CounterMetricFamily
 
-        for name, text, read in (
-            ("nightshift_predict_queued_requests", "Requests waiting for a batch", lambda: batcher.queued),
-            ("nightshift_predict_batches", "Batches scored since start", lambda: batcher.batches),
-            ("nightshift_predict_batched_requests", "Requests scored in those batches", lambda: batcher.items),
-        ):  # fmt: skip
-            Gauge(name, text, registry=self.registry).set_function(read)
+        Gauge("nightshift_predict_queued_requests", "Requests waiting for a batch",
+              registry=self.registry).set_function(lambda: batcher.queued)  # fmt: skip
+
+        class Batches:
+            def collect(self) -> Any:
+                yield CounterMetricFamily("nightshift_predict_batches", "Batches scored", value=batcher.batches)
+                yield CounterMetricFamily("nightshift_predict_batched_requests", "Requests scored in batches",
+                                          value=batcher.items)  # fmt: skip
+
+        self.registry.register(Batches())
 
 
 @dataclass(frozen=True)
@@ -186,8 +192,12 @@ class Service:
         for n, job in enumerate(jobs):
             mine = range(first, first + len(job.request.flights))
             first = mine.stop
-            outcomes.append(self._answer(job, [answer[i] for i in mine], [keys[i] for i in mine],
-                                         [unknown[i] for i in mine], logged[n], routes))  # fmt: skip
+            try:  # one request's answer failing is that request's 500, not its batch's
+                outcomes.append(self._answer(job, [answer[i] for i in mine], [keys[i] for i in mine],
+                                             [unknown[i] for i in mine], logged[n], routes))  # fmt: skip
+            except Exception as err:
+                log.exception("request %s: its answer failed", job.request_id)
+                outcomes.append(HTTPException(500, f"request {job.request_id} failed: {type(err).__name__}"))
         return outcomes
 
     def _answer(
@@ -198,6 +208,12 @@ class Service:
             self.log.add(logged)
             # The caller learns that serving failed, not where serving is or what it said: that is in the log.
             return HTTPException(503, f"serving failed for this request ({job.request_id}); try again shortly")
+        predictions = [
+            {"flight_key": key, "p_delayed": p, "model_version": routes.version(arm), "arm": arm,
+             "unknown": missing, "error": "serving failed" if error else None}
+            for key, (p, arm, error), missing in zip(keys, answer, unknown, strict=True)
+        ]  # fmt: skip
+        response = PredictResponse(predictions=predictions, request_id=job.request_id)  # built before it is logged
         total = time.perf_counter() - job.started
         for row in logged:
             row["latency_ms"] = total * 1000
@@ -206,12 +222,7 @@ class Service:
         for arm in set(a for _, a, _ in answer):
             self.metrics.latency.labels(arm, str(routes.version(arm))).observe(total)
         self.metrics.unknown.inc(sum(1 for u in unknown if u))
-        predictions = [
-            {"flight_key": key, "p_delayed": p, "model_version": routes.version(arm), "arm": arm,
-             "unknown": missing, "error": "serving failed" if error else None}
-            for key, (p, arm, error), missing in zip(keys, answer, unknown, strict=True)
-        ]  # fmt: skip
-        return PredictResponse(predictions=predictions, request_id=job.request_id)
+        return response
 
     @staticmethod
     def _row(request_id: str, flight: Any, features: Any, version: int | None, arm: str, p: float | None,

@@ -77,17 +77,21 @@ class Coalescer(Generic[Item]):
             task.add_done_callback(self._tasks.discard)
 
     async def _score(self, batch: list[_Waiting[Item]]) -> None:
+        outcomes: Sequence[Any] = []
         try:
-            outcomes: Sequence[Any] = await asyncio.to_thread(self.run, [w.item for w in batch])
+            outcomes = await asyncio.to_thread(self.run, [w.item for w in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"a batch of {len(batch)} gave {len(outcomes)} outcomes")
         except Exception as err:  # every caller of the batch hears of it
             outcomes = [err] * len(batch)
+        except BaseException as err:  # cancelled (the server stops) or worse: no caller may wait for ever
+            outcomes = [RuntimeError(f"the batch was interrupted: {type(err).__name__}")] * len(batch)
+            raise
         finally:
             self._running -= 1
-        self.batches += 1
-        self.items += len(batch)
-        for waiting, outcome in zip(batch, outcomes, strict=True):
-            if not waiting.answer.done():
-                waiting.answer.set_result(outcome)
-        self._start()
+            self.batches += 1
+            self.items += len(batch)
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if not waiting.answer.done():
+                    waiting.answer.set_result(outcome)
+            self._start()

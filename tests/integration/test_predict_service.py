@@ -193,8 +193,23 @@ def test_concurrent_requests_each_get_their_own_flights_answered_as_if_alone(pre
     since = dt.datetime.now(dt.UTC)
     asked = [flights[i * 7 : i * 7 + 1 + i % 5] for i in range(32)]  # 1 to 5 flights each, none shared
     alone = [_post(predict_service, key, f).json()["predictions"] for f in asked]
-    with ThreadPoolExecutor(16) as pool:
-        together = list(pool.map(lambda f: _post(predict_service, key, f), asked))
+    batcher = predict_service.app.state.service.batcher
+    before = (batcher.batches, batcher.items)
+    score = batcher.run
+
+    def slow(items: list) -> list:  # a batch takes 50 ms: the 16 senders' requests must then share batches
+        time.sleep(0.05)
+        return score(items)
+
+    batcher.run = slow
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(lambda f: _post(predict_service, key, f), asked))
+    finally:
+        batcher.run = score
+    batches, shared = batcher.batches - before[0], batcher.items - before[1]
+    assert shared == 32
+    assert batches < 32  # some requests were scored together
     for sent, got, reference in zip(asked, together, alone, strict=True):
         assert got.status_code == 200, got.text
         predictions = got.json()["predictions"]
@@ -208,9 +223,11 @@ def test_concurrent_requests_each_get_their_own_flights_answered_as_if_alone(pre
         mine = logged[logged["request_id"] == body["request_id"]]
         assert sorted(mine["flight_key"]) == sorted(p["flight_key"] for p in body["predictions"])
     text = httpx.get(f"{predict_service.url}/metrics", timeout=10).text
-    gauges = {name: float(value) for name, value in (line.split() for line in text.splitlines()
-              if line.startswith(("nightshift_predict_batches ", "nightshift_predict_batched_requests ")))}  # fmt: skip
-    assert 0 < gauges["nightshift_predict_batches"] <= gauges["nightshift_predict_batched_requests"]
+    names = ("nightshift_predict_batches_total ", "nightshift_predict_batched_requests_total ")
+    counted = {name: float(value) for name, value in (line.split() for line in text.splitlines()
+               if line.startswith(names))}  # fmt: skip
+    assert counted == {"nightshift_predict_batches_total": batcher.batches,
+                       "nightshift_predict_batched_requests_total": batcher.items}  # fmt: skip
 
 
 def test_a_day_the_service_answered_only_in_part_is_monitored_whole_offline(settings, predict_service, key, flights):

@@ -71,3 +71,6 @@ def test_the_cluster_settings_pass_nightshifts_own_configuration_checks(values) 
     assert settings.lake_conn_id == "nightshift_lake"
     assert tune_shards(env) <= values["config"]["celery"]["worker_concurrency"]
     assert values["migrateDatabaseJob"]["args"][-1] == "exec python -m include.ops.cli prepare"
+    if settings.source == "replay":  # no clock file is shared between pods: the clock is in the values
+        assert settings.replay_start
+        assert settings.replay_first_day

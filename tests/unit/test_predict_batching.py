@@ -122,6 +122,32 @@ def test_an_item_that_fails_fails_only_its_caller_and_a_failed_batch_fails_all_i
     assert all(isinstance(e, RuntimeError) and "whole batch" in str(e) for e in second[1:])
 
 
+def test_a_batch_interrupted_by_a_base_exception_still_answers_its_callers_and_the_queue_moves_on() -> None:
+    class Fatal(BaseException):
+        pass
+
+    calls: list[list[object]] = []
+
+    def run(items: list[object]) -> list[object]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise Fatal("not an Exception")
+        return [item for item in items]
+
+    async def main() -> tuple[object, object]:
+        coalescer = Coalescer(run, max_flights=100, in_flight=1)
+        first = asyncio.ensure_future(coalescer.submit(1, size=1))
+        later = asyncio.ensure_future(coalescer.submit(2, size=1))  # queued behind the batch that dies
+        done = await asyncio.wait_for(asyncio.gather(first, later, return_exceptions=True), timeout=5)
+        return done[0], done[1]
+
+    first, later = asyncio.run(main())
+    assert isinstance(first, RuntimeError)
+    assert "interrupted: Fatal" in str(first)
+    assert later == 2
+    assert calls == [[1], [2]]
+
+
 def test_a_caller_that_went_away_while_queued_is_not_scored() -> None:
     scorer = Scorer()
 

@@ -74,7 +74,9 @@ def test_compose_runs_each_airflow_component_from_the_image_after_one_init() -> 
         service = services[name]
         assert service["build"] == {"context": "..", "dockerfile": "docker/airflow.Dockerfile"}
         assert service["image"] == init["image"]
-        assert service["depends_on"] == {"nightshift-init": {"condition": "service_completed_successfully"}}
+        assert service["depends_on"]["nightshift-init"] == {"condition": "service_completed_successfully"}
+        if name in ("scheduler", "triggerer"):  # their tasks and triggers report to the Task Execution API
+            assert service["depends_on"]["api-server"] == {"condition": "service_healthy"}
         assert "pip" not in " ".join(service["command"])
         if name != "predict":
             assert service["command"] == ["python", "-m", "include.ops.cli", "component", name]
