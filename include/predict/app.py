@@ -135,13 +135,6 @@ class Service:
         self.log.close()
         self.client.close()
 
-    def score(self, request: PredictRequest, request_id: str, started: float) -> PredictResponse:
-        """One request's predictions (raises the HTTPException its caller gets)."""
-        outcome = self.score_batch([Job(request, request_id, started)])[0]
-        if isinstance(outcome, HTTPException):
-            raise outcome
-        return outcome
-
     def score_batch(self, jobs: list[Job]) -> list[PredictResponse | HTTPException]:
         """The requests of a batch scored together: one online-store read and one serving call per arm for
         all their flights. Each request gets its own answer, or the HTTPException meant for it."""

@@ -1,10 +1,10 @@
 """Requests that arrive together are scored together, as TF Serving's batching does for its own calls.
 
 A request's cost is mostly fixed: one online-store read and one serving call cost about the same for
-one flight as for eight. So while a batch is being scored, the requests that arrive wait in a queue,
-and the next batch takes them all at once (up to `max_flights`). Nothing waits on a timer: a request
-that finds the scorer idle is scored at once, alone; only under load do requests share a batch, and
-then each waits at most for the batch ahead of it.
+one flight as for eight. So while `in_flight` batches are being scored, the requests that arrive wait
+in a queue, and the next batch to start takes them all at once (up to `max_flights`). Nothing waits on
+a timer: a request that finds a batch slot free is scored at once, alone; only under load do requests
+share a batch.
 
 `run` scores a batch in a worker thread (it reads Postgres and calls serving, both blocking) and
 returns one outcome per item: its result, or the exception that item's caller gets. An exception
