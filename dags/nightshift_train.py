@@ -10,7 +10,8 @@ whichever comes first; analysts can also train on a chosen window and budget fro
   the night's features event, the 02:00 fallback and a retraining request train once.
 * **tune** runs keras-tuner through the training entry point, in a GPU pod
   (`TRAIN_BACKEND=kubernetes`) or as a local subprocess (`TRAIN_BACKEND=local`, the default).
-* **evaluate** ensembles the members into ONE SavedModel, scores the test days against the
+* **evaluate** combines the members (averaging, voting or stacking) and calibrates them into ONE
+  SavedModel, scores the test days against the
   gradient-boosting baseline and the production model, and writes the report.
 * **gate_and_register** records every check and the version's lineage in Postgres; a blessed
   version emits the `model_candidate` Asset that deployment listens to.
@@ -24,7 +25,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from include.contract.training import TUNERS
+from include.contract.training import ENSEMBLE_METHODS, TUNERS
 from include.core.access import access_control
 from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
 from include.core.config import NightlyTraining, task_timeout
@@ -99,6 +100,15 @@ TRAIN_PARAMS = {
         description="Best configurations retrained and averaged.",
         section="Tuning budget",
     ),
+    "ensemble_method": Param(
+        NIGHTLY.ensemble_method,
+        type="string",
+        enum=list(ENSEMBLE_METHODS),
+        values_display=ENSEMBLE_METHODS,
+        title="Ensemble method",
+        description="How the members combine into one probability; auto picks by validation log loss.",
+        section="Tuning budget",
+    ),
     "seed": Param(
         NIGHTLY.seed,
         type="integer",
@@ -169,7 +179,14 @@ def nightshift_train() -> None:
     )  # fmt: skip
     evaluate = training_step(
         "evaluate",
-        ["evaluate", *common, "--champion", "{{ ti.xcom_pull(task_ids='find_champion') }}"],
+        [
+            "evaluate",
+            *common,
+            "--champion",
+            "{{ ti.xcom_pull(task_ids='find_champion') }}",
+            "--ensemble-method",
+            "{{ params.ensemble_method }}",
+        ],
         pool="gpu_training",
         execution_timeout=task_timeout(TRAIN_DAG, "evaluate"),
     )

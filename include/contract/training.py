@@ -14,3 +14,13 @@ TUNERS: dict[str, str] = {
 
 # Every family is a Keras network on the same raw inputs, so any mix of them is still ONE SavedModel.
 FAMILIES = ("mlp", "wide_deep", "dcn")
+
+# How members combine (`include/trainer/combine.py`); the train form's `ensemble_method` adds `auto`.
+METHODS: dict[str, str] = {
+    "averaging": "Weighted averaging: convex weights fit on validation",
+    "soft_voting": "Soft voting: the plain mean of the members' probabilities",
+    "majority_voting": "Majority voting: the share of members above their own threshold",
+    "stacking": "Stacking: a logistic meta-learner on the members' logits",
+}
+ENSEMBLE_METHODS: dict[str, str] = {"auto": "Auto: the least log loss on each validation day left out", **METHODS}
+CALIBRATORS = ("none", "platt", "piecewise")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from include.contract.training import TUNERS
+from include.contract.training import ENSEMBLE_METHODS, TUNERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -281,6 +281,7 @@ class NightlyTraining:
     max_trials: int = 6
     epochs: int = 4
     ensemble_size: int = 2
+    ensemble_method: str = "auto"
     seed: int = 7
 
     @classmethod
@@ -288,6 +289,9 @@ class NightlyTraining:
         budget = cls(**env_overrides(cls(), "NIGHTSHIFT_NIGHTLY_", env))
         if budget.tuner not in TUNERS:
             raise ConfigError(f"NIGHTSHIFT_NIGHTLY_TUNER={budget.tuner!r}; choose one of {', '.join(TUNERS)}")
+        if budget.ensemble_method not in ENSEMBLE_METHODS:
+            raise ConfigError(f"NIGHTSHIFT_NIGHTLY_ENSEMBLE_METHOD={budget.ensemble_method!r}; "
+                              f"choose one of {', '.join(ENSEMBLE_METHODS)}")  # fmt: skip
         if min(budget.train_days - 6, budget.test_days, budget.max_trials, budget.epochs, budget.ensemble_size) < 1:
             raise ConfigError(f"the nightly training budget {budget} needs train_days >= 7 and the rest >= 1")
         return budget

@@ -20,6 +20,7 @@ from include.core import lake
 from include.core.assets import TRAIN_DAG
 from include.core.config import PROJECT_ROOT, Settings
 
+TOP_INPUTS = 10  # the most important inputs a version records (its evaluation report has them all)
 log = logging.getLogger(__name__)
 
 VALIDATION_DAYS = 7
@@ -171,7 +172,11 @@ def gate_and_register(
         "ingestion_run_ids": dataset["ingestion_run_ids"],
         "validation_run_ids": dataset["validation_run_ids"],
         "metrics": {**evaluated["metrics"], "gbdt_auc": evaluated["gbdt_auc"], "auc_ratio": evaluated["auc_ratio"],
-                    "slices": evaluated["slices"], "ensemble_weights": evaluated["weights"]},
+                    "slices": evaluated["slices"], "ensemble_weights": evaluated["weights"],
+                    "ensemble_method": evaluated.get("ensemble", {}).get("method", "averaging"),
+                    "calibration": evaluated.get("calibration", {}).get("kind", "none"),
+                    "ece_uncalibrated": evaluated.get("calibration", {}).get("ece_before"),
+                    "top_inputs": evaluated.get("importance", [])[:TOP_INPUTS]},
         "hyperparameters": {"tuner": shards[0]["tuner"], "shards": len(shards),
                             "trials": sum(t["trials"] for t in shards),
                             "members": [m["hyperparameters"] for t in shards for m in t["members"]]},

@@ -4,9 +4,10 @@
     python -m include.trainer evaluate --dataset URI --out URI [--champion URI] [--seed 7]
 
 `tune` searches hyperparameters with keras-tuner on train/validation and retrains the best
-`ensemble_size` configurations as members. `evaluate` fits ensemble weights on validation, exports
-ONE SavedModel, checks it against the in-memory ensemble, scores the test days (and the champion,
-when given, on the same rows), trains the gradient-boosting baseline and writes the report.
+`ensemble_size` configurations as members. `evaluate` fits the ensemble method and a calibrator on
+validation (each chosen by cross-fitted log loss with `auto`), exports ONE SavedModel, checks it
+against the in-memory ensemble, scores the test days (and the champion, when given, on the same
+rows), trains the gradient-boosting baseline with its own search and writes the report.
 Each prints a one-line JSON summary last, and writes it to `{out}/<command>.json`.
 I/O goes through fsspec, so `file://` and `s3://` both work without Airflow in the image.
 """
@@ -20,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from include.trainer.tuning import TUNERS
+from include.contract.training import CALIBRATORS, METHODS, TUNERS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     tune_cmd.add_argument("--shards", type=int, default=1, help="pods searching in parallel; each writes shard_<i>/")
     eval_cmd = sub.choices["evaluate"]
     eval_cmd.add_argument("--champion", default=None, help="SavedModel URI of the production model, if any")
+    eval_cmd.add_argument("--ensemble-method", choices=["auto", *METHODS], default="auto",
+                          help="how members combine; auto = least cross-fitted validation log loss")  # fmt: skip
+    eval_cmd.add_argument(
+        "--calibration",
+        choices=["auto", *CALIBRATORS],
+        default="auto",
+        help="the calibrator inside the SavedModel; auto = least cross-fitted validation log loss",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -29,6 +29,7 @@ PARITY_TOLERANCE = 1e-5
 SLICES = {"carrier": "carrier", "origin": "origin", "hour_bucket": "hour_bucket"}
 HOUR_BUCKETS = [(0, 6, "night"), (6, 12, "morning"), (12, 18, "afternoon"), (18, 24, "evening")]
 MIN_SLICE_ROWS = 200
+IMPORTANCE_REPEATS = 5
 
 
 class ExportMismatch(AssertionError):
@@ -40,15 +41,6 @@ def hour_bucket(hours: pd.Series) -> pd.Series:
     for low, high, name in HOUR_BUCKETS:
         out[(hours >= low) & (hours < high)] = name
     return out
-
-
-def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The probability cut that maximizes F1 on validation."""
-    from sklearn.metrics import precision_recall_curve
-
-    precision, recall, thresholds = precision_recall_curve(y, p)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
@@ -95,52 +87,95 @@ def slice_aucs(frame: pd.DataFrame, p: np.ndarray) -> dict[str, dict[str, float]
     return out
 
 
-def fit_ensemble_weights(y: np.ndarray, member_predictions: np.ndarray) -> list[float]:
-    """Convex weights minimizing validation log loss (softmax-parametrized)."""
-    from scipy.optimize import minimize
-
-    k = member_predictions.shape[1]
-    if k == 1:
-        return [1.0]
-
-    def loss(logits: np.ndarray) -> float:
-        w = np.exp(logits - logits.max())
-        w /= w.sum()
-        p = np.clip(member_predictions @ w, 1e-7, 1 - 1e-7)
-        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-    result = minimize(loss, np.zeros(k), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
-    w = np.exp(result.x - result.x.max())
-    return [round(float(v), 6) for v in w / w.sum()]
+GBDT_GRID = (  # a small search of the baseline's own, judged on the same validation split
+    {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 40, "l2_regularization": 1.0},
+    {"learning_rate": 0.1, "max_leaf_nodes": 63, "min_samples_leaf": 100, "l2_regularization": 1.0},
+    {"learning_rate": 0.1, "max_leaf_nodes": 15, "min_samples_leaf": 20, "l2_regularization": 0.0},
+)
+GBDT_MAX_ITER = 500
 
 
-def gbdt_baseline(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> tuple[float, np.ndarray]:
-    """scikit-learn's HistGradientBoostingClassifier on the same rows and features."""
+def _gbdt_categories(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """The 250 most frequent values per categorical (the estimator's limit is 255), ties by value, so
+    the same rows always give the same encoding."""
+    out = {}
+    for c in CATEGORICAL:
+        counts = frame[c].fillna("").astype(str).value_counts()
+        out[c] = sorted(counts.index, key=lambda v, counts=counts: (-counts[v], v))[:250]
+    return out
+
+
+def _gbdt_encode(frame: pd.DataFrame, categories: dict[str, list[str]]) -> pd.DataFrame:
+    out = frame[NUMERIC].astype("float64").copy()
+    for c in CATEGORICAL:
+        out[c] = pd.Categorical(frame[c].fillna("").astype(str), categories=categories[c])
+    return out
+
+
+def gbdt_baseline(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """What a user would pick instead: scikit-learn's HistGradientBoostingClassifier on the same inputs,
+    its own small search (GBDT_GRID, the number of trees by early stopping on validation, the best by
+    validation AUC), then the best refit on train + validation with that many trees. Seeded, so the same
+    rows give the same AUC."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
 
-    def encode(frame: pd.DataFrame, categories: dict[str, list[str]]) -> pd.DataFrame:
-        out = frame[NUMERIC].astype("float64").copy()
-        for c in CATEGORICAL:
-            out[c] = pd.Categorical(frame[c].fillna("").astype(str), categories=categories[c])
-        return out
+    def model(params: dict[str, Any], max_iter: int, early_stopping: bool) -> HistGradientBoostingClassifier:
+        return HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=seed, max_iter=max_iter,
+                                              early_stopping=early_stopping, n_iter_no_change=20, **params)  # fmt: skip
 
-    # Keep the 250 most frequent values per categorical (the estimator's limit is 255).
-    categories = {c: train[c].fillna("").astype(str).value_counts().index[:250].tolist() for c in CATEGORICAL}
-    model = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=seed, max_iter=300,
-                                           early_stopping=True, validation_fraction=0.1)  # fmt: skip
-    model.fit(encode(train, categories), train[LABEL_KEY].astype(int))
-    p = model.predict_proba(encode(test, categories))[:, 1]
-    return float(roc_auc_score(test[LABEL_KEY].astype(int), p)), p
+    categories = _gbdt_categories(train)
+    x_train, y_train = _gbdt_encode(train, categories), train[LABEL_KEY].astype(int)
+    x_val, y_val = _gbdt_encode(validation, categories), validation[LABEL_KEY].astype(int)
+    trials = []
+    for params in GBDT_GRID:  # the number of trees by early stopping on the validation split's log loss
+        fitted = model(params, GBDT_MAX_ITER, early_stopping=True).fit(x_train, y_train, X_val=x_val, y_val=y_val)
+        auc = roc_auc_score(y_val, fitted.predict_proba(x_val)[:, 1])
+        trials.append({**params, "trees": int(fitted.n_iter_), "val_auc": round(float(auc), 6)})
+    best = max(trials, key=lambda t: t["val_auc"])
+    both = pd.concat([train, validation], ignore_index=True)
+    categories = _gbdt_categories(both)
+    final = model({k: best[k] for k in GBDT_GRID[0]}, best["trees"], early_stopping=False)
+    final.fit(_gbdt_encode(both, categories), both[LABEL_KEY].astype(int))
+    p = final.predict_proba(_gbdt_encode(test, categories))[:, 1]
+    return {"auc": float(roc_auc_score(test[LABEL_KEY].astype(int), p)), "p": p, "best": best, "trials": trials}
 
 
-def _predict_saved_model(path: Path, x: dict[str, np.ndarray]) -> np.ndarray:
+def _saved_model_predictor(path: Path):
+    """The SavedModel's serving signature as a function of the model's input arrays."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-    tensors = {k: tf.constant(v) for k, v in x.items()}
-    outputs = signature(**tensors)
-    return next(iter(outputs.values())).numpy().reshape(-1)
+
+    def predict(x: dict[str, np.ndarray]) -> np.ndarray:
+        outputs = signature(**{k: tf.constant(v) for k, v in x.items()})
+        return next(iter(outputs.values())).numpy().reshape(-1)
+
+    return predict
+
+
+def _predict_saved_model(path: Path, x: dict[str, np.ndarray]) -> np.ndarray:
+    return _saved_model_predictor(path)(x)
+
+
+def permutation_importance(predict, x: dict[str, np.ndarray], y: np.ndarray, seed: int,
+                           repeats: int = IMPORTANCE_REPEATS) -> list[dict[str, Any]]:  # fmt: skip
+    """Each input's AUC drop when its values are shuffled across the rows (the others kept), over `repeats`
+    shuffles: mean and a 95 % interval (normal, over repeats). Sorted by the mean drop, largest first."""
+    from sklearn.metrics import roc_auc_score
+
+    base = float(roc_auc_score(y, predict(x)))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for feature in MODEL_FEATURES:
+        drops = []
+        for _ in range(repeats):
+            shuffled = {**x, feature: x[feature][rng.permutation(len(y))]}
+            drops.append(base - float(roc_auc_score(y, predict(shuffled))))
+        mean, half = float(np.mean(drops)), float(1.96 * np.std(drops, ddof=1) / np.sqrt(repeats))
+        rows.append({"feature": feature, "auc_drop": round(mean, 6), "ci_low": round(mean - half, 6),
+                     "ci_high": round(mean + half, 6)})  # fmt: skip
+    return sorted(rows, key=lambda r: -r["auc_drop"])
 
 
 def select_members(folder: Path) -> list[Path]:
@@ -156,12 +191,14 @@ def select_members(folder: Path) -> list[Path]:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import keras
+    from sklearn.metrics import roc_auc_score
 
     from include.contract.inputs import to_model_inputs
     from include.trainer import model as _model  # registers the custom layers before loading
+    from include.trainer.combine import choose_calibrator, choose_combiner, f1_threshold, fit_combiner
     from include.trainer.io import download_dir, read_split, seed_everything, upload_dir
     from include.trainer.model import build_ensemble, labels
-    from include.trainer.report import plot_curves, write_report
+    from include.trainer.report import plot_curves, plot_importance, write_report
 
     started = time.monotonic()
     seed_everything(args.seed)
@@ -178,33 +215,43 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     x_val, y_val = to_model_inputs(validation), labels(validation)
     x_test, y_test = to_model_inputs(test), labels(test)
     member_val = np.column_stack([m.predict(x_val, batch_size=4096, verbose=0).reshape(-1) for m in members])
-    weights = fit_ensemble_weights(y_val, member_val)
-    ensemble = build_ensemble(members, weights)
+    member_test = np.column_stack([m.predict(x_test, batch_size=4096, verbose=0).reshape(-1) for m in members])
+    # The ensemble method, then the calibrator, each fit on validation and chosen by its log loss on the
+    # validation day left out (include/trainer/combine.py).
+    days = validation["flight_date"].astype(str).to_numpy()
+    combiner, method_choice = choose_combiner(args.ensemble_method, y_val, member_val, days)
+    combined_val = combiner.predict(member_val)
+    calibrator, calibration_choice = choose_calibrator(args.calibration, y_val, combined_val, days)
+    ensemble = build_ensemble(members, combiner, calibrator)
     in_memory = ensemble.predict(x_test, batch_size=4096, verbose=0).reshape(-1)
     export_dir = work / "export" / "saved_model"
     ensemble.export(str(export_dir), format="tf_saved_model", verbose=False)
-    exported = _predict_saved_model(export_dir, x_test)
+    predict = _saved_model_predictor(export_dir)
+    exported = predict(x_test)
     parity = float(np.max(np.abs(exported - in_memory)))
     if not parity <= PARITY_TOLERANCE:
         raise ExportMismatch(f"exported SavedModel differs from the ensemble by {parity:.2e} > {PARITY_TOLERANCE}")
-    threshold = best_threshold(y_val, member_val @ np.array(weights))
-    metrics = classification_metrics(y_test, exported, threshold)
-    from sklearn.metrics import roc_auc_score
-
-    member_test = np.column_stack([m.predict(x_test, batch_size=4096, verbose=0).reshape(-1) for m in members])
-    member_metrics = [{"member": i, "family": families[i], "weight": weights[i],
+    metrics = classification_metrics(y_test, exported, f1_threshold(y_val, calibrator.predict(combined_val)))
+    uncalibrated = combiner.predict(member_test)
+    uncalibrated_metrics = classification_metrics(y_test, uncalibrated, f1_threshold(y_val, combined_val))
+    member_metrics = [{"member": i, "family": families[i],
                        "val_auc": round(float(roc_auc_score(y_val, member_val[:, i])), 6),
                        "test_auc": round(float(roc_auc_score(y_test, member_test[:, i])), 6)}
                       for i in range(len(members))]  # fmt: skip
-    gbdt_auc, gbdt_p = gbdt_baseline(train, test, args.seed)
+    methods = {name: {"cv_log_loss": score,
+                      "test_auc": round(float(roc_auc_score(y_test, fit_combiner(name, y_val, member_val)
+                                                            .predict(member_test))), 6)}
+               for name, score in method_choice.scores.items()}  # fmt: skip
+    gbdt = gbdt_baseline(train, validation, test, args.seed)
     champion = None
-    curves = {"ensemble": exported, "gbdt baseline": gbdt_p}
+    curves = {"ensemble": exported, "ensemble, uncalibrated": uncalibrated, "gbdt baseline": gbdt["p"]}
     if args.champion:
         champion_dir = download_dir(args.champion, work / "champion")
         champion_p = _predict_saved_model(champion_dir, x_test)
-        champion = {"uri": args.champion, "metrics": classification_metrics(y_test, champion_p, threshold),
+        champion = {"uri": args.champion, "metrics": classification_metrics(y_test, champion_p, metrics["threshold"]),
                     "slices": slice_aucs(test, champion_p)}  # fmt: skip
         curves["champion"] = champion_p
+    importance = permutation_importance(predict, x_test, y_test, args.seed)
     # The monitoring reference: the test days' model inputs, labels and the exported model's predictions.
     reference = test[[*MODEL_FEATURES, LABEL_KEY, "flight_date"]].assign(prediction=exported)
     reference.to_parquet(work / "export" / "reference.parquet", index=False)
@@ -214,13 +261,31 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "command": "evaluate",
         "dataset": args.dataset,
         "test_rows": len(test),
-        "weights": weights,
+        "weights": combiner.params.get("weights", []),
         "members": len(members),
         "member_metrics": member_metrics,
+        "ensemble": {
+            "method": combiner.method,
+            "requested": args.ensemble_method,
+            "params": combiner.params,
+            "methods": methods,
+        },
+        "calibration": {
+            "kind": calibrator.kind,
+            "requested": args.calibration,
+            "params": calibrator.params,
+            "cv_log_loss": calibration_choice.scores,
+            "ece_before": uncalibrated_metrics["ece"],
+            "ece_after": metrics["ece"],
+            "auc_before": uncalibrated_metrics["auc"],
+        },
         "metrics": metrics,
+        "uncalibrated_metrics": uncalibrated_metrics,
         "slices": slice_aucs(test, exported),
-        "gbdt_auc": gbdt_auc,
-        "auc_ratio": metrics["auc"] / gbdt_auc,
+        "gbdt_auc": gbdt["auc"],
+        "gbdt": {"best": gbdt["best"], "trials": gbdt["trials"], "slices": slice_aucs(test, gbdt["p"])},
+        "auc_ratio": metrics["auc"] / gbdt["auc"],
+        "importance": importance,
         "export_parity_max_abs_diff": parity,
         "champion": champion,
         "saved_model": f"{args.out.rstrip('/')}/saved_model",
@@ -228,10 +293,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "reference": f"{args.out.rstrip('/')}/reference.parquet",
     }
     plots = plot_curves(y_test, curves, report_dir)
+    plots.append(plot_importance(importance, report_dir))
     write_report(report_dir, summary, plots)
     summary["seconds"] = round(time.monotonic() - started, 1)
     (work / "export" / "evaluate.json").write_text(json.dumps(summary, indent=2))
     upload_dir(work / "export", args.out)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("ensemble AUC %.4f, GBDT %.4f, ratio %.4f", metrics["auc"], gbdt_auc, summary["auc_ratio"])
+    log.info("ensemble (%s, calibration %s) AUC %.4f, ECE %.4f (uncalibrated %.4f); GBDT %.4f, ratio %.4f",
+             combiner.method, calibrator.kind, metrics["auc"], metrics["ece"], uncalibrated_metrics["ece"],
+             gbdt["auc"], summary["auc_ratio"])  # fmt: skip
     return summary

@@ -69,22 +69,63 @@ class FillMissing(layers.Layer):
         return {**super().get_config(), "fill_values": self.fill_values}
 
 
-@keras.saving.register_keras_serializable(package="nightshift")
-class WeightedAverage(layers.Layer):
-    """Fixed convex combination of member probabilities (weights fit on validation)."""
+def _logit(p):
+    p = ops.clip(p, 1e-6, 1.0 - 1e-6)
+    return ops.log(p) - ops.log1p(-p)
 
-    def __init__(self, weights: list[float], **kwargs: Any) -> None:
+
+@keras.saving.register_keras_serializable(package="nightshift")
+class Combine(layers.Layer):
+    """The members' probabilities → one, by a method fit on validation (`include/trainer/combine.py`):
+    `averaging` / `soft_voting` (weights), `majority_voting` (per-member thresholds) or `stacking`
+    (a logistic meta-learner on the members' logits: coef, intercept)."""
+
+    def __init__(self, method: str, params: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.member_weights = [float(w) for w in weights]
+        self.method, self.params = method, dict(params)
 
     def call(self, inputs):
         stacked = ops.concatenate(inputs, axis=-1)
-        return ops.sum(
-            stacked * ops.convert_to_tensor(self.member_weights, dtype=stacked.dtype), axis=-1, keepdims=True
-        )
+        if self.method in ("averaging", "soft_voting"):
+            weights = ops.convert_to_tensor(self.params["weights"], dtype=stacked.dtype)
+            return ops.sum(stacked * weights, axis=-1, keepdims=True)
+        if self.method == "majority_voting":
+            thresholds = ops.convert_to_tensor(self.params["thresholds"], dtype=stacked.dtype)
+            return ops.mean(ops.cast(stacked >= thresholds, stacked.dtype), axis=-1, keepdims=True)
+        if self.method == "stacking":
+            coef = ops.convert_to_tensor(self.params["coef"], dtype=stacked.dtype)
+            z = ops.sum(_logit(stacked) * coef, axis=-1, keepdims=True) + self.params["intercept"]
+            return ops.sigmoid(z)
+        raise ValueError(f"unknown ensemble method {self.method!r}")
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "weights": self.member_weights}
+        return {**super().get_config(), "method": self.method, "params": self.params}
+
+
+@keras.saving.register_keras_serializable(package="nightshift")
+class Calibrate(layers.Layer):
+    """A monotone map of the ensemble's probability, fit on validation: `platt` (sigmoid(a·logit(p) + b))
+    or `piecewise` (linear between knots x → y, flat outside them)."""
+
+    def __init__(self, kind: str, params: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind, self.params = kind, dict(params)
+
+    def call(self, p):
+        if self.kind == "platt":
+            return ops.sigmoid(self.params["a"] * _logit(p) + self.params["b"])
+        if self.kind == "piecewise":
+            x, y = self.params["x"], self.params["y"]
+            out = ops.full_like(p, y[0])
+            for k in range(len(x) - 1):  # add each segment's rise over the part of [x_k, x_k+1] below p
+                width = x[k + 1] - x[k]
+                if width > 0:
+                    out = out + (y[k + 1] - y[k]) * ops.clip((p - x[k]) / width, 0.0, 1.0)
+            return out
+        raise ValueError(f"unknown calibrator {self.kind!r}")
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "kind": self.kind, "params": self.params}
 
 
 @keras.saving.register_keras_serializable(package="nightshift")
@@ -162,12 +203,15 @@ def build_model(
     return model
 
 
-def build_ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
-    """ONE model: shared raw inputs → every member → their weighted average."""
+def build_ensemble(members: list[keras.Model], combiner: Any, calibrator: Any = None) -> keras.Model:
+    """ONE model: shared raw inputs → every member → the fitted ensemble method → the calibrator.
+    `combiner` and `calibrator` are `include.trainer.combine`'s `Combiner` and `Calibrator`."""
     inputs = model_inputs()
     outputs = [member(inputs) for member in members]
-    averaged = WeightedAverage(weights, name="ensemble")(outputs) if len(outputs) > 1 else outputs[0]
-    return keras.Model(inputs=inputs, outputs=averaged, name="flight_delay_ensemble")
+    combined = Combine(combiner.method, combiner.params, name="ensemble")(outputs) if len(outputs) > 1 else outputs[0]
+    if calibrator is not None and calibrator.kind != "none":
+        combined = Calibrate(calibrator.kind, calibrator.params, name="calibration")(combined)
+    return keras.Model(inputs=inputs, outputs=combined, name="flight_delay_ensemble")
 
 
 def labels(frame: pd.DataFrame) -> np.ndarray:

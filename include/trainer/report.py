@@ -1,4 +1,4 @@
-"""The evaluation report of a training run: ROC, PR and calibration plots, and one HTML page rendered
+"""The evaluation report of a training run: ROC, PR, calibration and importance plots, and one HTML page rendered
 from `templates/report.html.j2` with autoescape on."""
 
 from __future__ import annotations
@@ -51,6 +51,25 @@ def plot_curves(y: np.ndarray, curves: dict[str, np.ndarray], folder: Path) -> l
     names.append("calibration.png")
     plt.close("all")
     return names
+
+
+def plot_importance(importance: list[dict[str, Any]], folder: Path, top: int = 15) -> str:
+    """The `top` inputs by AUC drop when shuffled, with their 95 % intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = importance[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2))
+    means = [r["auc_drop"] for r in rows]
+    errors = [[r["auc_drop"] - r["ci_low"] for r in rows], [r["ci_high"] - r["auc_drop"] for r in rows]]
+    ax.barh([r["feature"] for r in rows], means, xerr=errors, color="#4c72b0")
+    ax.axvline(0, color="k", linewidth=0.8)
+    ax.set(xlabel="ROC-AUC drop when shuffled (95 % interval)", title="Permutation importance, test days")
+    fig.savefig(folder / "importance.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "importance.png"
 
 
 def _number(value: Any) -> str:

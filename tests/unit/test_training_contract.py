@@ -72,12 +72,13 @@ def test_preprocessing_handles_unseen_categories_and_missing_values() -> None:
 
 
 @pytest.mark.slow  # trains and exports three networks
-def test_every_family_trains_and_a_mix_of_them_exports_as_one_saved_model(tmp_path) -> None:
+def test_every_family_trains_and_a_mix_of_them_exports_as_one_saved_model_by_every_method(tmp_path) -> None:
     import keras
     import tensorflow as tf
 
     from include.contract.inputs import to_model_inputs
-    from include.contract.training import FAMILIES
+    from include.contract.training import FAMILIES, METHODS
+    from include.trainer.combine import choose_calibrator, choose_combiner
     from include.trainer.model import FeatureStats, FillMissing, build_ensemble, build_model, labels
 
     train = _frame(days=3)
@@ -95,12 +96,24 @@ def test_every_family_trains_and_a_mix_of_them_exports_as_one_saved_model(tmp_pa
         members.append(loaded)
     assert [any(layer.name.startswith("cross_") for layer in m.layers) for m in members] == [False, False, True]
     assert [any(layer.name == "wide_logit" for layer in m.layers) for m in members] == [False, True, False]
-    ensemble = build_ensemble(members, [0.5, 0.3, 0.2])
-    in_memory = ensemble.predict(x, verbose=0).reshape(-1)
-    ensemble.export(str(tmp_path / "saved_model"), format="tf_saved_model", verbose=False)
-    signature = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
-    exported = next(iter(signature(**{k: tf.constant(v) for k, v in x.items()}).values())).numpy().reshape(-1)
-    assert np.max(np.abs(exported - in_memory)) <= 1e-5
+    member_p = np.column_stack([m.predict(x, verbose=0).reshape(-1) for m in members])
+    days = train["flight_date"].astype(str).to_numpy()
+    # Every ensemble method, each with a calibrator in turn, is ONE model equal to the same method and
+    # calibrator computed in numpy (<= 1e-5); two of them, between them every layer, are exported too
+    # (every real evaluation exports its own and checks the same parity).
+    for method, calibration in zip(METHODS, ["none", "platt", "platt", "piecewise"], strict=True):
+        combiner, _ = choose_combiner(method, y, member_p, days)
+        calibrator, _ = choose_calibrator(calibration, y, combiner.predict(member_p), days)
+        ensemble = build_ensemble(members, combiner, calibrator)
+        in_memory = ensemble.predict(x, verbose=0).reshape(-1)
+        expected = calibrator.predict(combiner.predict(member_p))
+        assert np.max(np.abs(in_memory - expected)) <= 1e-5, method
+        if method not in ("majority_voting", "stacking"):
+            continue
+        ensemble.export(str(tmp_path / method), format="tf_saved_model", verbose=False)
+        signature = tf.saved_model.load(str(tmp_path / method)).signatures["serving_default"]
+        exported = next(iter(signature(**{k: tf.constant(v) for k, v in x.items()}).values())).numpy().reshape(-1)
+        assert np.max(np.abs(exported - in_memory)) <= 1e-5, method
     with pytest.raises(ValueError, match="unknown model family 'tree'"):
         build_model(stats, {"family": "tree", "units": 8, "layers": 1, "dropout": 0.0, "embedding_dim": 4,
                             "learning_rate": 1e-2})  # fmt: skip
@@ -283,3 +296,39 @@ def test_evaluate_pools_the_best_members_of_all_shards(tmp_path) -> None:
         (folder / "tune.json").write_text(json.dumps({"members": members}))
     chosen = select_members(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in chosen] == ["shard_1/member_0.keras", "shard_0/member_0.keras"]
+
+
+@pytest.mark.slow  # fits the baseline's grid twice (about 15 s on 2 cores)
+def test_the_gbdt_baseline_searches_on_validation_refits_on_both_and_repeats_itself() -> None:
+    from include.trainer.evaluation import GBDT_GRID, gbdt_baseline
+
+    frame = _frame(days=30, rows_per_day=60, seed=3)
+    noise = np.random.default_rng(4).normal(size=len(frame))
+    frame[LABEL_KEY] = (frame["temp"] + 0.5 * frame["carrier"].eq("A") + noise > 0.8).astype(int)
+    train, validation, test = frame.iloc[:1200], frame.iloc[1200:1500], frame.iloc[1500:]
+    first = gbdt_baseline(train, validation, test, seed=7)
+    again = gbdt_baseline(train.sample(frac=1.0, random_state=1).sort_index(), validation, test, seed=7)
+    assert first["auc"] == again["auc"]
+    assert np.array_equal(first["p"], again["p"])
+    assert len(first["trials"]) == len(GBDT_GRID)
+    assert first["best"]["val_auc"] == max(t["val_auc"] for t in first["trials"])
+    assert 1 <= first["best"]["trees"] <= 500
+    assert first["auc"] > 0.7
+
+
+def test_permutation_importance_ranks_the_input_the_model_uses_first_with_an_interval() -> None:
+    from include.contract.inputs import to_model_inputs
+    from include.trainer.evaluation import permutation_importance
+
+    frame = _frame(days=10, rows_per_day=100, seed=5)
+    y = (frame["temp"] + 0.3 * np.random.default_rng(6).normal(size=len(frame)) > 0).astype(int).to_numpy()
+
+    def predict(x: dict[str, np.ndarray]) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-x["temp"].astype(float)))
+
+    rows = permutation_importance(predict, to_model_inputs(frame), y, seed=1, repeats=4)
+    assert next(r["feature"] for r in rows) == "temp"
+    assert rows[0]["ci_low"] > 0.2
+    assert rows[0]["ci_low"] <= rows[0]["auc_drop"] <= rows[0]["ci_high"]
+    assert {r["feature"] for r in rows} == set(MODEL_FEATURES)
+    assert all(r["auc_drop"] == 0.0 for r in rows[1:])  # inputs the model ignores cost nothing
