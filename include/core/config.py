@@ -380,7 +380,9 @@ def env_overrides(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> 
 class MonitorPolicy:
     """When monitoring alerts and asks for retraining; each field is `NIGHTSHIFT_MONITOR_<NAME>`."""
 
-    max_drift_share: float = 0.3  # share of the model's features drifted on a day
+    max_drift_share: float = 0.3  # share of the model's features drifted on a day (reported)
+    # A drift warning: the drifted inputs carry more than this share of the version's permutation importance.
+    max_weighted_drift: float = 0.2
     # Per feature: Wasserstein (normed) / Jensen-Shannon distance. A floor: an input whose test days
     # differ more among themselves gets that as its limit (monitor.drift_thresholds).
     feature_drift_threshold: float = 0.1

@@ -124,3 +124,14 @@ def read_metrics(snapshot: Any) -> dict[str, Any]:
         elif config.get("classification_name") == "default" and not isinstance(metric["value"], dict):
             quality[metric["metric_name"].split("(")[0]] = float(metric["value"])
     return {"drift": drift, "quality": quality}
+
+
+def importance_weights(importance: list[dict[str, Any]] | None, watched: list[str]) -> dict[str, float]:
+    """Each watched input's share of the version's permutation importance (its AUC drop when shuffled,
+    negatives as 0), summing to 1. A version without importance, or with none above 0, weighs every
+    watched input alike, so its weighted drift is its drift share."""
+    drops = {row["feature"]: max(float(row["auc_drop"]), 0.0) for row in importance or []}
+    total = sum(drops.get(f, 0.0) for f in watched)
+    if total <= 0.0:
+        return {f: 1.0 / len(watched) for f in watched}
+    return {f: drops.get(f, 0.0) / total for f in watched}

@@ -43,6 +43,7 @@ from include.monitor.drift import (
     drift_thresholds,
     empty_inputs,
     evidently_report,
+    importance_weights,
     read_metrics,
     worst_reference_day_auc,
 )
@@ -216,9 +217,11 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
     empty = empty_inputs(reference, current)
     feature_drift = {f: metrics["drift"].get(f) for f in MODEL_FEATURES if f in metrics["drift"] or f in empty}
     watched = [f for f in MODEL_FEATURES if f not in policy.exempt_features]
+    weights = importance_weights(version["metrics"].get("importance"), watched)
+    # Empty inputs first (a feed is down), then the drifted inputs that matter most to this version.
     drifted = [f for f in watched if f in empty] + sorted(
         (f for f in watched if f not in empty and feature_drift.get(f, 0.0) >= thresholds[f]),
-        key=lambda f: -feature_drift[f],
+        key=lambda f: (-weights[f], -feature_drift[f]),
     )
     test_auc = float(version["metrics"]["auc"])
     auc = metrics["quality"].get("RocAuc")
@@ -230,6 +233,9 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
         "model_version": scored["model_version"],
         "drift_share": len(drifted) / len(watched),
         "drifted_features": drifted,
+        # The share of the version's importance the drifted inputs carry: what a drift warning is judged on.
+        "weighted_drift": round(sum(weights[f] for f in drifted), 6),
+        "importance_weights": {f: round(w, 6) for f, w in weights.items()},
         "empty_features": empty,
         "feature_drift": feature_drift,
         "drift_thresholds": thresholds,
@@ -276,6 +282,7 @@ def record_metrics(url: str, summary: dict[str, Any], policy: MonitorPolicy, run
         add("feature_drift", score, summary["drift_thresholds"][feature], feature in summary["drifted_features"],
             feature)  # fmt: skip
     add("drift_share", summary["drift_share"], policy.max_drift_share, summary["drift_share"] > policy.max_drift_share)
+    add("weighted_drift", summary["weighted_drift"], policy.max_weighted_drift, drift_alerted(summary, policy))
     prediction_limit = summary["drift_thresholds"][PREDICTION]
     add("prediction_drift", summary["prediction_drift"], prediction_limit,
         (summary["prediction_drift"] or 0) >= prediction_limit)  # fmt: skip
@@ -309,14 +316,34 @@ def quality_dropped(summary: dict[str, Any]) -> bool:
     return summary["auc_drop"] is not None and summary["auc_drop"] > summary["max_auc_drop"]
 
 
-def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
-    found = []
-    if summary["drift_share"] > policy.max_drift_share:
-        found.append(f"{summary['drift_share']:.0%} of the model's inputs drifted (limit {policy.max_drift_share:.0%})")
+def drift_alerted(summary: dict[str, Any], policy: MonitorPolicy) -> bool:
+    """Drift worth waking on-call for: the drifted inputs carry more than `max_weighted_drift` of the
+    version's importance, or an input has no values at all (a feed is down)."""
+    return summary["weighted_drift"] > policy.max_weighted_drift or bool(summary["empty_features"])
+
+
+def drifted_inputs(summary: dict[str, Any]) -> list[str]:
+    """The drifted inputs, most important first, each with its share of the importance and its drift."""
+    weights = summary["importance_weights"]
+    out = []
     for feature in summary["drifted_features"]:
         score = summary["feature_drift"][feature]
-        found.append(f"{feature}: no values at all on the day or in the reference" if score is None
-                     else f"{feature}: drift {score:.3f} ≥ {summary['drift_thresholds'][feature]:.3f}")  # fmt: skip
+        out.append(f"{feature}: no values at all on the day or in the reference" if score is None
+                   else f"{feature} ({weights.get(feature, 0.0):.0%} of the importance): drift {score:.3f} ≥ "
+                        f"{summary['drift_thresholds'][feature]:.3f}")  # fmt: skip
+    return out
+
+
+def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
+    """What alerts on a day. Drift alerts by importance: a drifted input that matters little is in the
+    day's report and its `drift_reports` rows, not in an alert. A quality drop always alerts."""
+    found = []
+    if drift_alerted(summary, policy):
+        found.append(
+            f"the drifted inputs carry {summary['weighted_drift']:.0%} of the model's importance "
+            f"(limit {policy.max_weighted_drift:.0%}; {summary['drift_share']:.0%} of its inputs drifted)"
+        )
+        found.extend(drifted_inputs(summary))
     if quality_dropped(summary):
         worst = summary["worst_test_day_auc"]
         found.append(f"ROC-AUC {summary['auc']:.3f}, {summary['auc_drop']:.3f} below the test AUC "
@@ -330,11 +357,11 @@ def crossings(summary: dict[str, Any], policy: MonitorPolicy) -> list[str]:
 
 
 def drift_streak(url: str, day: dt.date, policy: MonitorPolicy) -> int:
-    """Consecutive days up to `day` whose drift share crossed the limit."""
+    """Consecutive days up to `day` whose importance-weighted drift alerted."""
     with engine(url).connect() as conn:
         rows = dict(conn.execute(
             sa.select(drift_reports.c.partition_date, drift_reports.c.crossed).where(
-                drift_reports.c.metric == "drift_share", drift_reports.c.partition_date <= day,
+                drift_reports.c.metric == "weighted_drift", drift_reports.c.partition_date <= day,
                 drift_reports.c.partition_date > day - dt.timedelta(days=policy.persist_days + 1))
         ).all())  # fmt: skip
     streak = 0
@@ -401,7 +428,7 @@ def judge(settings: Settings, policy: MonitorPolicy, summaries: list[dict[str, A
         elif wants:
             next_step = "retraining was already requested today; check nightshift_train"
         else:
-            next_step = (f"the drifted share was over its limit {streak} day(s) in a row; "
+            next_step = (f"drift that matters to the model alerted {streak} day(s) in a row; "
                          f"{policy.persist_days} in a row request retraining. "
                          "Check the drifted features upstream (source data, weather feed)")  # fmt: skip
         alert_id = send(url, Alert(

@@ -20,7 +20,6 @@ from include.core import lake
 from include.core.assets import TRAIN_DAG
 from include.core.config import PROJECT_ROOT, Settings
 
-TOP_INPUTS = 10  # the most important inputs a version records (its evaluation report has them all)
 log = logging.getLogger(__name__)
 
 VALIDATION_DAYS = 7
@@ -176,7 +175,7 @@ def gate_and_register(
                     "ensemble_method": evaluated.get("ensemble", {}).get("method", "averaging"),
                     "calibration": evaluated.get("calibration", {}).get("kind", "none"),
                     "ece_uncalibrated": evaluated.get("calibration", {}).get("ece_before"),
-                    "top_inputs": evaluated.get("importance", [])[:TOP_INPUTS]},
+                    "importance": evaluated.get("importance", [])},
         "hyperparameters": {"tuner": shards[0]["tuner"], "shards": len(shards),
                             "trials": sum(t["trials"] for t in shards),
                             "members": [m["hyperparameters"] for t in shards for m in t["members"]]},

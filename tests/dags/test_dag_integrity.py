@@ -202,6 +202,7 @@ def test_every_form_field_explains_itself_to_an_analyst(dagbag, dag_id: str) -> 
         ("nightshift_train", "train_days", 3),
         ("nightshift_train", "epochs", 0),
         ("nightshift_train", "tuner", "annealing"),
+        ("nightshift_train", "ensemble_method", "bagging"),
         ("nightshift_deploy", "action", "delete"),
         ("nightshift_deploy", "version", 0),
         ("nightshift_monitor", "end_date", "yesterday"),

@@ -120,6 +120,36 @@ def test_export_matches_the_in_memory_ensemble(trained) -> None:
     assert evaluated["metrics"]["auc"] == pytest.approx(row["metrics"]["auc"])
 
 
+def test_the_ensemble_method_calibration_baseline_and_importance_are_chosen_recorded_and_reported(trained) -> None:
+    """`auto` judged every method and calibrator on the validation days left out and exported the best;
+    the GBDT baseline searched its own grid; every input has an importance; the version records them."""
+    from include.contract.training import CALIBRATORS, METHODS
+
+    _, row, _ = trained
+    evaluated = json.loads((_local(row["artifact_uri"]).parent / "evaluate.json").read_text())
+    ensemble, calibration = evaluated["ensemble"], evaluated["calibration"]
+    assert set(ensemble["methods"]) == set(METHODS)
+    assert ensemble["method"] == min(ensemble["methods"], key=lambda m: ensemble["methods"][m]["cv_log_loss"])
+    assert set(calibration["cv_log_loss"]) == set(CALIBRATORS)
+    assert calibration["kind"] == min(calibration["cv_log_loss"], key=calibration["cv_log_loss"].get)
+    assert calibration["ece_after"] == pytest.approx(evaluated["metrics"]["ece"])
+    assert calibration["ece_before"] == pytest.approx(evaluated["uncalibrated_metrics"]["ece"])
+    assert abs(evaluated["metrics"]["auc"] - evaluated["uncalibrated_metrics"]["auc"]) < 1e-3  # monotone map
+    assert len(evaluated["gbdt"]["trials"]) >= 2
+    assert evaluated["gbdt_auc"] == pytest.approx(evaluated["metrics"]["auc"] / evaluated["auc_ratio"])
+    assert sorted(r["feature"] for r in evaluated["importance"]) == sorted(MODEL_FEATURES)
+    drops = [r["auc_drop"] for r in evaluated["importance"]]
+    assert drops == sorted(drops, reverse=True)
+    assert drops[0] > 0.0  # shuffling the most important input costs AUC
+    assert row["metrics"]["ensemble_method"] == ensemble["method"]
+    assert row["metrics"]["calibration"] == calibration["kind"]
+    assert row["metrics"]["importance"] == evaluated["importance"]
+    report = (_local(row["artifact_uri"]).parent / "report" / "index.html").read_text()
+    assert "What drives the predictions" in report
+    assert "importance.png" in report
+    assert (_local(row["artifact_uri"]).parent / "report" / "importance.png").is_file()
+
+
 def test_minimum_functionality_auc_above_06(trained, serving, test_split) -> None:
     from sklearn.metrics import roc_auc_score
 

@@ -83,7 +83,7 @@ def test_each_limit_is_the_most_a_reference_day_differs_from_the_others(referenc
 
 
 def _judge_day(monkeypatch, tmp_path, reference: pd.DataFrame, limits: dict[str, float], current: pd.DataFrame,
-               policy: MonitorPolicy) -> dict:  # fmt: skip
+               policy: MonitorPolicy, importance: list[dict] | None = None) -> dict:  # fmt: skip
     """The monitor's report step on `current` against `reference` (calibrated to `limits`), as version VERSION
     whose test AUC is the reference's; returns the day's summary."""
     from sklearn.metrics import roc_auc_score
@@ -96,7 +96,8 @@ def _judge_day(monkeypatch, tmp_path, reference: pd.DataFrame, limits: dict[str,
     day = dt.date.fromisoformat(str(current["flight_date"].iloc[0]))
     lake.write_parquet(steps.predictions_file(settings, day), current.assign(model_version=VERSION))
     test_auc = roc_auc_score(reference[LABEL_KEY], reference[PREDICTION])
-    calibrated = steps.CalibratedReference(reference, {"version": VERSION, "metrics": {"auc": test_auc}},
+    metrics = {"auc": test_auc, **({"importance": importance} if importance is not None else {})}
+    calibrated = steps.CalibratedReference(reference, {"version": VERSION, "metrics": metrics},
                                            limits,
                                            worst_reference_day_auc(reference, policy.min_rows))  # fmt: skip
     written: list[dict] = []
@@ -122,19 +123,38 @@ def test_a_day_like_the_reference_crosses_nothing(monkeypatch, tmp_path, referen
         assert summary["feature_drift"]["temp"] > policy.feature_drift_threshold
 
 
-def test_a_day_with_shifted_temperature_drifts_on_temperature_only(monkeypatch, tmp_path, reference, limits) -> None:
+def _importance(temp_drop: float) -> list[dict]:
+    """A version's permutation importance: temp's AUC drop as given, pressure and humid 0.01 each."""
+    drops = {"temp": temp_drop, "pressure": 0.01, "humid": 0.01}
+    return [{"feature": f, "auc_drop": drops.get(f, 0.0), "ci_low": 0.0, "ci_high": 0.0} for f in MODEL_FEATURES]
+
+
+@pytest.mark.parametrize(("temp_drop", "alerts"), [(0.02, True), (0.001, False), (None, False)])
+def test_a_day_with_shifted_temperature_alerts_only_where_temperature_matters_to_the_version(
+    monkeypatch, tmp_path, reference, limits, temp_drop: float | None, alerts: bool
+) -> None:
+    """The same drift, judged for three versions: one whose predictions lean on temp (half its importance),
+    one that barely uses it (5 %), and one that records no importance (every input weighs alike, so one
+    drifted input is 1/25 of it). Only the first wakes on-call; all three report the drift."""
     from include.monitor.steps import crossings, quality_dropped
 
     policy = MonitorPolicy()
     shifted = _frame([DAYS[0]], seed=7).assign(temp=lambda f: f["temp"] + 40)
-    summary = _judge_day(monkeypatch, tmp_path, reference, limits, shifted, policy)
+    importance = _importance(temp_drop) if temp_drop is not None else None
+    summary = _judge_day(monkeypatch, tmp_path, reference, limits, shifted, policy, importance)
     assert summary["drifted_features"] == ["temp"]
     expected = _evidently_drift(reference["temp"], shifted["temp"])
     assert summary["feature_drift"]["temp"] == pytest.approx(expected, rel=1e-6)
+    weight = {0.02: 0.5, 0.001: 0.001 / 0.021, None: 1 / 25}[temp_drop]
+    assert summary["weighted_drift"] == pytest.approx(weight, abs=1e-6)
     assert not quality_dropped(summary)
     found = crossings(summary, policy)
-    assert len(found) == 1
-    assert found[0].startswith("temp: drift ")
+    if not alerts:
+        assert found == []
+        return
+    assert found[0].startswith("the drifted inputs carry 50% of the model's importance (limit 20%")
+    assert found[1].startswith("temp (50% of the importance): drift ")
+    assert len(found) == 2
 
 
 def test_a_day_whose_predictions_are_inverted_is_a_quality_drop(monkeypatch, tmp_path, reference, limits) -> None:

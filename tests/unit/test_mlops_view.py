@@ -132,6 +132,20 @@ def test_a_version_page_escapes_every_value_and_links_only_safe_targets() -> Non
     assert "/etc/manifest.json" not in elsewhere
 
 
+def test_a_version_page_lists_its_top_inputs_in_order_and_says_when_none_were_measured() -> None:
+    top = [{"feature": "sched_dep_hour", "auc_drop": 0.038, "ci_low": 0.035, "ci_high": 0.041},
+           {"feature": HOSTILE, "auc_drop": 0.02, "ci_low": 0.01, "ci_high": 0.03}]  # fmt: skip
+    metrics = {"auc": 0.7, "ensemble_method": "stacking", "calibration": "platt", "importance": top}
+    page = mlops.version_page(_version(metrics=metrics), [], [], ServingState(), LAKE)
+    assert "<h2>Top inputs</h2>" in page
+    assert page.index("<code>sched_dep_hour</code>") < page.index("<code>&lt;script&gt;alert(1)&lt;/script&gt;</code>")
+    assert '<span class="num">0.0350</span> … <span class="num">0.0410</span>' in page
+    assert "stacking · platt" in page
+    older = mlops.version_page(_version(), [], [], ServingState(), LAKE)  # registered before importance existed
+    assert "Not measured for this version." in older
+    assert "averaging · none" in older
+
+
 def test_an_alert_page_escapes_the_title_and_does_not_link_javascript() -> None:
     alert = {"id": 1, "created_at": AT, "severity": "critical", "kind": "drift", "dedup_key": '"><b>k',
              "title": HOSTILE, "message": "<img src=x onerror=alert(2)>", "link": "javascript:alert(3)",
