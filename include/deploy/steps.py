@@ -70,6 +70,7 @@ from include.deploy.savedmodel import (
 )
 from include.serving.client import ServingClient, ServingError, client_for
 from include.serving.state import ServingState, read_state, rollback_target, write_state
+from include.train.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -557,6 +558,7 @@ def promote(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_
         if previous is not None and _status(settings, previous) == "production":
             _set_status(settings, previous, "archived", f"replaced by version {version}")
         _record(settings, run_id, version, "promote", True, f"stable {previous} → {version}", promoted, previous)
+    write_model_card(settings, version)  # the card now says who promoted it, and when
     return {"version": version, "stable": version, "previous": previous, "changed": True}
 
 

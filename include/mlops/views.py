@@ -226,14 +226,17 @@ def versions_page(rows: list[dict[str, Any]], checks: dict[int, list[dict[str, A
 
 def version_page(version: dict[str, Any], checks: list[dict[str, Any]], deployed: list[dict[str, Any]], state: Any,
                  lake_uri: str) -> str:  # fmt: skip
-    """The version's page: metrics, gate checks, serving, lineage and the run's form values."""
+    """The version's page: metrics, gate checks, serving, lineage, its model card and the run's form values."""
     metrics = version["metrics"]
+    card = f"{lake_uri.rstrip('/')}/reports/model_card/{int(version['version'])}"  # include/train/model_card.py
     return render(
         "version.html.j2", v=version, checks=checks, deployed=deployed,
         labels=_labels_of(state).get(version["version"], []),
         metric_rows=[(k, float(m)) for k, m in sorted(metrics.items()) if isinstance(m, int | float)],
         manifest_href=file_href(version["dataset_uri"].rstrip("/") + "/manifest.json", lake_uri),
         report_href=file_href(version["report_uri"], lake_uri),
+        card_href=file_href(f"{card}/index.html", lake_uri),
+        card_md_href=file_href(f"{card}/model_card.md", lake_uri),
         hyperparameters=json.dumps(version["hyperparameters"], indent=2, default=str),
     )  # fmt: skip
 

@@ -150,6 +150,7 @@ def gate_and_register(
 ) -> dict[str, Any]:
     """Register the candidate, run the gate, record every check, bless or reject."""
     from include.train.gate import GateThresholds, run_gate, saved_model_sha256, verdict
+    from include.train.model_card import write_model_card
     from include.train.registry import record_checks, register_candidate, set_report_uri, set_status
 
     url = settings.require_database_url()
@@ -175,7 +176,8 @@ def gate_and_register(
                     "ensemble_method": evaluated.get("ensemble", {}).get("method", "averaging"),
                     "calibration": evaluated.get("calibration", {}).get("kind", "none"),
                     "ece_uncalibrated": evaluated.get("calibration", {}).get("ece_before"),
-                    "importance": evaluated.get("importance", [])},
+                    "importance": evaluated.get("importance", []),
+                    "gbdt_slices": evaluated.get("gbdt", {}).get("slices", {})},
         "hyperparameters": {"tuner": shards[0]["tuner"], "shards": len(shards),
                             "trials": sum(t["trials"] for t in shards),
                             "members": [m["hyperparameters"] for t in shards for m in t["members"]]},
@@ -194,6 +196,7 @@ def gate_and_register(
     report = root / "reports" / "evaluation" / str(version)
     lake.copy_tree(root / "models" / lake.safe_name(run_id) / "report", report)
     set_report_uri(url, version, lake.uri(report / "index.html"))
+    write_model_card(settings, version)
     log.info("model version %d %s (%s); report %s", version, status, note, lake.uri(report / "index.html"))
     return {"version": version, "status": status, "note": note, "checks": len(checks), "failed_checks": failed,
             "auc": evaluated["metrics"]["auc"], "gbdt_auc": evaluated["gbdt_auc"],

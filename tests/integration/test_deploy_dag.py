@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from include import db
+from include.core import lake
 from include.core.config import DeployPolicy, Settings
 from include.db import alerts, deployments, model_versions
 from include.deploy.steps import (
@@ -240,6 +241,11 @@ def test_promote_moves_stable_and_keeps_the_old_version_loaded(dagbag, stable, n
     assert verdict["requests"] == DeployPolicy().canary_requests  # the canary was judged, on the numbers kept
     assert verdict["problems"] == []
     assert 0 < verdict["canary_p50_ms"] <= verdict["canary_p90_ms"] <= verdict["p90_limit_ms"]
+    # The version's model card now records who promoted it and when (include/train/model_card.py).
+    card = (lake.lake_root(serving) / "reports" / "model_card" / str(b) / "model_card.md").read_text()
+    promotions = card.partition("## Promotions")[2]
+    assert f"(nightshift_deploy / {run.run_id}): stable {stable} → {b}" in promotions
+    assert "Not promoted" not in promotions
 
 
 def test_rollback_returns_stable_to_the_previous_version(dagbag, stable, new_version, serving, db_url,

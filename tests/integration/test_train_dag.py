@@ -148,6 +148,10 @@ def test_the_ensemble_method_calibration_baseline_and_importance_are_chosen_reco
     assert "What drives the predictions" in report
     assert "importance.png" in report
     assert (_local(row["artifact_uri"]).parent / "report" / "importance.png").is_file()
+    # The model card is written at registration, next to the evaluation report.
+    card = _local(row["report_uri"]).parents[2] / "model_card" / str(row["version"])
+    assert "What drives its predictions" in (card / "index.html").read_text()
+    assert f"version {row['version']}" in (card / "model_card.md").read_text()
 
 
 def test_minimum_functionality_auc_above_06(trained, serving, test_split) -> None:

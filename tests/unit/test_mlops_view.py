@@ -124,6 +124,8 @@ def test_a_version_page_escapes_every_value_and_links_only_safe_targets() -> Non
     assert 'href="/dags/nightshift_train/runs/manual__%3Cb%3E" data-airflow' in page
     assert 'href="/mlops/files/reports/evaluation/7/index.html">ROC / PR' in page
     assert 'href="/mlops/files/datasets/manual__1/manifest.json">manifest' in page
+    assert 'href="/mlops/files/reports/model_card/7/index.html">model card' in page
+    assert 'href="/mlops/files/reports/model_card/7/model_card.md">Markdown' in page
 
     elsewhere = mlops.version_page(_version(report_uri="javascript:alert(3)", dataset_uri="file:///etc/"), [], [],
                                    ServingState(), LAKE)  # fmt: skip
