@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test chromium demo test test-fast test-nights lint-imports airflow nights bench bench-serving bench-monitor bench-predict lint format lock clean
+.PHONY: install install-test chromium demo backtest test test-fast test-nights lint-imports airflow nights bench bench-serving bench-monitor bench-predict lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ chromium:
 ## The main command: embedded Postgres (or DATABASE_URL), migrations, settings, feast apply, the pipeline.
 demo: install
 	bin/nightshift demo
+
+## The rolling backtest: 4 test weeks across 2013 with the nightly budget, against GBDT (writes .local/backtest/).
+backtest: install
+	bin/nightshift backtest
 
 ## The test command (CI runs exactly this): lint, the import-linter contracts, then every tier.
 test: install-test

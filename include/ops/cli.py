@@ -1,6 +1,6 @@
 """`bin/nightshift`: set up and run nightshift on one Postgres (DATABASE_URL or embedded).
 
-Commands: db start|stop|url · prepare · demo · airflow · nights · serve · predict · predict-keys
+Commands: db start|stop|url · prepare · demo · backtest · airflow · nights · serve · predict · predict-keys
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from include.core.access import USERS
@@ -21,6 +22,7 @@ from include.core.config import ConfigError, Settings, load_settings
 from include.ops.nights import FAULTS
 from include.ops.postgres import embedded_data_dir, resolve_database_url, stop_embedded
 from include.ops.runtime import AIRFLOW_COMPONENTS, ensure_passwords, runtime_env, supervised_serving
+from include.train.backtest import DEFAULT_ENDS, parse_ends
 
 log = logging.getLogger("nightshift")
 
@@ -198,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--start", help="first day (default NIGHTSHIFT_BOOTSTRAP_START)")
     demo.add_argument("--end", help="last day (default NIGHTSHIFT_BOOTSTRAP_END)")
     demo.add_argument("--keep-postgres", action="store_true", help="leave the embedded Postgres running")
+    backtest = sub.add_parser("backtest", help="the rolling backtest over test weeks across 2013 (make backtest)")
+    backtest.add_argument("--ends", default=",".join(d.isoformat() for d in DEFAULT_ENDS),
+                          help="the test weeks' last days, comma-separated")  # fmt: skip
+    backtest.add_argument("--out", type=Path, help="report folder (default .local/backtest)")
+    backtest.add_argument("--keep-postgres", action="store_true", help="leave the embedded Postgres running")
     sub.add_parser("airflow", help="run the full Airflow with the UI on :8080")
     component = sub.add_parser("component", help="one Airflow component in nightshift's environment (containers)")
     component.add_argument("name", choices=AIRFLOW_COMPONENTS)
@@ -238,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             from include.ops.demo import run_demo
 
             return run_demo(settings, prepare, args.start, args.end, keep_postgres=args.keep_postgres)
+        if args.command == "backtest":
+            from include.ops.backtest import run_backtest
+
+            out = args.out or settings.local_dir / "backtest"
+            return run_backtest(settings, prepare, parse_ends(args.ends), out, keep_postgres=args.keep_postgres)
         if args.command == "airflow":
             return run_airflow(settings)
         if args.command == "component":
