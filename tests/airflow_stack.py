@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from include.core.assets import (
+    BACKTEST_DAG,
     DEPLOY_DAG,
     INGEST_DAG,
     MONITOR_DAG,
@@ -108,7 +109,7 @@ def _stop(procs) -> None:
 
 
 # Every DAG of dags/: the stack is ready once the dag-processor has parsed them all.
-EVERY_DAG = {INGEST_DAG, TRAIN_DAG, DEPLOY_DAG, MONITOR_DAG, PREDICT_BATCH_DAG, SERVING_HEALTH_DAG}
+EVERY_DAG = {INGEST_DAG, TRAIN_DAG, DEPLOY_DAG, MONITOR_DAG, PREDICT_BATCH_DAG, SERVING_HEALTH_DAG, BACKTEST_DAG}
 
 
 def _wait_until_ready(stack: Airflow, procs: dict[str, subprocess.Popen], logs: Path, timeout_s: float = 180) -> None:

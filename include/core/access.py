@@ -3,7 +3,7 @@
 | role (users)          | reads    | triggers                                  | clears task instances |
 |-----------------------|----------|-------------------------------------------|-----------------------|
 | `Viewer` (viewer)     | all DAGs and the ML Ops view (`Reader`) | nothing         | no                    |
-| `Analyst` (analyst)   | all DAGs | nightshift_ingest, nightshift_train, nightshift_predict_batch | no        |
+| `Analyst` (analyst)   | all DAGs | ingest, train, predict_batch, backtest    | no                    |
 | `Oncall` (oncall)     | all DAGs | every nightshift DAG, nightshift_deploy too | of the DAGs it triggers |
 | `Admin` (admin)       | all      | all                                       | all                   |
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from include.core.assets import DEPLOY_DAG, INGEST_DAG, MONITOR_DAG, PREDICT_BATCH_DAG, TRAIN_DAG
+from include.core.assets import BACKTEST_DAG, DEPLOY_DAG, INGEST_DAG, MONITOR_DAG, PREDICT_BATCH_DAG, TRAIN_DAG
 
 ANALYST, ONCALL, READER = "Analyst", "Oncall", "Reader"
 
@@ -26,6 +26,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     INGEST_DAG: (ANALYST, ONCALL),
     TRAIN_DAG: (ANALYST, ONCALL),
     PREDICT_BATCH_DAG: (ANALYST, ONCALL),
+    BACKTEST_DAG: (ANALYST, ONCALL),
     MONITOR_DAG: (ONCALL,),
     DEPLOY_DAG: (ONCALL,),
 }

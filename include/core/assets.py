@@ -10,6 +10,7 @@ DEPLOY_DAG = "nightshift_deploy"
 MONITOR_DAG = "nightshift_monitor"
 PREDICT_BATCH_DAG = "nightshift_predict_batch"
 SERVING_HEALTH_DAG = "nightshift_serving_health"
+BACKTEST_DAG = "nightshift_backtest"
 
 FEATURES = Asset(name="features", uri="nightshift://features/flight_delay_v1", group="nightshift")
 MODEL_CANDIDATE = Asset(name="model_candidate", uri="nightshift://models/flight_delay/candidate", group="nightshift")

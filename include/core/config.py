@@ -200,6 +200,7 @@ LONG_TASK_TIMEOUT_MIN = {
     ("nightshift_ingest", "materialize"): 120.0,  # a long range into the Postgres online store
     ("nightshift_train", "tune"): 360.0,  # the form's largest tuning budgets
     ("nightshift_train", "evaluate"): 90.0,  # ensemble, baseline and champion on the test days
+    ("nightshift_backtest", "run_window"): 480.0,  # one window's dataset, tune and evaluate
     ("nightshift_serving_health", "check"): 4.0,  # shorter: the next check is due 5 minutes later
 }
 MAX_TIMEOUT_MIN = 7 * 24 * 60.0

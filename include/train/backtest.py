@@ -167,3 +167,31 @@ def write_report(report: dict[str, Any], folder: Path) -> Path:
     html = environment.get_template("backtest.html.j2").render(report=report, plots=plots)
     (folder / "index.html").write_text(html)
     return folder / "report.json"
+
+
+def missing_stretches(url: str, ends: list[dt.date], budget: NightlyTraining) -> list[tuple[dt.date, dt.date]]:
+    """The stretches of days the windows need whose latest validation did not pass (or never ran)."""
+    import itertools
+
+    from include.ingest.records import published_days
+
+    needed = days_needed(ends, budget)
+    published = published_days(url, needed)
+    missing = [d for d in needed if d not in published]
+    out = []
+    for _, group in itertools.groupby(enumerate(missing), key=lambda item: item[1].toordinal() - item[0]):
+        days = [d for _, d in group]
+        out.append((days[0], days[-1]))
+    return out
+
+
+def publish_report(settings: Settings, report: dict[str, Any], run_id: str) -> str:
+    """The report and its plots under `{lake}/reports/backtest/<run>/`; returns the page's URI."""
+    import tempfile
+
+    folder = lake.lake_root(settings) / "reports" / "backtest" / lake.safe_name(run_id)
+    with tempfile.TemporaryDirectory(prefix="nightshift-backtest-") as tmp:
+        written = write_report(report, Path(tmp))
+        for path in sorted(written.parent.iterdir()):
+            lake.write_atomic(folder / path.name, path.read_bytes())
+    return lake.uri(folder / "index.html")

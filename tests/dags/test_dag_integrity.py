@@ -21,6 +21,7 @@ DAG_IDS = [
     "nightshift_deploy",
     "nightshift_monitor",
     "nightshift_predict_batch",
+    "nightshift_backtest",
 ]
 APPROVED_TAGS = {"nightshift", "ingest", "train", "deploy", "monitor", "predict"}
 HEAVY_MODULES = ["tensorflow", "keras", "pandas", "great_expectations", "feast", "evidently", "sklearn"]
@@ -203,6 +204,8 @@ def test_every_form_field_explains_itself_to_an_analyst(dagbag, dag_id: str) -> 
         ("nightshift_train", "epochs", 0),
         ("nightshift_train", "tuner", "annealing"),
         ("nightshift_train", "ensemble_method", "bagging"),
+        ("nightshift_backtest", "ends", "2013-3-31"),
+        ("nightshift_backtest", "epochs", 0),
         ("nightshift_deploy", "action", "delete"),
         ("nightshift_deploy", "version", 0),
         ("nightshift_monitor", "end_date", "yesterday"),

@@ -222,3 +222,20 @@ def test_same_data_and_seed_give_the_same_metrics(trained, tmp_path) -> None:
     ])  # fmt: skip
     assert [m["hyperparameters"] for m in again["members"]] == [m["hyperparameters"] for m in first["members"]]
     assert [m["val_auc"] for m in again["members"]] == [m["val_auc"] for m in first["members"]]
+
+
+def test_a_backtest_needing_days_that_were_never_validated_fails_at_once_naming_them(trained, dagbag,
+                                                                                    db_url) -> None:  # fmt: skip
+    """The nightly window sizes (60 + 7 + 7 days, and the week of history) ending on this module's last day
+    reach back before its first ingested day: the backtest DAG refuses before training anything."""
+    import datetime as dt
+
+    from include.core.config import NightlyTraining
+    from include.train.backtest import missing_stretches
+
+    assert missing_stretches(db_url, [END], NightlyTraining()) == [(dt.date(2013, 5, 12), dt.date(2013, 5, 31))]
+    assert missing_stretches(db_url, [END], NightlyTraining(train_days=30)) == []
+    run = dagbag.get_dag("nightshift_backtest").test(run_conf={"ends": END.isoformat()})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["plan"] == "failed"
+    assert states.get("report") != "success"
