@@ -34,8 +34,9 @@ demo: install
 	bin/nightshift demo
 
 ## The rolling backtest: 4 test weeks across 2013 with the nightly budget, against GBDT (writes .local/backtest/).
+## It ingests the windows' days, so it keeps its own embedded Postgres and lake under .local/backtest/.
 backtest: install
-	bin/nightshift backtest
+	NIGHTSHIFT_LOCAL_DIR=$${NIGHTSHIFT_LOCAL_DIR:-$(CURDIR)/.local/backtest} bin/nightshift backtest
 
 ## The test command (CI runs exactly this): lint, the import-linter contracts, then every tier.
 test: install-test

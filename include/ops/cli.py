@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     backtest = sub.add_parser("backtest", help="the rolling backtest over test weeks across 2013 (make backtest)")
     backtest.add_argument("--ends", default=",".join(d.isoformat() for d in DEFAULT_ENDS),
                           help="the test weeks' last days, comma-separated")  # fmt: skip
-    backtest.add_argument("--out", type=Path, help="report folder (default .local/backtest)")
+    backtest.add_argument("--out", type=Path, help="report folder (default: NIGHTSHIFT_LOCAL_DIR)")
     backtest.add_argument("--keep-postgres", action="store_true", help="leave the embedded Postgres running")
     sub.add_parser("airflow", help="run the full Airflow with the UI on :8080")
     component = sub.add_parser("component", help="one Airflow component in nightshift's environment (containers)")
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "backtest":
             from include.ops.backtest import run_backtest
 
-            out = args.out or settings.local_dir / "backtest"
+            out = args.out or settings.local_dir
             return run_backtest(settings, prepare, parse_ends(args.ends), out, keep_postgres=args.keep_postgres)
         if args.command == "airflow":
             return run_airflow(settings)
