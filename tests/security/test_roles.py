@@ -15,11 +15,11 @@ import pytest
 
 from tests.airflow_stack import Airflow, chromium, login, running_airflow
 
-DAGS = ("nightshift_ingest", "nightshift_train", "nightshift_monitor", "nightshift_deploy")
+DAGS = ("nightshift_ingest", "nightshift_train", "nightshift_monitor", "nightshift_deploy", "nightshift_backtest")
 USERS = ("viewer", "analyst", "oncall", "admin")
 MAY_TRIGGER = {
     "viewer": set(),
-    "analyst": {"nightshift_ingest", "nightshift_train"},
+    "analyst": {"nightshift_ingest", "nightshift_train", "nightshift_backtest"},
     "oncall": set(DAGS),
     "admin": set(DAGS),
 }
