@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_cmd.add_argument("--ensemble-size", type=int, default=2)
     tune_cmd.add_argument("--shard", type=int, default=0, help="this pod's share of the search (0-based)")
     tune_cmd.add_argument("--shards", type=int, default=1, help="pods searching in parallel; each writes shard_<i>/")
+    tune_cmd.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                          help="retrain each member on train + validation for its best epoch count")  # fmt: skip
     eval_cmd = sub.choices["evaluate"]
     eval_cmd.add_argument("--champion", default=None, help="SavedModel URI of the production model, if any")
     eval_cmd.add_argument("--ensemble-method", choices=["auto", *METHODS], default="auto",

@@ -178,15 +178,19 @@ def permutation_importance(predict, x: dict[str, np.ndarray], y: np.ndarray, see
     return sorted(rows, key=lambda r: -r["auc_drop"])
 
 
-def select_members(folder: Path) -> list[Path]:
-    """Members of every tuning shard, the best `ensemble_size` of them by validation AUC."""
+def select_members(folder: Path) -> list[tuple[Path, Path]]:
+    """Members of every tuning shard, the best `ensemble_size` of them by validation AUC: for each, the model
+    to export and the one to judge on validation (the held-out one when tune refit the member on train +
+    validation; else the same file)."""
     scored = []
     for summary_file in sorted(folder.rglob("tune.json")):
         summary = json.loads(summary_file.read_text())
         for member in summary["members"]:
-            scored.append((-member["val_auc"], str(summary_file.parent / f"member_{member['index']}.keras")))
+            exported = summary_file.parent / f"member_{member['index']}.keras"
+            holdout = summary_file.parent / f"member_{member['index']}.holdout.keras"
+            scored.append((-member["val_auc"], str(exported), str(holdout if holdout.exists() else exported)))
     size = max((len(json.loads(f.read_text())["members"]) for f in folder.rglob("tune.json")), default=0)
-    return [Path(path) for _, path in sorted(scored)[:size]]
+    return [(Path(exported), Path(holdout)) for _, exported, holdout in sorted(scored)[:size]]
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -207,15 +211,28 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     paths = select_members(members_dir)
     if not paths:
         raise SystemExit(f"no member_*.keras under {args.out}; run `tune` first")
-    members = [keras.saving.load_model(p, custom_objects={"FillMissing": _model.FillMissing}) for p in paths]
+
+    def load(path: Path):
+        return keras.saving.load_model(path, custom_objects={"FillMissing": _model.FillMissing})
+
+    members = [load(exported) for exported, _ in paths]
+    holdouts = [member if exported == holdout else load(holdout)
+                for member, (exported, holdout) in zip(members, paths, strict=True)]  # fmt: skip
+    refit = any(exported != holdout for exported, holdout in paths)
     families = [m.name.removeprefix("flight_delay").lstrip("_") or "mlp" for m in members]  # flight_delay_<family>
     for index, member in enumerate(members):
         member.name = f"member_{index}"  # nested models need distinct names
     train, validation, test = (read_split(args.dataset, s) for s in ("train", "validation", "test"))
     x_val, y_val = to_model_inputs(validation), labels(validation)
     x_test, y_test = to_model_inputs(test), labels(test)
-    member_val = np.column_stack([m.predict(x_val, batch_size=4096, verbose=0).reshape(-1) for m in members])
-    member_test = np.column_stack([m.predict(x_test, batch_size=4096, verbose=0).reshape(-1) for m in members])
+
+    def predict_each(models: list, x: dict[str, np.ndarray]) -> np.ndarray:
+        return np.column_stack([m.predict(x, batch_size=4096, verbose=0).reshape(-1) for m in models])
+
+    # Validation predictions come from members that never saw validation (the held-out ones when refit).
+    member_val = predict_each(holdouts, x_val)
+    member_test = predict_each(members, x_test)
+    holdout_test = predict_each(holdouts, x_test) if refit else member_test
     # The ensemble method, then the calibrator, each fit on validation and chosen by its log loss on the
     # validation day left out (include/trainer/combine.py).
     days = validation["flight_date"].astype(str).to_numpy()
@@ -236,7 +253,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     uncalibrated_metrics = classification_metrics(y_test, uncalibrated, f1_threshold(y_val, combined_val))
     member_metrics = [{"member": i, "family": families[i],
                        "val_auc": round(float(roc_auc_score(y_val, member_val[:, i])), 6),
-                       "test_auc": round(float(roc_auc_score(y_test, member_test[:, i])), 6)}
+                       "test_auc": round(float(roc_auc_score(y_test, member_test[:, i])), 6),
+                       "test_auc_before_refit": round(float(roc_auc_score(y_test, holdout_test[:, i])), 6)}
                       for i in range(len(members))]  # fmt: skip
     methods = {name: {"cv_log_loss": score,
                       "test_auc": round(float(roc_auc_score(y_test, fit_combiner(name, y_val, member_val)
@@ -263,7 +281,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "test_rows": len(test),
         "weights": combiner.params.get("weights", []),
         "members": len(members),
+        "refit": refit,
         "member_metrics": member_metrics,
+        "holdout_ensemble_auc": round(
+            float(roc_auc_score(y_test, calibrator.predict(combiner.predict(holdout_test)))), 6
+        ),
         "ensemble": {
             "method": combiner.method,
             "requested": args.ensemble_method,

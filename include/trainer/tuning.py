@@ -97,6 +97,7 @@ def _early_stopping():
 
 def tune(args: argparse.Namespace) -> dict[str, Any]:
     import keras
+    import numpy as np
     import pandas as pd
 
     from include.contract.inputs import to_model_inputs
@@ -125,6 +126,7 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
                        **trial.hyperparameters.values})  # fmt: skip
     pd.DataFrame(trials).sort_values("score", ascending=False).to_csv(work / "trials.csv", index=False)
     best = tuner.get_best_hyperparameters(num_trials=args.ensemble_size)
+    both = pd.concat([train, validation], ignore_index=True) if args.refit else None
     members = []
     for index, hp in enumerate(best):
         keras.utils.set_random_seed(seed + index)
@@ -135,14 +137,30 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
             callbacks=[_early_stopping(), keras.callbacks.TensorBoard(str(work / "tensorboard" / f"member_{index}"))],
             verbose=0,
         )  # fmt: skip
-        model.save(work / f"member_{index}.keras")
-        members.append({"index": index, "hyperparameters": params,
-                        "val_auc": round(float(max(history.history["val_auc"])), 6),
-                        "epochs": len(history.history["val_auc"])})  # fmt: skip
-        log.info("member %d: val_auc %.4f with %s", index, members[-1]["val_auc"], params)
+        best_epochs = int(np.argmax(history.history["val_auc"])) + 1
+        val_auc = round(float(max(history.history["val_auc"])), 6)
+        member = {"index": index, "hyperparameters": params, "val_auc": val_auc,
+                  "epochs": len(history.history["val_auc"]), "best_epochs": best_epochs}  # fmt: skip
+        if both is None:
+            model.save(work / f"member_{index}.keras")
+        else:
+            # As a user of GBDT would: the configuration and its epoch count chosen on validation, then the
+            # weights learned on train + validation, the most recent week included. The held-out member
+            # (trained on train only) is kept: evaluate fits the ensemble method and calibrator on its
+            # validation predictions, which the refit member has seen.
+            model.save(work / f"member_{index}.holdout.keras")
+            keras.utils.set_random_seed(seed + index)
+            refit = build_model(FeatureStats.from_frame(both), params)
+            refit.fit(to_model_inputs(both), labels(both), epochs=best_epochs, batch_size=BATCH_SIZE, verbose=0)
+            refit.save(work / f"member_{index}.keras")
+            member["refit_rows"] = len(both)
+        members.append(member)
+        log.info("member %d: val_auc %.4f after %d epoch(s) with %s%s", index, member["val_auc"], best_epochs, params,
+                 f"; refit on train + validation ({len(both)} rows)" if both is not None else "")  # fmt: skip
     (work / "stats.json").write_text(json.dumps(stats.to_dict()))
     summary = {
         "command": "tune", "tuner": args.tuner, "seed": seed, "shard": args.shard, "shards": args.shards,
+        "refit": bool(args.refit),
         "trials": len(trials), "members": members, "out": out, "seconds": round(time.monotonic() - started, 1),
     }  # fmt: skip
     (work / "tune.json").write_text(json.dumps(summary, indent=2))

@@ -141,6 +141,13 @@ def test_the_ensemble_method_calibration_baseline_and_importance_are_chosen_reco
     drops = [r["auc_drop"] for r in evaluated["importance"]]
     assert drops == sorted(drops, reverse=True)
     assert drops[0] > 0.0  # shuffling the most important input costs AUC
+    tuned = json.loads((_local(row["artifact_uri"]).parent / "tune.json").read_text())
+    assert evaluated["refit"] is True  # members relearned on train + validation, judged by held-out twins
+    splits = json.loads((_local(row["dataset_uri"]) / "manifest.json").read_text())["splits"]
+    assert {m["refit_rows"] for m in tuned["members"]} == {splits["train"]["rows"] + splits["validation"]["rows"]}
+    assert all(1 <= m["best_epochs"] <= m["epochs"] for m in tuned["members"])
+    assert all((_local(row["artifact_uri"]).parent / f"member_{m['index']}.holdout.keras").is_file()
+               for m in tuned["members"])  # fmt: skip
     assert row["metrics"]["ensemble_method"] == ensemble["method"]
     assert row["metrics"]["calibration"] == calibration["kind"]
     assert row["metrics"]["importance"] == evaluated["importance"]

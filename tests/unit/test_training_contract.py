@@ -332,3 +332,21 @@ def test_permutation_importance_ranks_the_input_the_model_uses_first_with_an_int
     assert rows[0]["ci_low"] <= rows[0]["auc_drop"] <= rows[0]["ci_high"]
     assert {r["feature"] for r in rows} == set(MODEL_FEATURES)
     assert all(r["auc_drop"] == 0.0 for r in rows[1:])  # inputs the model ignores cost nothing
+
+
+def test_evaluate_judges_refit_members_by_their_held_out_twins_and_falls_back_to_the_member(tmp_path) -> None:
+    from include.trainer.evaluation import select_members
+
+    shard = tmp_path / "shard_0"
+    shard.mkdir()
+    members = [{"index": 0, "val_auc": 0.70}, {"index": 1, "val_auc": 0.72}, {"index": 2, "val_auc": 0.60}]
+    (shard / "tune.json").write_text(json.dumps({"members": members[:2]}))
+    (tmp_path / "tune.json").write_text(json.dumps({"members": members[2:]}))
+    for name in ("member_0.keras", "member_0.holdout.keras", "member_1.keras", "member_1.holdout.keras"):
+        (shard / name).write_bytes(b"")
+    (tmp_path / "member_2.keras").write_bytes(b"")  # tuned before refitting existed: no held-out twin
+    chosen = select_members(tmp_path)
+    assert chosen == [(shard / "member_1.keras", shard / "member_1.holdout.keras"),
+                      (shard / "member_0.keras", shard / "member_0.holdout.keras")]  # fmt: skip
+    (shard / "tune.json").write_text(json.dumps({"members": members}))
+    assert (tmp_path / "member_2.keras", tmp_path / "member_2.keras") not in select_members(tmp_path)[:2]
