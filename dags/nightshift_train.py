@@ -25,7 +25,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from include.contract.training import ENSEMBLE_METHODS, TUNERS
+from include.contract.training import ENSEMBLE_METHODS, TUNERS, WARM_STARTS
 from include.core.access import access_control
 from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
 from include.core.config import NightlyTraining, task_timeout
@@ -109,6 +109,15 @@ TRAIN_PARAMS = {
         description="How the members combine into one probability; auto picks by validation log loss.",
         section="Tuning budget",
     ),
+    "warm_start": Param(
+        NIGHTLY.warm_start,
+        type="string",
+        enum=list(WARM_STARTS),
+        values_display=WARM_STARTS,
+        title="Warm start",
+        description="Fine-tune the production model's members on this window, alone or against a fresh search.",
+        section="Tuning budget",
+    ),
     "seed": Param(
         NIGHTLY.seed,
         type="integer",
@@ -174,7 +183,8 @@ def nightshift_train() -> None:
     tune = training_step(
         "tune",
         ["tune", *common, "--tuner", "{{ params.tuner }}", "--max-trials", "{{ params.max_trials }}",
-         "--epochs", "{{ params.epochs }}", "--ensemble-size", "{{ params.ensemble_size }}"],
+         "--epochs", "{{ params.epochs }}", "--ensemble-size", "{{ params.ensemble_size }}",
+         "--warm-start", "{{ params.warm_start }}", "--warm-from", "{{ ti.xcom_pull(task_ids='find_champion') }}"],
         shards=tune_shards(), pool="gpu_training", execution_timeout=task_timeout(TRAIN_DAG, "tune"),
     )  # fmt: skip
     evaluate = training_step(
@@ -208,7 +218,7 @@ def nightshift_train() -> None:
         return registered["version"]
 
     is_new(dataset) >> tune >> evaluate
-    champion >> evaluate
+    champion >> tune
     registered = gate_and_register(dataset, tune.output, evaluate.output)
     is_blessed(registered) >> publish_candidate(registered)
 

@@ -24,3 +24,9 @@ METHODS: dict[str, str] = {
 }
 ENSEMBLE_METHODS: dict[str, str] = {"auto": "Auto: the least log loss on each validation day left out", **METHODS}
 CALIBRATORS = ("none", "platt", "piecewise")
+# Warm start: fine-tune the production model's members on the new window (`include/trainer/warm.py`).
+WARM_STARTS: dict[str, str] = {
+    "off": "Off: a fresh search only",
+    "champion": "Champion: fine-tune the production model's members, no fresh search",
+    "both": "Both: a fresh search and the fine-tuned champion compete on validation",
+}

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from include.contract.training import ENSEMBLE_METHODS, TUNERS
+from include.contract.training import ENSEMBLE_METHODS, TUNERS, WARM_STARTS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -283,6 +283,7 @@ class NightlyTraining:
     epochs: int = 4
     ensemble_size: int = 2
     ensemble_method: str = "auto"
+    warm_start: str = "both"
     seed: int = 7
 
     @classmethod
@@ -293,6 +294,9 @@ class NightlyTraining:
         if budget.ensemble_method not in ENSEMBLE_METHODS:
             raise ConfigError(f"NIGHTSHIFT_NIGHTLY_ENSEMBLE_METHOD={budget.ensemble_method!r}; "
                               f"choose one of {', '.join(ENSEMBLE_METHODS)}")  # fmt: skip
+        if budget.warm_start not in WARM_STARTS:
+            raise ConfigError(f"NIGHTSHIFT_NIGHTLY_WARM_START={budget.warm_start!r}; "
+                              f"choose one of {', '.join(WARM_STARTS)}")  # fmt: skip
         if min(budget.train_days - 6, budget.test_days, budget.max_trials, budget.epochs, budget.ensemble_size) < 1:
             raise ConfigError(f"the nightly training budget {budget} needs train_days >= 7 and the rest >= 1")
         return budget

@@ -118,6 +118,14 @@ def get_version(url: str, version: int) -> dict[str, Any]:
         return dict(conn.execute(sa.select(model_versions).where(model_versions.c.version == version)).mappings().one())
 
 
+def version_by_artifact(url: str, artifact_uri: str) -> int | None:
+    """The version whose SavedModel is at `artifact_uri` (how a warm start names the champion it started from)."""
+    with engine(url).connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.max(model_versions.c.version)).where(model_versions.c.artifact_uri == artifact_uri)
+        ).scalar()
+
+
 def record_deployment(url: str, row: dict[str, Any]) -> int:
     """Append one serving state change; returns its id."""
     row = {"detail": {}, **row}

@@ -151,11 +151,22 @@ def gate_and_register(
     """Register the candidate, run the gate, record every check, bless or reject."""
     from include.train.gate import GateThresholds, run_gate, saved_model_sha256, verdict
     from include.train.model_card import write_model_card
-    from include.train.registry import record_checks, register_candidate, set_report_uri, set_status
+    from include.train.registry import (
+        record_checks,
+        register_candidate,
+        set_report_uri,
+        set_status,
+        version_by_artifact,
+    )
 
     url = settings.require_database_url()
     # One summary, or one per shard when tuning fanned out (a lazy XCom sequence).
     shards = [tuned] if isinstance(tuned, dict) else list(tuned)
+    # Warm start: which of the fresh search and the fine-tuned champion won, and from which version.
+    warm_start = dict(evaluated.get("warm_start") or {})
+    warm_from = next((t["warm_from"] for t in shards if t.get("warm_from")), None)
+    if warm_from and any(t.get("warm_members") for t in shards):
+        warm_start["from_version"] = version_by_artifact(url, warm_from)
     record = {
         "dag_id": TRAIN_DAG,
         "run_id": run_id,
@@ -177,7 +188,7 @@ def gate_and_register(
                     "calibration": evaluated.get("calibration", {}).get("kind", "none"),
                     "ece_uncalibrated": evaluated.get("calibration", {}).get("ece_before"),
                     "importance": evaluated.get("importance", []),
-                    "gbdt_slices": evaluated.get("gbdt", {}).get("slices", {})},
+                    "gbdt_slices": evaluated.get("gbdt", {}).get("slices", {}), "warm_start": warm_start},
         "hyperparameters": {"tuner": shards[0]["tuner"], "shards": len(shards),
                             "trials": sum(t["trials"] for t in shards),
                             "members": [m["hyperparameters"] for t in shards for m in t["members"]]},

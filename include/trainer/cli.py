@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from include.contract.training import CALIBRATORS, METHODS, TUNERS
+from include.contract.training import CALIBRATORS, METHODS, TUNERS, WARM_STARTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     tune_cmd.add_argument("--ensemble-size", type=int, default=2)
     tune_cmd.add_argument("--shard", type=int, default=0, help="this pod's share of the search (0-based)")
     tune_cmd.add_argument("--shards", type=int, default=1, help="pods searching in parallel; each writes shard_<i>/")
+    tune_cmd.add_argument(
+        "--warm-start",
+        choices=list(WARM_STARTS),
+        default="off",
+        help="fine-tune the champion's members: alone (champion) or against a fresh search (both)",
+    )
+    tune_cmd.add_argument("--warm-from", default="", help="the champion's SavedModel URI (empty: none yet)")
     tune_cmd.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                           help="retrain each member on train + validation for its best epoch count")  # fmt: skip
     eval_cmd = sub.choices["evaluate"]

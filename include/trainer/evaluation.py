@@ -178,19 +178,21 @@ def permutation_importance(predict, x: dict[str, np.ndarray], y: np.ndarray, see
     return sorted(rows, key=lambda r: -r["auc_drop"])
 
 
-def select_members(folder: Path) -> list[tuple[Path, Path]]:
+def select_members(folder: Path, group: str = "members") -> list[tuple[Path, Path]]:
     """Members of every tuning shard, the best `ensemble_size` of them by validation AUC: for each, the model
     to export and the one to judge on validation (the held-out one when tune refit the member on train +
-    validation; else the same file)."""
+    validation; else the same file). `group` is `members` (a fresh search) or `warm_members` (the
+    champion's members fine-tuned)."""
     scored = []
+    sizes = [0]
     for summary_file in sorted(folder.rglob("tune.json")):
         summary = json.loads(summary_file.read_text())
-        for member in summary["members"]:
+        sizes.append(len(summary.get(group) or []))
+        for member in summary.get(group) or []:
             exported = summary_file.parent / f"member_{member['index']}.keras"
             holdout = summary_file.parent / f"member_{member['index']}.holdout.keras"
             scored.append((-member["val_auc"], str(exported), str(holdout if holdout.exists() else exported)))
-    size = max((len(json.loads(f.read_text())["members"]) for f in folder.rglob("tune.json")), default=0)
-    return [(Path(exported), Path(holdout)) for _, exported, holdout in sorted(scored)[:size]]
+    return [(Path(exported), Path(holdout)) for _, exported, holdout in sorted(scored)[: max(sizes)]]
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -208,35 +210,46 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(args.seed)
     work = Path(tempfile.mkdtemp(prefix="nightshift-eval-"))
     members_dir = download_dir(args.out, work / "members")
-    paths = select_members(members_dir)
-    if not paths:
+    candidates = {"fresh": select_members(members_dir, "members"),
+                  "champion": select_members(members_dir, "warm_members")}  # fmt: skip
+    groups = {origin: pairs for origin, pairs in candidates.items() if pairs}
+    if not groups:
         raise SystemExit(f"no member_*.keras under {args.out}; run `tune` first")
 
     def load(path: Path):
         return keras.saving.load_model(path, custom_objects={"FillMissing": _model.FillMissing})
 
-    members = [load(exported) for exported, _ in paths]
-    holdouts = [member if exported == holdout else load(holdout)
-                for member, (exported, holdout) in zip(members, paths, strict=True)]  # fmt: skip
+    def predict_each(models: list, x: dict[str, np.ndarray]) -> np.ndarray:
+        return np.column_stack([m.predict(x, batch_size=4096, verbose=0).reshape(-1) for m in models])
+
+    train, validation, test = (read_split(args.dataset, s) for s in ("train", "validation", "test"))
+    x_val, y_val = to_model_inputs(validation), labels(validation)
+    x_test, y_test = to_model_inputs(test), labels(test)
+    days = validation["flight_date"].astype(str).to_numpy()
+    # Each group's ensemble method is fit and chosen on validation. Validation predictions come from members
+    # that never saw validation (the held-out twins when tune refit them). A fresh search and the champion
+    # fine-tuned (warm start) then compete at the gate, on the test days: the champion's own training
+    # reached into this window's validation week, so validation cannot judge it fairly.
+    judged = {}
+    for origin, pairs in groups.items():
+        holdouts = [load(holdout) for _, holdout in pairs]
+        group_members = [load(exported) for exported, _ in pairs]
+        member_val = predict_each(holdouts, x_val)
+        combiner, method_choice = choose_combiner(args.ensemble_method, y_val, member_val, days)
+        group_auc = float(roc_auc_score(y_test, combiner.predict(predict_each(group_members, x_test))))
+        judged[origin] = (pairs, holdouts, member_val, combiner, method_choice, group_members, group_auc)
+    won = max(judged, key=lambda o: judged[o][6])
+    paths, holdouts, member_val, combiner, method_choice, members, _ = judged[won]
+    warm_start = {"competed": sorted(judged), "won": won,
+                  "test_auc": {o: round(j[6], 6) for o, j in judged.items()},
+                  "cv_log_loss": {o: j[4].scores[j[4].chosen] for o, j in judged.items()}}  # fmt: skip
     refit = any(exported != holdout for exported, holdout in paths)
     families = [m.name.removeprefix("flight_delay").lstrip("_") or "mlp" for m in members]  # flight_delay_<family>
     for index, member in enumerate(members):
         member.name = f"member_{index}"  # nested models need distinct names
-    train, validation, test = (read_split(args.dataset, s) for s in ("train", "validation", "test"))
-    x_val, y_val = to_model_inputs(validation), labels(validation)
-    x_test, y_test = to_model_inputs(test), labels(test)
-
-    def predict_each(models: list, x: dict[str, np.ndarray]) -> np.ndarray:
-        return np.column_stack([m.predict(x, batch_size=4096, verbose=0).reshape(-1) for m in models])
-
-    # Validation predictions come from members that never saw validation (the held-out ones when refit).
-    member_val = predict_each(holdouts, x_val)
     member_test = predict_each(members, x_test)
     holdout_test = predict_each(holdouts, x_test) if refit else member_test
-    # The ensemble method, then the calibrator, each fit on validation and chosen by its log loss on the
-    # validation day left out (include/trainer/combine.py).
-    days = validation["flight_date"].astype(str).to_numpy()
-    combiner, method_choice = choose_combiner(args.ensemble_method, y_val, member_val, days)
+    # The calibrator, fit on validation and chosen by its log loss on the validation day left out.
     combined_val = combiner.predict(member_val)
     calibrator, calibration_choice = choose_calibrator(args.calibration, y_val, combined_val, days)
     ensemble = build_ensemble(members, combiner, calibrator)
@@ -282,6 +295,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "weights": combiner.params.get("weights", []),
         "members": len(members),
         "refit": refit,
+        "warm_start": warm_start,
+        "exported_members": [str(exported.relative_to(members_dir)) for exported, _ in paths],
         "member_metrics": member_metrics,
         "holdout_ensemble_auc": round(
             float(roc_auc_score(y_test, calibrator.predict(combiner.predict(holdout_test)))), 6

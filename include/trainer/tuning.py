@@ -95,7 +95,9 @@ def _early_stopping():
     return keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=2, restore_best_weights=True)
 
 
-def tune(args: argparse.Namespace) -> dict[str, Any]:
+def _search_members(args: argparse.Namespace, seed: int, train, validation, stats, work: Path):
+    """The keras-tuner search, then its best `ensemble_size` configurations retrained as members (each
+    refit on train + validation with `--refit`); returns (trials, members) and writes member_<i>.keras."""
     import keras
     import numpy as np
     import pandas as pd
@@ -103,18 +105,8 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     from include.contract.inputs import to_model_inputs
     from include.trainer.model import FeatureStats, build_model, labels
 
-    started = time.monotonic()
-    if not 0 <= args.shard < args.shards:
-        raise SystemExit(f"--shard {args.shard} is outside 0…{args.shards - 1}")
-    # Shards search the same space from different seeds; evaluate pools their members.
-    seed = args.seed + 1000 * args.shard
-    out = f"{args.out.rstrip('/')}/shard_{args.shard}" if args.shards > 1 else args.out
-    seed_everything(seed)
-    train, validation = read_split(args.dataset, "train"), read_split(args.dataset, "validation")
-    stats = FeatureStats.from_frame(train)
     x_train, y_train = to_model_inputs(train), labels(train)
     x_val, y_val = to_model_inputs(validation), labels(validation)
-    work = Path(tempfile.mkdtemp(prefix="nightshift-tune-"))
     tuner = make_tuner(args.tuner, stats, args.max_trials, args.epochs, seed, work / "tuner", args.shard, args.shards)
     tuner.search(
         x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=BATCH_SIZE,
@@ -157,10 +149,37 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
         members.append(member)
         log.info("member %d: val_auc %.4f after %d epoch(s) with %s%s", index, member["val_auc"], best_epochs, params,
                  f"; refit on train + validation ({len(both)} rows)" if both is not None else "")  # fmt: skip
+    return trials, members
+
+
+def tune(args: argparse.Namespace) -> dict[str, Any]:
+    from include.trainer.model import FeatureStats
+    from include.trainer.warm import fine_tune
+
+    started = time.monotonic()
+    if not 0 <= args.shard < args.shards:
+        raise SystemExit(f"--shard {args.shard} is outside 0…{args.shards - 1}")
+    # Shards search the same space from different seeds; evaluate pools their members.
+    seed = args.seed + 1000 * args.shard
+    out = f"{args.out.rstrip('/')}/shard_{args.shard}" if args.shards > 1 else args.out
+    seed_everything(seed)
+    train, validation = read_split(args.dataset, "train"), read_split(args.dataset, "validation")
+    stats = FeatureStats.from_frame(train)
+    work = Path(tempfile.mkdtemp(prefix="nightshift-tune-"))
+    # Warm start (shard 0 only): the champion's members fine-tuned on this window; with `champion` they
+    # are the only candidates, with `both` a fresh search competes with them in evaluate.
+    warm = args.warm_start != "off" and bool(args.warm_from) and args.shard == 0
+    if args.warm_start != "off" and not args.warm_from:
+        log.info("warm start %s asked, but there is no production model yet: a fresh search only", args.warm_start)
+    warm_members = fine_tune(args.warm_from, train, validation, args.epochs, seed, args.refit, work,
+                             BATCH_SIZE) if warm else []  # fmt: skip
+    search = not warm_members or args.warm_start == "both"
+    trials, members = _search_members(args, seed, train, validation, stats, work) if search else ([], [])
     (work / "stats.json").write_text(json.dumps(stats.to_dict()))
     summary = {
         "command": "tune", "tuner": args.tuner, "seed": seed, "shard": args.shard, "shards": args.shards,
-        "refit": bool(args.refit),
+        "refit": bool(args.refit), "warm_start": args.warm_start, "warm_from": args.warm_from or None,
+        "warm_members": warm_members,
         "trials": len(trials), "members": members, "out": out, "seconds": round(time.monotonic() - started, 1),
     }  # fmt: skip
     (work / "tune.json").write_text(json.dumps(summary, indent=2))

@@ -204,6 +204,7 @@ def test_every_form_field_explains_itself_to_an_analyst(dagbag, dag_id: str) -> 
         ("nightshift_train", "epochs", 0),
         ("nightshift_train", "tuner", "annealing"),
         ("nightshift_train", "ensemble_method", "bagging"),
+        ("nightshift_train", "warm_start", "always"),
         ("nightshift_backtest", "ends", "2013-3-31"),
         ("nightshift_backtest", "epochs", 0),
         ("nightshift_deploy", "action", "delete"),

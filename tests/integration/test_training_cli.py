@@ -68,3 +68,41 @@ def test_the_evolutionary_search_and_the_sharded_grid_run_in_the_real_entry_poin
     assert [g["trials"] for g in grids] == [3, 3]
     units = [set(pd.read_csv(tmp_path / "grid" / f"shard_{i}" / "trials.csv")["units"]) for i in range(2)]
     assert units[0].isdisjoint(units[1])  # each shard searched its own share of the grid
+
+
+def test_warm_start_fine_tunes_the_champions_members_and_competes_with_a_fresh_search(tmp_path) -> None:
+    """A champion trained and evaluated through the entry point, then a new night with `--warm-start both`:
+    its members are fine-tuned at a tenth of their learning rate (refit on train + validation like fresh
+    ones), both groups reach evaluate, the better on the test days is exported, and the loser is recorded."""
+    from include.train.backends import run_training_cli
+
+    dataset = _tiny_dataset(tmp_path / "dataset")
+    common = ["--dataset", dataset, "--seed", "3", "--epochs", "2"]
+    champion = (tmp_path / "champion").as_uri()
+    run_training_cli(["tune", *common, "--out", champion, "--tuner", "random", "--max-trials", "1",
+                      "--ensemble-size", "1"])  # fmt: skip
+    first = run_training_cli(["evaluate", *common, "--out", champion])
+    assert (first["warm_start"]["competed"], first["warm_start"]["won"]) == (["fresh"], "fresh")  # no champion yet
+    tonight = (tmp_path / "tonight").as_uri()
+    warm_from = ["--warm-start", "both", "--warm-from", first["saved_model"]]
+    tuned = run_training_cli(["tune", *common, "--out", tonight, "--tuner", "random", "--max-trials", "1",
+                              "--ensemble-size", "1", *warm_from])  # fmt: skip
+    (warm,) = tuned["warm_members"]
+    base = json.loads((tmp_path / "champion" / "tune.json").read_text())["members"][0]["hyperparameters"]
+    assert warm["learning_rate"] == base["learning_rate"]
+    assert warm["fine_tune_learning_rate"] == pytest.approx(base["learning_rate"] / 10)
+    assert warm["refit_rows"] == 390  # train + validation
+    assert (tmp_path / "tonight" / "member_w0.keras").is_file()
+    assert (tmp_path / "tonight" / "member_w0.holdout.keras").is_file()
+    assert tuned["trials"] == 1  # `both`: the fresh search ran too
+    evaluated = run_training_cli(["evaluate", *common, "--out", tonight])
+    competition = evaluated["warm_start"]
+    assert competition["competed"] == ["champion", "fresh"]
+    assert competition["won"] == max(competition["test_auc"], key=competition["test_auc"].get)
+    assert evaluated["exported_members"] == (["member_w0.keras"] if competition["won"] == "champion"
+                                             else ["member_0.keras"])  # fmt: skip
+    assert evaluated["metrics"]["auc"] == pytest.approx(competition["test_auc"][competition["won"]], abs=1e-3)
+    # `champion` alone skips the search; a night with no champion yet searches afresh.
+    alone = run_training_cli(["tune", *common, "--out", (tmp_path / "alone").as_uri(), "--warm-start", "champion",
+                              "--warm-from", first["saved_model"], "--ensemble-size", "1"])  # fmt: skip
+    assert (alone["trials"], len(alone["members"]), len(alone["warm_members"])) == (0, 0, 1)

@@ -109,7 +109,7 @@ def test_the_nightly_budget_reads_the_environment() -> None:
     budget = NightlyTraining.from_env({})
     assert dataclasses.asdict(budget) == {"train_days": 60, "test_days": 7, "tuner": "hyperband", "max_trials": 6,
                                           "epochs": 4, "ensemble_size": 2, "ensemble_method": "auto",
-                                          "seed": 7}  # fmt: skip
+                                          "warm_start": "both", "seed": 7}  # fmt: skip
     smaller = NightlyTraining.from_env({"NIGHTSHIFT_NIGHTLY_EPOCHS": "2", "NIGHTSHIFT_NIGHTLY_TUNER": "random"})
     assert (smaller.epochs, smaller.tuner, smaller.train_days) == (2, "random", 60)
 
@@ -118,6 +118,7 @@ def test_the_nightly_budget_reads_the_environment() -> None:
     ({"NIGHTSHIFT_NIGHTLY_TUNER": "annealing"}, "choose one of hyperband, bayesian, random, grid, evolution"),
     ({"NIGHTSHIFT_NIGHTLY_TRAIN_DAYS": "6"}, "train_days >= 7"),
     ({"NIGHTSHIFT_NIGHTLY_ENSEMBLE_METHOD": "bagging"}, "choose one of auto, averaging, soft_voting, majority_voting"),
+    ({"NIGHTSHIFT_NIGHTLY_WARM_START": "always"}, "choose one of off, champion, both"),
     ({"NIGHTSHIFT_NIGHTLY_EPOCHS": "0"}, "the rest >= 1"),
     ({"NIGHTSHIFT_NIGHTLY_EPOCHS": "four"}, "NIGHTSHIFT_NIGHTLY_EPOCHS='four' is not a int"),
 ])  # fmt: skip

@@ -14,6 +14,7 @@ def _context(**changes: object) -> dict:
     metrics = {
         "auc": 0.70, "gbdt_auc": 0.72, "auc_ratio": 0.972, "ece": 0.08, "ece_uncalibrated": 0.09,
         "ensemble_method": "stacking", "calibration": "platt",
+        "warm_start": {"competed": ["champion", "fresh"], "won": "champion", "from_version": 2},
         "slices": {"origin": {"EWR": 0.71, "JFK": 0.66, "LGA": 0.70}, "carrier": {HOSTILE: 0.6}},
         "gbdt_slices": {"origin": {"EWR": 0.70, "JFK": 0.70, "LGA": 0.71}},
         "importance": [{"feature": "sched_dep_hour", "auc_drop": 0.038, "ci_low": 0.035, "ci_high": 0.041}],
@@ -55,6 +56,8 @@ def test_the_card_covers_every_section_and_escapes_what_it_shows() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;|x" in html
     assert "below GBDT by more than 0.03" in html
     assert "stacking" in html
+    assert "the production model fine-tuned on this window (warm start from version 2)" in html
+    assert "(warm start from version 2); candidates champion and fresh." in markdown
     assert "2013 departures from New York only" in markdown
     # A value with a pipe cannot break a Markdown table row.
     assert "\\|x" in markdown

@@ -348,5 +348,9 @@ def test_evaluate_judges_refit_members_by_their_held_out_twins_and_falls_back_to
     chosen = select_members(tmp_path)
     assert chosen == [(shard / "member_1.keras", shard / "member_1.holdout.keras"),
                       (shard / "member_0.keras", shard / "member_0.holdout.keras")]  # fmt: skip
-    (shard / "tune.json").write_text(json.dumps({"members": members}))
-    assert (tmp_path / "member_2.keras", tmp_path / "member_2.keras") not in select_members(tmp_path)[:2]
+    (shard / "tune.json").write_text(
+        json.dumps({"members": members[:2], "warm_members": [{"index": "w0", "val_auc": 0.5}]})
+    )
+    (shard / "member_w0.keras").write_bytes(b"")
+    assert select_members(tmp_path, "warm_members") == [(shard / "member_w0.keras", shard / "member_w0.keras")]
+    assert select_members(tmp_path) == chosen  # the warm members are a group of their own
