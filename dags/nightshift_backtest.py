@@ -21,11 +21,11 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.contract.training import ENSEMBLE_METHODS, TUNERS
 from include.core.access import access_control
 from include.core.assets import BACKTEST_DAG
 from include.core.config import NightlyTraining, task_timeout
 from include.core.dag_defaults import default_args
+from include.train.form import tuning_budget_params
 
 DEFAULT_ARGS = default_args(
     retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=10), dag_id=BACKTEST_DAG
@@ -60,58 +60,7 @@ def _budget(params: dict[str, Any]):
             description="YYYY-MM-DD, comma-separated.",
             section="Windows",
         ),
-        "tuner": Param(
-            NIGHTLY.tuner,
-            type="string",
-            enum=list(TUNERS),
-            values_display=TUNERS,
-            title="Tuner",
-            section="Training budget",
-        ),
-        "max_trials": Param(
-            NIGHTLY.max_trials,
-            type="integer",
-            minimum=1,
-            maximum=200,
-            title="Max trials",
-            description="Trials for bayesian/random/grid/evolution search, per window.",
-            section="Training budget",
-        ),
-        "epochs": Param(
-            NIGHTLY.epochs,
-            type="integer",
-            minimum=1,
-            maximum=200,
-            title="Epochs",
-            description="Max epochs per trial; early stopping applies.",
-            section="Training budget",
-        ),
-        "ensemble_size": Param(
-            NIGHTLY.ensemble_size,
-            type="integer",
-            minimum=1,
-            maximum=10,
-            title="Ensemble size",
-            description="Best configurations retrained as members, per window.",
-            section="Training budget",
-        ),
-        "ensemble_method": Param(
-            NIGHTLY.ensemble_method,
-            type="string",
-            enum=list(ENSEMBLE_METHODS),
-            values_display=ENSEMBLE_METHODS,
-            title="Ensemble method",
-            section="Training budget",
-        ),
-        "seed": Param(
-            NIGHTLY.seed,
-            type="integer",
-            minimum=0,
-            maximum=2**31 - 1,
-            title="Seed",
-            description="Same data + same seed = same metrics.",
-            section="Training budget",
-        ),
+        **tuning_budget_params(NIGHTLY, warm_start=False),
     },
 )
 def nightshift_backtest() -> None:

@@ -25,13 +25,13 @@ from typing import Any
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from include.contract.training import ENSEMBLE_METHODS, TUNERS, WARM_STARTS
 from include.core.access import access_control
 from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
 from include.core.config import NightlyTraining, task_timeout
 from include.core.dag_defaults import default_args
 from include.core.deadlines import nightly_deadlines
 from include.train.backends import training_step, tune_shards
+from include.train.form import tuning_budget_params
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15), dag_id=TRAIN_DAG)
 NIGHTLY = NightlyTraining.from_env()  # the form's defaults: what scheduled runs train with
@@ -64,69 +64,7 @@ TRAIN_PARAMS = {
         description="Last day of the window; empty = the latest validated day.",
         section="Data window",
     ),
-    "tuner": Param(
-        NIGHTLY.tuner,
-        type="string",
-        enum=list(TUNERS),
-        values_display=TUNERS,
-        title="Tuner",
-        description="keras-tuner search strategy.",
-        section="Tuning budget",
-    ),
-    "max_trials": Param(
-        NIGHTLY.max_trials,
-        type="integer",
-        minimum=1,
-        maximum=200,
-        title="Max trials",
-        description="Trials for bayesian/random search.",
-        section="Tuning budget",
-    ),
-    "epochs": Param(
-        NIGHTLY.epochs,
-        type="integer",
-        minimum=1,
-        maximum=200,
-        title="Epochs",
-        description="Max epochs per trial (Hyperband's max_epochs); early stopping applies.",
-        section="Tuning budget",
-    ),
-    "ensemble_size": Param(
-        NIGHTLY.ensemble_size,
-        type="integer",
-        minimum=1,
-        maximum=10,
-        title="Ensemble size",
-        description="Best configurations retrained and averaged.",
-        section="Tuning budget",
-    ),
-    "ensemble_method": Param(
-        NIGHTLY.ensemble_method,
-        type="string",
-        enum=list(ENSEMBLE_METHODS),
-        values_display=ENSEMBLE_METHODS,
-        title="Ensemble method",
-        description="How the members combine into one probability; auto picks by validation log loss.",
-        section="Tuning budget",
-    ),
-    "warm_start": Param(
-        NIGHTLY.warm_start,
-        type="string",
-        enum=list(WARM_STARTS),
-        values_display=WARM_STARTS,
-        title="Warm start",
-        description="Fine-tune the production model's members on this window, alone or against a fresh search.",
-        section="Tuning budget",
-    ),
-    "seed": Param(
-        NIGHTLY.seed,
-        type="integer",
-        minimum=0,
-        maximum=2**31 - 1,
-        title="Seed",
-        description="Same data + same seed = same metrics.",
-        section="Tuning budget",
-    ),
+    **tuning_budget_params(NIGHTLY),
 }
 
 
