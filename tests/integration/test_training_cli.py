@@ -77,16 +77,15 @@ def test_warm_start_fine_tunes_the_champions_members_and_competes_with_a_fresh_s
     from include.train.backends import run_training_cli
 
     dataset = _tiny_dataset(tmp_path / "dataset")
-    common = ["--dataset", dataset, "--seed", "3", "--epochs", "2"]
+    common = ["--dataset", dataset, "--seed", "3"]
+    search = ["--tuner", "random", "--max-trials", "1", "--ensemble-size", "1", "--epochs", "2"]
     champion = (tmp_path / "champion").as_uri()
-    run_training_cli(["tune", *common, "--out", champion, "--tuner", "random", "--max-trials", "1",
-                      "--ensemble-size", "1"])  # fmt: skip
+    run_training_cli(["tune", *common, "--out", champion, *search])
     first = run_training_cli(["evaluate", *common, "--out", champion])
     assert (first["warm_start"]["competed"], first["warm_start"]["won"]) == (["fresh"], "fresh")  # no champion yet
     tonight = (tmp_path / "tonight").as_uri()
     warm_from = ["--warm-start", "both", "--warm-from", first["saved_model"]]
-    tuned = run_training_cli(["tune", *common, "--out", tonight, "--tuner", "random", "--max-trials", "1",
-                              "--ensemble-size", "1", *warm_from])  # fmt: skip
+    tuned = run_training_cli(["tune", *common, "--out", tonight, *search, *warm_from])
     (warm,) = tuned["warm_members"]
     base = json.loads((tmp_path / "champion" / "tune.json").read_text())["members"][0]["hyperparameters"]
     assert warm["learning_rate"] == base["learning_rate"]
@@ -103,6 +102,6 @@ def test_warm_start_fine_tunes_the_champions_members_and_competes_with_a_fresh_s
                                              else ["member_0.keras"])  # fmt: skip
     assert evaluated["metrics"]["auc"] == pytest.approx(competition["test_auc"][competition["won"]], abs=1e-3)
     # `champion` alone skips the search; a night with no champion yet searches afresh.
-    alone = run_training_cli(["tune", *common, "--out", (tmp_path / "alone").as_uri(), "--warm-start", "champion",
-                              "--warm-from", first["saved_model"], "--ensemble-size", "1"])  # fmt: skip
+    alone = run_training_cli(["tune", *common, "--out", (tmp_path / "alone").as_uri(), *search, "--warm-start",
+                              "champion", "--warm-from", first["saved_model"]])  # fmt: skip
     assert (alone["trials"], len(alone["members"]), len(alone["warm_members"])) == (0, 0, 1)
