@@ -315,7 +315,7 @@ def test_a_judge_retried_after_recording_the_request_still_emits_it(dagbag, moni
         conn.execute(sa.delete(retrain_requests))  # a night with no request yet, and no alert for the day
         conn.execute(sa.delete(alerts).where(alerts.c.kind.in_(["drift", "quality_drop"]),
                                              alerts.c.dedup_key == DAY.isoformat()))  # fmt: skip
-    monkeypatch.setenv("NIGHTSHIFT_MONITOR_MAX_DRIFT_SHARE", "-1")  # the day counts as drifted
+    monkeypatch.setenv("NIGHTSHIFT_MONITOR_MAX_WEIGHTED_DRIFT", "-1")  # the day's drift alerts
     monkeypatch.setenv("NIGHTSHIFT_MONITOR_PERSIST_DAYS", "1")  # and one drifted day asks for retraining
     sends = []
 
