@@ -704,6 +704,7 @@ def _stack(harness: Harness) -> Iterator[None]:
                 harness.procs.start()
                 password = json.loads(ensure_passwords(harness.settings).read_text())["admin"]
                 harness.api = Api(env["AIRFLOW__API__BASE_URL"], password)
+                harness.procs.probe("scheduler", lambda: scheduler_healthy(harness.api.url))
                 _wait_ready(harness)
                 yield
             finally:
@@ -712,6 +713,16 @@ def _stack(harness: Harness) -> Iterator[None]:
                 harness.procs.stop()
     finally:
         harness.receivers.stop()
+
+
+def scheduler_healthy(url: str) -> bool | None:
+    """The scheduler's liveness, from Airflow's own health endpoint (its heartbeat in the metadata database):
+    True or False, or None when the API or Postgres cannot tell."""
+    try:
+        status = httpx.get(f"{url}/api/v2/monitor/health", timeout=5).json()["scheduler"]["status"]
+    except (httpx.HTTPError, KeyError, TypeError, ValueError):
+        return None
+    return {"healthy": True, "unhealthy": False}.get(status)
 
 
 def _wait_ready(harness: Harness) -> None:
@@ -805,6 +816,7 @@ def run_nights(settings: Settings, count: int, faults: list[str], prepare: Calla
                 "faults": [f for n in nights for f in n.fired], "before_first_night": before, "per_night": per_night,
                 "invariants": result,
                 "registry": found["registry"], "airflow_restarts": dict(harness.procs.restarts),
+                "airflow_hung": dict(harness.procs.hung),
                 "serving_restarts": harness.serving.restarts, "probe": {k: v for k, v in found.items()
                                                                         if k.startswith("probe_")},
                 "failed_invariants": failed, "path": str(out / "report.json"),

@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,16 +261,31 @@ class Processes:
     (they piled up, 32 per scheduler start, before this) and no task process (Airflow puts each in a
     process group of its own, within the session). A component also dies with the harness."""
 
-    def __init__(self, components: tuple[str, ...], env: dict[str, str], logs: Path) -> None:
+    def __init__(self, components: tuple[str, ...], env: dict[str, str], logs: Path, liveness_grace_s: float = 120.0,
+                 liveness_failures: int = 45) -> None:  # fmt: skip
         self.components = components
         self.env = env
         self.logs = logs
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: Counter[str] = Counter()
         self.held: set[str] = set()  # components a fault keeps down on purpose
+        self.probes: dict[str, Callable[[], bool | None]] = {}
+        self.hung: Counter[str] = Counter()  # components killed by their liveness probe
+        self.liveness_grace_s = liveness_grace_s
+        self.liveness_failures = liveness_failures
+        self._failing: Counter[str] = Counter()
+        self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaped: set[int] = set()
+
+    def probe(self, component: str, alive: Callable[[], bool | None]) -> None:
+        """A liveness probe, as Kubernetes runs one on the chart's scheduler: `alive()` says True, False, or
+        None (cannot tell, e.g. the API is down). A component whose probe says False on `liveness_failures`
+        checks in a row (2 s apart), past its start-up grace, is hung, not dead: its session is SIGKILLed and
+        the supervisor starts it again. (Seen: after a Postgres outage the scheduler's loop ended and it
+        waited forever in LocalExecutor.end for a worker that never got its stop message.)"""
+        self.probes[component] = alive
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -278,6 +294,8 @@ class Processes:
         threading.Thread(target=self._watch, name="airflow-supervisor", daemon=True).start()
 
     def _start(self, component: str) -> None:
+        self._started[component] = time.monotonic()
+        self._failing[component] = 0
         out = (self.logs / f"{component}.log").open("a")
         self.procs[component] = subprocess.Popen(["airflow", component], env=self.env, stdout=out,
                                                  stderr=subprocess.STDOUT, start_new_session=True,
@@ -293,8 +311,33 @@ class Processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 
+    def _check_liveness(self) -> None:
+        """Run the probes outside the lock (an HTTP call may take its timeout); kill what is hung."""
+        for component, alive in list(self.probes.items()):
+            proc = self.procs.get(component)
+            if proc is None or proc.poll() is not None or component in self.held:
+                continue
+            if time.monotonic() - self._started.get(component, 0.0) < self.liveness_grace_s:
+                continue
+            try:
+                verdict = alive()
+            except Exception:  # a probe that cannot tell gives no verdict
+                verdict = None
+            self._failing[component] = self._failing[component] + 1 if verdict is False else 0
+            if self._failing[component] >= self.liveness_failures:
+                with self._lock:
+                    if self.procs.get(component) is proc and proc.poll() is None:
+                        log.warning("airflow %s is alive but failed its liveness probe %d times in a row; killing "
+                                    "its session (pid %d)", component, self._failing[component], proc.pid)  # fmt: skip
+                        self.hung[component] += 1
+                        for pid in [proc.pid, *session_members(proc.pid)]:
+                            with contextlib.suppress(ProcessLookupError, PermissionError):
+                                os.kill(pid, signal.SIGKILL)
+                self._failing[component] = 0
+
     def _watch(self) -> None:
         while not self._stop.wait(2):
+            self._check_liveness()
             with self._lock:
                 for component, proc in self.procs.items():
                     if proc.poll() is None:

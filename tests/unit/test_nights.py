@@ -153,6 +153,41 @@ def _gone(pid: int, within: float = 5.0) -> bool:
     return not _alive(pid)
 
 
+@pytest.mark.slow  # about 10 s of the supervisor's 2-s checks
+def test_a_component_alive_but_failing_its_liveness_probe_is_killed_and_started_again(tmp_path) -> None:
+    """A scheduler stuck in LocalExecutor.end after a Postgres outage never exits, so restarting what exits
+    is not enough: after `liveness_failures` failed probes in a row its session is killed and it starts again.
+    A probe that cannot tell (None) never kills."""
+    from include.ops.nights_rig import Processes
+
+    fake = tmp_path / "bin" / "airflow"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(300)'\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    procs = Processes(("scheduler", "triggerer"), env, tmp_path / "logs", liveness_grace_s=0.0, liveness_failures=2)
+    verdicts = {"scheduler": False, "triggerer": None}
+    procs.probe("scheduler", lambda: verdicts["scheduler"])
+    procs.probe("triggerer", lambda: verdicts["triggerer"])
+    procs.start()
+    try:
+        hung, steady = procs.procs["scheduler"].pid, procs.procs["triggerer"].pid
+        deadline = time.monotonic() + 20
+        while procs.procs["scheduler"].pid == hung and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert procs.procs["scheduler"].pid != hung, "the hung scheduler was not started again"
+        assert _gone(hung)
+        assert (procs.hung["scheduler"], procs.restarts["scheduler"]) == (1, 1)
+        verdicts["scheduler"] = True  # the new one is healthy: left alone
+        again = procs.procs["scheduler"].pid
+        time.sleep(5)
+        assert procs.procs["scheduler"].pid == again
+        assert procs.procs["triggerer"].pid == steady  # no verdict, no kill
+        assert procs.hung["triggerer"] == 0
+    finally:
+        procs.stop()
+
+
 def test_a_killed_component_leaves_no_orphans_and_is_started_again(tmp_path) -> None:
     """As under a cgroup: SIGKILL the component's main process, and its workers go with it."""
     from include.ops.nights_rig import Processes
