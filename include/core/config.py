@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from include.contract.training import ENSEMBLE_METHODS, TUNERS, WARM_STARTS
 
@@ -85,6 +86,15 @@ class Settings:
     # Feast's online store: `postgres` (the one Postgres, the default) or `redis` at `redis_address`.
     online_store: str
     redis_address: str
+    # Serving replicas (`NIGHTSHIFT_SERVING_REPLICAS`, comma-separated URLs) that all read the same
+    # `models.config`: a deploy is done only once every one has the version and its labels, and the
+    # prediction service balances across them. Empty: the one server at `serving_url`.
+    serving_replicas: tuple[str, ...] = ()
+
+    @property
+    def replica_urls(self) -> tuple[str, ...]:
+        """Every serving replica a deploy must reach, and the prediction service balances across."""
+        return self.serving_replicas or (self.serving_url,)
 
     @property
     def models_config(self) -> Path:
@@ -159,7 +169,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         serving_model_base=env.get("NIGHTSHIFT_SERVING_MODEL_BASE_PATH", str(serving_dir / model_name)),
         online_store=online_store,
         redis_address=env.get("NIGHTSHIFT_REDIS", "127.0.0.1:6379"),
+        serving_replicas=_urls(env, "NIGHTSHIFT_SERVING_REPLICAS"),
     )
+
+
+def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of distinct http(s)://host:port URLs, each one or, prefixed `dns:`, every
+    address its host name resolves to (a Kubernetes headless Service: one per pod); empty when unset."""
+    urls = tuple(u.strip().rstrip("/") for u in env.get(name, "").split(",") if u.strip())
+    for url in urls:
+        parts = urlsplit(url.removeprefix("dns:"))
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(f"{name}: {url!r} is not an http(s)://host:port URL (or dns:http://name:port)")
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{name} names a replica twice: {', '.join(urls)}")
+    return urls
 
 
 def deadlines_enabled(env: Mapping[str, str] | None = None) -> bool:

@@ -108,25 +108,32 @@ def _expect(state: ServingState, expected_labels: dict[str, int] | None) -> None
 
 
 def wait_available(client: ServingClient, version: int, timeout_s: float) -> None:
-    """Poll the version's status until AVAILABLE. Unreachable serving fails after the client's retries."""
+    """Poll the version's status on every replica until each says AVAILABLE. An unreachable replica fails
+    after the client's retries: a deploy is not done until every replica serves the version."""
     deadline = time.monotonic() + timeout_s
+    for replica in client.replicas():
+        _wait_available_on(replica, version, deadline, timeout_s, len(client.base_urls) > 1)
+
+
+def _wait_available_on(client: ServingClient, version: int, deadline: float, timeout_s: float, name: bool) -> None:
+    where = f" on replica {client.base_url}" if name else ""
     last = "not loaded yet"
     while time.monotonic() < deadline:
         try:
             states = client.status(version=version)
         except ServingError as err:
             if err.status is None or err.status >= 500:
-                raise
+                raise ServingError(f"{err}{where}", err.status) from err
             last = str(err)
         else:
             if any(s["state"] == "AVAILABLE" for s in states):
                 return
             errors = [s["status"].get("error_message") for s in states if s["state"] == "END"]
             if any(errors):
-                raise DeployError(f"version {version} failed to load: {errors[0]}")
+                raise DeployError(f"version {version} failed to load{where}: {errors[0]}")
             last = ", ".join(s["state"] for s in states)
         time.sleep(0.5)
-    raise DeployError(f"version {version} did not become AVAILABLE within {timeout_s:.0f} s ({last})")
+    raise DeployError(f"version {version} did not become AVAILABLE{where} within {timeout_s:.0f} s ({last})")
 
 
 # -- requests from real rows ---------------------------------------------------------------------
@@ -362,16 +369,19 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
         try:
             wait_available(client, version, policy.load_timeout_s)
             checks["available"] = True
-            signature = client.signature_inputs(version=version)
-            if signature != EXPECTED_DTYPES:
-                raise DeployError(f"served signature differs: {signature_diff(signature)}")
-            checks["signature"] = True
-            served = np.array(client.predict_rows(rows, version=version), dtype=float).reshape(-1)
-            diff = float(np.max(np.abs(served - expected)))
-            checks |= {"requests": len(served), "max_abs_diff": diff, "tolerance": policy.infra_tolerance}
-            if not diff <= policy.infra_tolerance:
-                raise DeployError(f"served predictions differ from offline ones by {diff:.2e} > "
-                                  f"{policy.infra_tolerance:.0e} on {len(served)} real rows")  # fmt: skip
+            checks |= {"replicas": len(client.base_urls), "tolerance": policy.infra_tolerance}
+            for replica in client.replicas():  # each replica loaded its own copy: each is checked
+                where = f" on replica {replica.base_url}" if len(client.base_urls) > 1 else ""
+                signature = replica.signature_inputs(version=version)
+                if signature != EXPECTED_DTYPES:
+                    raise DeployError(f"served signature differs{where}: {signature_diff(signature)}")
+                checks["signature"] = True
+                served = np.array(replica.predict_rows(rows, version=version), dtype=float).reshape(-1)
+                diff = float(np.max(np.abs(served - expected)))
+                checks |= {"requests": len(served), "max_abs_diff": max(diff, checks.get("max_abs_diff", 0.0))}
+                if not diff <= policy.infra_tolerance:
+                    raise DeployError(f"served predictions differ from offline ones by {diff:.2e} > "
+                                      f"{policy.infra_tolerance:.0e} on {len(served)} real rows{where}")  # fmt: skip
         except (DeployError, ServingError) as err:
             if added:
                 write_state(settings, state)  # unload it again; labels were never touched
@@ -509,18 +519,21 @@ def _change(settings: Settings, run_id: str, action: str, version: int, before: 
 
 
 def wait_label(client: ServingClient, label: str, version: int, timeout_s: float) -> None:
-    """Wait until the server routes `label` to `version` (TF Serving applies the config when it polls)."""
+    """Wait until every replica routes `label` to `version` (TF Serving applies the config when it polls)."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if int(client.status(label=label)[0]["version"]) == version:
-                return
-        except ServingError as err:
-            if err.status is None or err.status >= 500:
-                raise
-        if time.monotonic() > deadline:
-            raise DeployError(f"the server did not route label {label!r} to version {version} within {timeout_s:.0f} s")
-        time.sleep(0.5)
+    for replica in client.replicas():
+        where = f" on replica {replica.base_url}" if len(client.base_urls) > 1 else ""
+        while True:
+            try:
+                if int(replica.status(label=label)[0]["version"]) == version:
+                    break
+            except ServingError as err:
+                if err.status is None or err.status >= 500:
+                    raise ServingError(f"{err}{where}", err.status) from err
+            if time.monotonic() > deadline:
+                raise DeployError(f"the server did not route label {label!r} to version {version}{where} within "
+                                  f"{timeout_s:.0f} s")  # fmt: skip
+            time.sleep(0.5)
 
 
 def promote(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id: str) -> dict[str, Any]:

@@ -51,6 +51,12 @@ def prepare(settings: Settings) -> dict[str, str]:
     step("importing airflow_settings.yaml (connections, variables, pools)")
     counts = import_settings(settings.home / "airflow_settings.yaml", env)
     print(f"    {counts}")
+    if not settings.models_config.exists():  # TF Serving's replicas start on it, before any deploy
+        from include.serving.config import write_models_config
+
+        step(f"an empty models.config in {settings.serving_dir}")
+        settings.serving_dir.mkdir(parents=True, exist_ok=True)
+        write_models_config(settings.models_config, [])
     step("feast apply")
     subprocess.run(
         ["feast", "-c", str(settings.feast_repo), "apply", "--skip-source-validation"],
@@ -87,9 +93,10 @@ def run_airflow(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     serving_settings = load_settings(env)
     try:
-        with supervised_serving(serving_settings, env) as serving:
-            watched = "supervised" if serving.pid else "already answering, not supervised"
-            step(f"TF Serving REST API (local, {watched}) on {serving.url}")
+        with supervised_serving(serving_settings, env) as replicas:
+            for serving in replicas:
+                watched = "supervised" if serving.pid else "already answering, not supervised"
+                step(f"TF Serving REST API (local, {watched}) on {serving.url}")
             procs = [subprocess.Popen(["airflow", c], env=env) for c in AIRFLOW_COMPONENTS]
             procs.append(subprocess.Popen([sys.executable, "-m", "include.ops.cli", "predict"], env=env))
             try:

@@ -692,8 +692,9 @@ def _stack(harness: Harness) -> Iterator[None]:
     try:
         env = harness.env
         env.update(harness.receivers.connections())
+        env.pop("NIGHTSHIFT_SERVING_REPLICAS", None)  # the harness's own one server, on a free port
         serving_settings = load_settings({**env, "NIGHTSHIFT_SERVING_URL": "http://127.0.0.1:0"})
-        with supervised_serving(serving_settings, env) as serving:
+        with supervised_serving(serving_settings, env) as (serving,):
             harness.serving = serving
             env["NIGHTSHIFT_SERVING_URL"] = serving.url
             port = _free_port()

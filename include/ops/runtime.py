@@ -126,9 +126,12 @@ def serving_restarted(settings: Settings, env: dict[str, str] | None = None) -> 
 
 
 @contextlib.contextmanager
-def supervised_serving(settings: Settings, env: dict[str, str] | None = None) -> Iterator[ServingSupervisor]:
-    """The local serving process under `make airflow`: restarted with backoff when it dies, and on-call told."""
+def supervised_serving(settings: Settings, env: dict[str, str] | None = None) -> Iterator[list[ServingSupervisor]]:
+    """The local serving processes under `make airflow`, one per replica (`NIGHTSHIFT_SERVING_REPLICAS`, else
+    the one at `NIGHTSHIFT_SERVING_URL`), all over the same `models.config`: each restarted with backoff when
+    it dies, and on-call told."""
     from include.serving.process import supervised_server
 
-    with supervised_server(settings, env, on_restart=serving_restarted(settings, env)) as supervisor:
-        yield supervisor
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(supervised_server(settings, env, serving_restarted(settings, env), url))
+               for url in settings.replica_urls]  # fmt: skip

@@ -121,7 +121,7 @@ class Service:
         url = settings.require_database_url()
         self.settings, self.config = settings, config
         self.online = OnlineFeatures(open_online_store(settings))
-        self.client = ServingClient(settings.serving_url, settings.model_name, timeout=config.serving_timeout_s,
+        self.client = ServingClient(settings.replica_urls, settings.model_name, timeout=config.serving_timeout_s,
                                     retries=1, backoff=0.05)  # fmt: skip
         self.keys = KeyRing(url, config.state_ttl_s)
         self.routes = RouteCache(settings, config.state_ttl_s)

@@ -28,16 +28,29 @@ log = logging.getLogger(__name__)
 
 
 def probe(settings: Settings, policy: ServingHealth) -> tuple[int | None, str]:
-    """`stable`'s version and state on the server, or (None, why it could not say)."""
+    """`stable`'s version and state on the server, or (None, why it could not say). With several replicas,
+    the state is AVAILABLE only when every one serves `stable` at the same version; else it names the
+    replicas that do not."""
     from include.serving.client import ServingClient, ServingError
 
-    try:
-        with ServingClient(settings.serving_url, settings.model_name, timeout=policy.probe_timeout_s,
-                           retries=1, backoff=1.0) as client:  # fmt: skip
-            status = client.status(label="stable")[0]
-    except ServingError as err:
-        return None, f"unreachable or refusing: {err}"[:300]
-    return int(status["version"]), str(status["state"])
+    seen: dict[str, tuple[int | None, str]] = {}
+    with ServingClient(settings.replica_urls, settings.model_name, timeout=policy.probe_timeout_s,
+                       retries=1, backoff=1.0) as client:  # fmt: skip
+        for replica in client.replicas():
+            try:
+                status = replica.status(label="stable")[0]
+            except ServingError as err:
+                seen[replica.base_url] = (None, f"unreachable or refusing: {err}"[:300])
+            else:
+                seen[replica.base_url] = (int(status["version"]), str(status["state"]))
+    if len(seen) == 1:
+        return next(iter(seen.values()))
+    versions = {v for v, state in seen.values() if state == "AVAILABLE"}
+    known = [v for v, _ in seen.values() if v is not None]
+    if len(versions) == 1 and all(state == "AVAILABLE" for _, state in seen.values()):
+        return versions.pop(), "AVAILABLE"
+    return (max(known) if known else None), "; ".join(f"replica {url}: v{v} {state}" for url, (v, state)
+                                                       in seen.items())[:300]  # fmt: skip
 
 
 def arm_stats(served: Any) -> list[dict[str, Any]]:
@@ -74,7 +87,7 @@ def check(settings: Settings, policy: ServingHealth, run_id: str, now: dt.dateti
     failing = "; ".join(f"{a['arm']} v{a['model_version']}: {a['errors']} of {a['requests']} flights failed"
                         for a in erring)  # fmt: skip
     problems = {
-        "serving_down": None if state == "AVAILABLE" else f"stable on {settings.serving_url}: {state}",
+        "serving_down": None if state == "AVAILABLE" else f"stable on {', '.join(settings.replica_urls)}: {state}",
         "serving_errors": failing or None,
     }
     opened, closed = [], []

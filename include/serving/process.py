@@ -52,11 +52,13 @@ def _check_local(url: str) -> None:
                           "on http://127.0.0.1:<port> (port 0: any free one)")  # fmt: skip
 
 
-def _start(settings: Settings, env: dict[str, str] | None, port: int, timeout_s: float) -> _Served:
-    """Start the local server over `settings.models_config` on `port` (0: any free one), wait until it answers."""
+def _start(settings: Settings, env: dict[str, str] | None, port: int, timeout_s: float,
+           url: str | None = None) -> _Served:  # fmt: skip
+    """Start the local server over `settings.models_config` on `port` (0: any free one) of `url`'s host
+    (default: `serving_url`'s), wait until it answers."""
     from include.serving.config import write_models_config
 
-    parts = urlsplit(settings.serving_url)
+    parts = urlsplit(url or settings.serving_url)
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
     if not settings.models_config.exists():
         write_models_config(settings.models_config, [])
@@ -72,7 +74,7 @@ def _start(settings: Settings, env: dict[str, str] | None, port: int, timeout_s:
         deadline = time.monotonic() + timeout_s
         while not served.url or not is_up(served.url):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the local serving process did not come up on {served.url or settings.serving_url}"
+                raise RuntimeError(f"the local serving process did not come up on {served.url or parts.geturl()}"
                                    f"; see {log_file.name}")  # fmt: skip
             if not served.url and port_file.exists():
                 served.url = f"{parts.scheme}://{parts.hostname}:{int(port_file.read_text())}"
@@ -135,6 +137,7 @@ class ServingSupervisor:
     settings: Settings
     env: dict[str, str] | None = None
     on_restart: Callable[[str, str, int], None] | None = None
+    listen: str = ""  # the URL to serve on; default `serving_url` (a replica's, when there are several)
     timeout_s: float = 90
     poll_s: float = 0.5
     backoff_s: float = 1.0
@@ -151,9 +154,9 @@ class ServingSupervisor:
         return self._served.proc.pid if self._served else None
 
     def start(self) -> str:
-        _check_local(self.settings.serving_url)
-        self._served = _start(self.settings, self.env, int(urlsplit(self.settings.serving_url).port or 0),
-                              self.timeout_s)  # fmt: skip
+        listen = self.listen or self.settings.serving_url
+        _check_local(listen)
+        self._served = _start(self.settings, self.env, int(urlsplit(listen).port or 0), self.timeout_s, listen)
         self.url = self._served.url
         self._thread = threading.Thread(target=self._watch, name="serving-supervisor", daemon=True)
         self._thread.start()
@@ -176,7 +179,7 @@ class ServingSupervisor:
                     with self._lock:
                         if self._stopping.is_set():
                             return
-                        self._served = _start(self.settings, self.env, port, self.timeout_s)
+                        self._served = _start(self.settings, self.env, port, self.timeout_s, self.url)
                     break
                 except (RuntimeError, OSError) as err:
                     log.error("restarting the local serving process failed (%s); next try in %.0f s", err, delay)
@@ -203,18 +206,19 @@ class ServingSupervisor:
 
 @contextlib.contextmanager
 def supervised_server(settings: Settings, env: dict[str, str] | None = None,
-                      on_restart: Callable[[str, str, int], None] | None = None,
+                      on_restart: Callable[[str, str, int], None] | None = None, listen: str = "",
                       **options: float) -> Iterator[ServingSupervisor]:  # fmt: skip
-    """`local_server`, restarted whenever it exits; yields the supervisor (its `url`, `pid`, `restarts`).
+    """`local_server` on `listen` (default `serving_url`), restarted whenever it exits; yields the
+    supervisor (its `url`, `pid`, `restarts`).
 
     A server that already answers on a fixed port is not ours to supervise: it is used as it is
     (`supervisor.pid` is None then).
     """
-    url = settings.serving_url
+    url = listen or settings.serving_url
     if urlsplit(url).port != 0 and is_up(url):
         yield ServingSupervisor(settings, env, url=url)
         return
-    supervisor = ServingSupervisor(settings, env, on_restart, **options)
+    supervisor = ServingSupervisor(settings, env, on_restart, url, **options)
     supervisor.start()
     try:
         yield supervisor

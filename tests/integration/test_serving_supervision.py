@@ -31,7 +31,7 @@ def test_killed_serving_comes_back_on_the_same_url_and_alerts(tmp_path, db_url, 
     for conn in ("AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_NIGHTSHIFT_ALERT_WEBHOOK"):
         monkeypatch.delenv(conn)
     settings = load_settings(env)
-    with supervised_serving(settings, env) as serving:
+    with supervised_serving(settings, env) as (serving,):
         url, first = serving.url, serving.pid
         assert first is not None
         assert is_up(url)

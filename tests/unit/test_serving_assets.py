@@ -12,26 +12,68 @@ from include.serving.config import ModelEntry, read_models_config, write_models_
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
 
+def _manifests() -> dict[tuple[str, str], dict]:
+    docs = yaml.safe_load_all((DOCKER / "k8s" / "tf-serving.yaml").read_text())
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+
+
 def test_kubernetes_manifests_validate() -> None:
     result = subprocess.run(["kubernetes-validate", "--strict", str(DOCKER / "k8s" / "tf-serving.yaml")],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    kinds = [doc["kind"] for doc in yaml.safe_load_all((DOCKER / "k8s" / "tf-serving.yaml").read_text())]
-    assert kinds == ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"]
+    assert sorted(_manifests()) == [("Deployment", "tf-serving"), ("HorizontalPodAutoscaler", "tf-serving"),
+                                    ("PersistentVolumeClaim", "nightshift-serving"), ("Service", "tf-serving"),
+                                    ("Service", "tf-serving-replicas")]  # fmt: skip
 
 
-def test_configmap_holds_a_valid_models_config(tmp_path) -> None:
-    config_map = next(yaml.safe_load_all((DOCKER / "k8s" / "tf-serving.yaml").read_text()))
-    path = tmp_path / "models.config"
-    path.write_text(config_map["data"]["models.config"])
-    [entry] = read_models_config(path)
-    assert (entry.name, entry.versions, entry.labels) == ("flight_delay", [1], {"stable": 1})
+def test_every_replica_reads_the_models_config_the_deploy_writes_on_the_shared_volume() -> None:
+    """No ConfigMap that nothing updates: the deploy (in Airflow's containers, under the Helm values) writes
+    models.config and the SavedModels onto one claim, which every serving pod mounts read-only."""
+    from include.core.config import load_settings
+
+    manifests = _manifests()
+    claim = manifests["PersistentVolumeClaim", "nightshift-serving"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # written by the workers, read by every replica
+    pod = manifests["Deployment", "tf-serving"]["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if "persistentVolumeClaim" in volume[m["name"]]]
+    assert volume[mount["name"]]["persistentVolumeClaim"]["claimName"] == "nightshift-serving"
+    assert mount["readOnly"] is True
+    args = pod["containers"][0]["args"]
+    assert f"--model_config_file={mount['mountPath']}/models.config" in args
+
+    values = yaml.safe_load((DOCKER / "helm" / "values.yaml").read_text())
+    [airflow_volume] = values["volumes"]
+    assert airflow_volume["persistentVolumeClaim"]["claimName"] == "nightshift-serving"
+    [airflow_mount] = [m for m in values["volumeMounts"] if m["name"] == airflow_volume["name"]]
+    settings = load_settings({e["name"]: e["value"] for e in values["env"]})
+    assert settings.models_config == Path(airflow_mount["mountPath"]) / "models.config"  # what the deploy writes
+    # ...and the base path it writes into models.config is the model's folder as the serving pods see it.
+    assert settings.serving_model_base == f"{mount['mountPath']}/{settings.model_name}"
+
+
+def test_the_deploy_reaches_every_serving_pod_through_the_headless_service() -> None:
+    from urllib.parse import urlsplit
+
+    from include.core.config import load_settings
+
+    manifests = _manifests()
+    headless = manifests["Service", "tf-serving-replicas"]["spec"]
+    deployment = manifests["Deployment", "tf-serving"]["spec"]
+    assert headless["clusterIP"] == "None"  # its DNS name gives each pod's address
+    assert headless["publishNotReadyAddresses"] is True  # a pod still loading is one the deploy must wait for
+    assert headless["selector"] == deployment["selector"]["matchLabels"]
+    values = yaml.safe_load((DOCKER / "helm" / "values.yaml").read_text())
+    settings = load_settings({e["name"]: e["value"] for e in values["env"]})
+    [replicas] = settings.serving_replicas
+    assert replicas.startswith("dns:")
+    parts = urlsplit(replicas.removeprefix("dns:"))
+    assert parts.hostname == "tf-serving-replicas.nightshift.svc.cluster.local"
+    assert parts.port == headless["ports"][0]["port"]
 
 
 def test_deployment_is_ready_only_when_the_stable_model_is() -> None:
-    docs = list(yaml.safe_load_all((DOCKER / "k8s" / "tf-serving.yaml").read_text()))
-    container = docs[1]["spec"]["template"]["spec"]["containers"][0]
-    assert "--model_config_file=/config/models.config" in container["args"]
+    container = _manifests()["Deployment", "tf-serving"]["spec"]["template"]["spec"]["containers"][0]
     assert any(a.startswith("--model_config_file_poll_wait_seconds=") for a in container["args"])
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/flight_delay/labels/stable"
 
