@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -187,3 +188,72 @@ def predict_service(stable_model, serving):
         # What the module's callers were served is its own: no later module's monitor may judge a day by it.
         with db.engine(load_settings().require_database_url()).begin() as conn:
             conn.execute(sa.delete(db.served_batches).where(db.served_batches.c.written_at >= started))
+
+
+def wait_for_server(served: Callable[[], bool], what: str) -> None:
+    """Wait (up to the deploy's load timeout) until the server shows it applied a models.config change."""
+    from include.core.config import DeployPolicy
+
+    deadline = time.monotonic() + DeployPolicy().load_timeout_s
+    while not served():
+        assert time.monotonic() < deadline, f"the server did not apply models.config: {what}"
+        time.sleep(0.3)
+
+
+def served_label(url: str, model: str, label: str) -> int | None:
+    """The version the server at `url` routes `label` to; None when it has no such label."""
+    from include.serving.client import ServingClient, ServingError
+
+    with ServingClient(url, model, retries=0) as client:
+        try:
+            return int(client.status(label=label)[0]["version"])
+        except ServingError as err:
+            if err.status is None:
+                raise
+            return None
+
+
+@pytest.fixture(scope="module")
+def serving_restored(stable_model, serving, db_url) -> Iterator[None]:
+    """Leave serving and the registry as the module found them: later modules score with `stable_model`."""
+    config = serving.models_config.read_bytes()
+    mv = db.model_versions
+    with db.engine(db_url).connect() as conn:
+        statuses = dict(conn.execute(sa.select(mv.c.version, mv.c.status)).all())
+    yield
+    staged = serving.models_config.with_suffix(".restore")
+    staged.write_bytes(config)
+    os.replace(staged, serving.models_config)
+    with db.engine(db_url).begin() as conn:
+        for version, status in statuses.items():
+            conn.execute(sa.update(mv).where(mv.c.version == version).values(status=status))
+        conn.execute(sa.update(mv).where(mv.c.version.not_in(list(statuses)), mv.c.status.in_(
+            ["production", "canary"])).values(status="archived"))  # fmt: skip
+    wait_for_server(lambda: served_label(serving.serving_url, serving.model_name, "stable") == stable_model,
+                    "stable restored")  # fmt: skip
+
+
+def only_stable(settings, db_url: str) -> int:
+    """Serving with a `stable` and no canary label (another test may have left one), the registry agreeing;
+    returns the stable version."""
+    import datetime as dt
+
+    from include.serving.state import ServingState, read_state, write_state
+    from include.train import registry
+
+    state = read_state(settings)
+    assert state.stable is not None
+    if state.canary is not None:
+        write_state(settings, ServingState(state.versions, {"stable": state.stable}))
+        wait_for_server(lambda: served_label(settings.serving_url, settings.model_name, "canary") is None,
+                        "canary label removed")  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    with db.engine(db_url).connect() as conn:
+        live = conn.execute(sa.select(db.model_versions.c.version).where(
+            db.model_versions.c.status.in_(("production", "canary")))).scalars().all()  # fmt: skip
+    for version in live:
+        if version != state.stable:
+            registry.set_status(db_url, version, "archived", now, "reset by a deploy test")
+    if registry.get_version(db_url, state.stable)["status"] != "production":  # a failed test's leftover
+        registry.set_status(db_url, state.stable, "production", now, "reset by a deploy test")
+    return state.stable

@@ -9,7 +9,6 @@ task (dag.test runs retries, after the DAG's retry delay) has to finish the job.
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from collections.abc import Callable
 
@@ -18,14 +17,14 @@ import sqlalchemy as sa
 
 from include import db
 from include.core.config import DeployPolicy, Settings
-from include.db import deployments, model_versions
+from include.db import deployments
 from include.deploy import steps
-from include.serving.client import ServingError, client_for
 from include.serving.state import ServingState, read_state, rollback_target, write_state
 from include.train import registry
 from tests.factories import register_copy
+from tests.server_fixtures import only_stable, served_label
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clients_closed")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clients_closed", "serving_restored")]
 REAL_SET_STATUS = registry.set_status
 
 
@@ -50,61 +49,13 @@ def new_version(trained, db_url) -> Callable[[], int]:
     return lambda: register_copy(db_url, row, row["artifact_uri"], f"converge-{uuid.uuid4().hex[:8]}")
 
 
-def _wait_for_server(served: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DeployPolicy().load_timeout_s
-    while not served():
-        assert time.monotonic() < deadline, f"the server did not apply models.config: {what}"
-        time.sleep(0.3)
-
-
 def _served(settings: Settings, label: str) -> int | None:
-    with client_for(settings, retries=0) as client:
-        try:
-            return int(client.status(label=label)[0]["version"])
-        except ServingError as err:
-            if err.status is None:
-                raise
-            return None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _serving_restored(stable_model, serving, db_url):
-    """Leave serving and the registry as this module found them: later modules score with `stable_model`."""
-    import os
-
-    config = serving.models_config.read_bytes()
-    mv = db.model_versions
-    with db.engine(db_url).connect() as conn:
-        statuses = dict(conn.execute(sa.select(mv.c.version, mv.c.status)).all())
-    yield
-    staged = serving.models_config.with_suffix(".restore")
-    staged.write_bytes(config)
-    os.replace(staged, serving.models_config)
-    with db.engine(db_url).begin() as conn:
-        for version, status in statuses.items():
-            conn.execute(sa.update(mv).where(mv.c.version == version).values(status=status))
-        conn.execute(sa.update(mv).where(mv.c.version.not_in(list(statuses)), mv.c.status.in_(
-            ["production", "canary"])).values(status="archived"))  # fmt: skip
-    _wait_for_server(lambda: _served(serving, "stable") == stable_model, "stable restored")
+    return served_label(settings.serving_url, settings.model_name, label)
 
 
 @pytest.fixture
 def stable_only(stable_model, serving, db_url) -> int:
-    """Serving with a `stable` and no canary label (another test may have left one), the registry agreeing."""
-    state = read_state(serving)
-    assert state.stable is not None
-    if state.canary is not None:
-        write_state(serving, ServingState(state.versions, {"stable": state.stable}))
-        _wait_for_server(lambda: _served(serving, "canary") is None, "canary label removed")
-    with db.engine(db_url).connect() as conn:
-        live = conn.execute(sa.select(model_versions.c.version).where(
-            model_versions.c.status.in_(("production", "canary")))).scalars().all()  # fmt: skip
-    for version in live:
-        if version != state.stable:
-            registry.set_status(db_url, version, "archived", dt.datetime.now(dt.UTC), "reset by a convergence test")
-    if registry.get_version(db_url, state.stable)["status"] != "production":  # a failed test's leftover
-        registry.set_status(db_url, state.stable, "production", dt.datetime.now(dt.UTC), "reset by a convergence test")
-    return state.stable
+    return only_stable(serving, db_url)
 
 
 def _deploy(dagbag, **conf):

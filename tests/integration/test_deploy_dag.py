@@ -16,7 +16,6 @@ import datetime as dt
 import os
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -43,6 +42,7 @@ from include.serving.config import WARMUP_FILE, read_models_config, write_models
 from include.serving.state import ServingState, read_state
 from include.train.registry import get_version, set_status
 from tests.factories import register_copy
+from tests.server_fixtures import wait_for_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clients_closed")]
 
@@ -98,13 +98,6 @@ def new_version(trained, artifacts, db_url) -> Callable[..., int]:
     return lambda kind="trained": register_copy(db_url, row, artifacts[kind], f"{kind}-{uuid.uuid4().hex[:8]}")
 
 
-def _wait_for_server(served: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DeployPolicy().load_timeout_s
-    while not served():
-        assert time.monotonic() < deadline, f"the server did not apply models.config: {what}"
-        time.sleep(0.3)
-
-
 @pytest.fixture
 def no_model_served(serving, db_url) -> Settings:
     """Serving as on a fresh install: no entry for the model in models.config, nothing of it in
@@ -126,7 +119,7 @@ def no_model_served(serving, db_url) -> Settings:
                 return err.status == 404
         return False
 
-    _wait_for_server(unserved, f"{serving.model_name} unloaded")
+    wait_for_server(unserved, f"{serving.model_name} unloaded")
     return serving
 
 
@@ -389,14 +382,14 @@ def test_the_monitor_scores_with_the_version_it_records_while_stable_moves(stabl
             except ServingError as err:  # not loaded yet: the server answers from the state it has
                 return err.status == 404 and False
 
-    _wait_for_server(available, f"version {other} loaded")
+    wait_for_server(available, f"version {other} loaded")
     promoted = dataclasses.replace(loaded, labels={"stable": other})
 
     def status_then_promote(self, version=None, label=None):
         answer = ask(self, version=version, label=label)
         if label == "stable" and read_state(serving) != promoted:  # on-call promotes right after the monitor asked
             write_state(serving, promoted)
-            _wait_for_server(lambda: ask(self, label="stable")[0]["version"] == str(other), f"stable -> {other}")
+            wait_for_server(lambda: ask(self, label="stable")[0]["version"] == str(other), f"stable -> {other}")
         return answer
 
     day = dt.date.fromisoformat(trained[1]["data_window"]["end"])

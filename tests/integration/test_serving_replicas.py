@@ -9,7 +9,6 @@ started as its own process on its own port, exactly as `make airflow` starts eac
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import subprocess
 import sys
 import threading
@@ -25,13 +24,13 @@ from include import db
 from include.core.config import DeployPolicy, Settings
 from include.deploy import steps
 from include.deploy.errors import DeployError
-from include.serving.client import ServingClient, ServingError
 from include.serving.process import is_up
-from include.serving.state import ServingState, read_state, write_state
+from include.serving.state import read_state
 from include.train import registry
 from tests.factories import register_copy
+from tests.server_fixtures import only_stable, served_label, wait_for_server
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clients_closed")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clients_closed", "serving_restored")]
 LOAD_DELAY_S = 6.0
 # The real local server, with its loader slowed down; it marks each version it finished loading in the
 # folder given as its first argument, so the test can tell without a request (a status request to the
@@ -101,63 +100,10 @@ def replicated(serving, slow_replica) -> Settings:
     return dataclasses.replace(serving, serving_replicas=(serving.serving_url, slow_replica.url))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _serving_restored(stable_model, serving, db_url):
-    """Leave serving and the registry as this module found them: later modules score with `stable_model`."""
-    config = serving.models_config.read_bytes()
-    mv = db.model_versions
-    with db.engine(db_url).connect() as conn:
-        statuses = dict(conn.execute(sa.select(mv.c.version, mv.c.status)).all())
-    yield
-    staged = serving.models_config.with_suffix(".restore")
-    staged.write_bytes(config)
-    staged.replace(serving.models_config)
-    with db.engine(db_url).begin() as conn:
-        for version, status in statuses.items():
-            conn.execute(sa.update(mv).where(mv.c.version == version).values(status=status))
-        conn.execute(sa.update(mv).where(mv.c.version.not_in(list(statuses)), mv.c.status.in_(
-            ["production", "canary"])).values(status="archived"))  # fmt: skip
-    _until(lambda: _label(serving.serving_url, serving.model_name, "stable") == stable_model, "stable restored")
-
-
 @pytest.fixture
 def new_version(trained, db_url) -> Callable[[], int]:
     _, row, _ = trained
     return lambda: register_copy(db_url, row, row["artifact_uri"], f"replica-{uuid.uuid4().hex[:8]}")
-
-
-def _until(done: Callable[[], bool], what: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.3)
-
-
-def _label(url: str, model: str, label: str) -> int | None:
-    with ServingClient(url, model, retries=0) as client:
-        try:
-            return int(client.status(label=label)[0]["version"])
-        except ServingError as err:
-            if err.status is None:
-                raise
-            return None
-
-
-def _only_stable(settings: Settings, db_url: str) -> int:
-    """`stable` alone (no canary label another test may have left), the registry agreeing; returns stable."""
-    state = read_state(settings)
-    if state.canary is not None:
-        write_state(settings, ServingState(state.versions, {"stable": state.stable}))
-    now = dt.datetime.now(dt.UTC)
-    with db.engine(db_url).connect() as conn:
-        live = conn.execute(sa.select(db.model_versions.c.version).where(
-            db.model_versions.c.status.in_(("production", "canary")))).scalars().all()  # fmt: skip
-    for version in live:
-        if version != state.stable:
-            registry.set_status(db_url, version, "archived", now, "reset by a replica test")
-    if registry.get_version(db_url, state.stable)["status"] != "production":
-        registry.set_status(db_url, state.stable, "production", now, "reset by a replica test")
-    return state.stable
 
 
 def test_labels_move_only_once_every_replica_has_loaded_the_version(replicated, slow_replica, new_version,
@@ -165,7 +111,7 @@ def test_labels_move_only_once_every_replica_has_loaded_the_version(replicated, 
     """A watcher reads models.config while the deploy runs: the first moment a label points at the new version,
     the slow replica must already serve it. A deploy that waited for the first replica alone would move the
     canary label some seconds before the slow one had loaded."""
-    a, b = _only_stable(replicated, db_url), new_version()
+    a, b = only_stable(replicated, db_url), new_version()
     model, policy, run_id = replicated.model_name, DeployPolicy.from_env(), f"replicas-{uuid.uuid4().hex[:8]}"
     seen: list[tuple[str, bool]] = []
     stop = threading.Event()
@@ -195,7 +141,7 @@ def test_labels_move_only_once_every_replica_has_loaded_the_version(replicated, 
     assert time.monotonic() - started >= LOAD_DELAY_S  # the deploy did wait for the slow replica's load
     assert seen == [("canary", True)], seen  # the first label on b came once the slow replica served b
     for url in replicated.serving_replicas:
-        assert _label(url, model, "stable") == b, url
+        assert served_label(url, model, "stable") == b, url
     assert (registry.get_version(db_url, b)["status"], registry.get_version(db_url, a)["status"]) == (
         "production", "archived")  # fmt: skip
 
@@ -203,7 +149,7 @@ def test_labels_move_only_once_every_replica_has_loaded_the_version(replicated, 
 def test_a_replica_stopped_mid_deploy_leaves_serving_as_it_was_until_a_retry_finishes(
     replicated, slow_replica, new_version, db_url
 ) -> None:
-    a, c = _only_stable(replicated, db_url), new_version()
+    a, c = only_stable(replicated, db_url), new_version()
     model, policy, run_id = replicated.model_name, DeployPolicy.from_env(), f"replicas-{uuid.uuid4().hex[:8]}"
     planned = steps.plan(replicated, {"version": c, "action": "promote"}, [])
     pushed = steps.push(replicated, policy, planned, run_id)
@@ -216,7 +162,7 @@ def test_a_replica_stopped_mid_deploy_leaves_serving_as_it_was_until_a_retry_fin
     with pytest.raises(DeployError, match=slow_replica.url):
         steps.promote(replicated, policy, planned, run_id)
     assert read_state(replicated) == before  # models.config put back: stable still a, the canary still c
-    assert _label(replicated.serving_url, model, "stable") == a  # the replica that stayed up serves a
+    assert served_label(replicated.serving_url, model, "stable") == a  # the replica that stayed up serves a
     assert (registry.get_version(db_url, c)["status"], registry.get_version(db_url, a)["status"]) == (
         "canary", "production")  # fmt: skip
     with db.engine(db_url).connect() as conn:
@@ -227,13 +173,13 @@ def test_a_replica_stopped_mid_deploy_leaves_serving_as_it_was_until_a_retry_fin
     assert slow_replica.url in failed[0], failed
 
     slow_replica.start()  # back on its port, it reads the same models.config: stable a, canary c
-    _until(lambda: _label(slow_replica.url, model, "stable") == a, "the restarted replica serves stable a")
+    wait_for_server(lambda: served_label(slow_replica.url, model, "stable") == a, "restarted replica: stable a")
     promoted = steps.promote(replicated, policy, planned, run_id)  # Airflow's retry of the same run
     assert promoted["changed"]
     assert promoted["previous"] == a
     assert read_state(replicated).labels == {"stable": c}
     for url in replicated.serving_replicas:
-        assert _label(url, model, "stable") == c, url
+        assert served_label(url, model, "stable") == c, url
     assert (registry.get_version(db_url, c)["status"], registry.get_version(db_url, a)["status"]) == (
         "production", "archived")  # fmt: skip
     with db.engine(db_url).connect() as conn:
@@ -249,7 +195,7 @@ def test_the_health_check_names_a_replica_that_is_down(replicated, slow_replica)
 
     version, state = probe(replicated, ServingHealth())
     assert state == "AVAILABLE"
-    assert version == _label(replicated.serving_url, replicated.model_name, "stable")
+    assert version == served_label(replicated.serving_url, replicated.model_name, "stable")
     slow_replica.stop()
     try:
         version, state = probe(replicated, ServingHealth())
