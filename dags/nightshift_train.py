@@ -27,10 +27,10 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, t
 
 from include.core.access import access_control
 from include.core.assets import FEATURES, MODEL_CANDIDATE, RETRAIN_REQUESTED, TRAIN_DAG
-from include.core.config import NightlyTraining, task_timeout
+from include.core.config import NightlyTraining, task_timeout, tune_shards
 from include.core.dag_defaults import default_args
 from include.core.deadlines import nightly_deadlines
-from include.train.backends import training_step, tune_shards
+from include.train.backends import training_step
 from include.train.form import tuning_budget_params
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15), dag_id=TRAIN_DAG)

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -26,6 +26,7 @@ from include.core.assets import (
     TRAIN_DAG,
 )
 from include.ops.cli import AIRFLOW_COMPONENTS, ensure_passwords
+from include.ops.runtime import airflow_processes
 from tests.factories import unused_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -41,6 +42,7 @@ class Airflow:
 
     url: str
     passwords: dict[str, str]
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # each process by name (`airflow_processes`)
 
     def token(self, user: str) -> str:
         response = httpx.post(f"{self.url}/auth/token", json={"username": user, "password": self.passwords[user]},
@@ -66,8 +68,10 @@ class Airflow:
 
 
 @contextlib.contextmanager
-def running_airflow(settings, name: str, components: Sequence[str] = AIRFLOW_COMPONENTS) -> Iterator[Airflow]:
-    """`components` of Airflow until the block ends; logs in test-artifacts/<name>-logs/."""
+def running_airflow(settings, name: str, components: Sequence[str] = AIRFLOW_COMPONENTS,
+                    env_extra: dict[str, str] | None = None) -> Iterator[Airflow]:  # fmt: skip
+    """`components` of Airflow until the block ends, and the executor's workers (`env_extra` may name
+    CeleryExecutor); logs in test-artifacts/<name>-logs/. Each process runs in a session of its own."""
     logs = ARTIFACTS / f"{name}-logs"
     for attempt in range(1, 4):
         # The api-server must know its port before it starts (the other components call it at
@@ -75,13 +79,15 @@ def running_airflow(settings, name: str, components: Sequence[str] = AIRFLOW_COM
         # between, it exits and the stack starts again on another one.
         port = unused_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": url,
+        env = {**os.environ, **(env_extra or {}), "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": url,
                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__API__WORKERS": "1"}  # fmt: skip
         shutil.rmtree(logs, ignore_errors=True)
         logs.mkdir(parents=True)
-        procs = {c: subprocess.Popen(["airflow", c], env=env, stdout=(logs / f"{c}.log").open("w"),
-                                     stderr=subprocess.STDOUT) for c in components}  # fmt: skip
-        stack = Airflow(url, json.loads(ensure_passwords(settings).read_text()))
+        processes = {n: p for n, p in airflow_processes(env).items() if n in components or n.startswith("worker-")}
+        procs = {n: subprocess.Popen(["airflow", *argv], env=penv, stdout=(logs / f"{n}.log").open("w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+                 for n, (argv, penv) in processes.items()}  # fmt: skip
+        stack = Airflow(url, json.loads(ensure_passwords(settings).read_text()), procs)
         try:
             _wait_until_ready(stack, procs, logs)
             break

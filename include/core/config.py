@@ -391,6 +391,69 @@ RENAMED_DEPLOY_SETTINGS = {
 }
 
 
+def tune_shards(env: Mapping[str, str] | None = None) -> int:
+    """`NIGHTSHIFT_TUNE_SHARDS`: how many pods (or subprocesses) tune in parallel; read at parse time, cheap."""
+    raw = (os.environ if env is None else env).get("NIGHTSHIFT_TUNE_SHARDS", "1")
+    try:
+        return max(1, int(raw))
+    except ValueError as err:
+        raise ConfigError(f"NIGHTSHIFT_TUNE_SHARDS={raw!r} is not a whole number") from err
+
+
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Which Airflow executor runs the tasks: `NIGHTSHIFT_EXECUTOR` = local (LocalExecutor, the default) or
+    celery (CeleryExecutor: the broker is Redis, the result backend the same Postgres). The Celery profile's
+    workers are each `NIGHTSHIFT_CELERY_<NAME>`: `default_workers` workers serve Airflow's default queue,
+    and one worker serves `training_queue`, where the tune and evaluate tasks go, with one slot per tuning
+    shard so the shards run in parallel."""
+
+    kind: str = "local"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    default_workers: int = 2
+    default_concurrency: int = 2  # task slots of each default worker
+    training_queue: str = "training"
+
+    @property
+    def airflow_name(self) -> str:
+        return EXECUTORS[self.kind]
+
+    @property
+    def celery(self) -> bool:
+        return self.kind == "celery"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Executor:
+        env = os.environ if env is None else env
+        kind = env.get("NIGHTSHIFT_EXECUTOR", "local")
+        if kind not in EXECUTORS:
+            raise ConfigError(f"NIGHTSHIFT_EXECUTOR={kind!r}; choose one of {', '.join(EXECUTORS)}")
+        executor = cls(kind, **{k: v for k, v in env_overrides(cls(), "NIGHTSHIFT_CELERY_", env).items()
+                                if k != "kind"})  # fmt: skip
+        if min(executor.default_workers, executor.default_concurrency) < 1:
+            raise ConfigError(f"the Celery profile {executor} needs at least one default worker with one slot")
+        if not executor.broker_url.startswith(("redis://", "rediss://")):
+            raise ConfigError(f"NIGHTSHIFT_CELERY_BROKER_URL: the broker is Redis (redis://host:6379/0), not "
+                              f"{executor.broker_url.split('://')[0]}://")  # fmt: skip
+        return executor
+
+    def workers(self, env: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+        """Each Celery worker's name → its `airflow celery worker` arguments (none under LocalExecutor)."""
+        if not self.celery:
+            return {}
+        common = ["--without-mingle", "--without-gossip", "--skip-serve-logs"]
+        workers = {f"worker-default-{i}": ["celery", "worker", "--queues", "default", "--concurrency",
+                                             str(self.default_concurrency), "--celery-hostname",
+                                             f"default-{i}@%h", *common]
+                   for i in range(1, self.default_workers + 1)}  # fmt: skip
+        workers["worker-training"] = ["celery", "worker", "--queues", self.training_queue, "--concurrency",
+                                      str(tune_shards(env)), "--celery-hostname", "training@%h", *common]  # fmt: skip
+        return workers
+
+
 def env_overrides(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> dict[str, Any]:
     """Each field of the `defaults` dataclass, overridden by `<prefix><FIELD>` when set."""
     env = os.environ if env is None else env

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,24 @@ def convert(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {"connections": connections, "variables": variables, "pools": pools}
 
 
+TRAINING_POOL = "gpu_training"
+
+
+def pool_slots(pools: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The pools with the training pool sized to the tuning shards (`NIGHTSHIFT_TUNE_SHARDS`), so the shards
+    of one tuning run at once, one per slot, on as many workers or pods; never fewer than the file says."""
+    from include.core.config import tune_shards
+
+    if TRAINING_POOL not in pools:
+        return pools
+    sized = dict(pools[TRAINING_POOL], slots=max(int(pools[TRAINING_POOL]["slots"]), tune_shards(env)))
+    return {**pools, TRAINING_POOL: sized}
+
+
 def import_settings(path: Path, env: dict[str, str]) -> dict[str, int]:
     """Run Airflow's importers on the converted file; returns how many of each were loaded."""
     converted = convert(yaml.safe_load(path.read_text()))
+    converted["pools"] = pool_slots(converted["pools"], env)
     commands = {
         "connections": ["connections", "import", "--overwrite"],
         "variables": ["variables", "import", "-a", "overwrite"],

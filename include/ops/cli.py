@@ -21,7 +21,13 @@ from include.core.calendar import LOCAL_TZ
 from include.core.config import ConfigError, Settings, load_settings
 from include.ops.nights import FAULTS
 from include.ops.postgres import embedded_data_dir, resolve_database_url, stop_embedded
-from include.ops.runtime import AIRFLOW_COMPONENTS, ensure_passwords, runtime_env, supervised_serving
+from include.ops.runtime import (
+    AIRFLOW_COMPONENTS,
+    airflow_processes,
+    ensure_passwords,
+    runtime_env,
+    supervised_serving,
+)
 from include.train.backtest import DEFAULT_ENDS, parse_ends
 
 log = logging.getLogger("nightshift")
@@ -97,7 +103,9 @@ def run_airflow(settings: Settings) -> int:
             for serving in replicas:
                 watched = "supervised" if serving.pid else "already answering, not supervised"
                 step(f"TF Serving REST API (local, {watched}) on {serving.url}")
-            procs = [subprocess.Popen(["airflow", c], env=env) for c in AIRFLOW_COMPONENTS]
+            processes = airflow_processes(env)
+            step(f"Airflow with {env['AIRFLOW__CORE__EXECUTOR']}: {', '.join(processes)}")
+            procs = [subprocess.Popen(["airflow", *argv], env=penv) for argv, penv in processes.values()]
             procs.append(subprocess.Popen([sys.executable, "-m", "include.ops.cli", "predict"], env=env))
             try:
                 while not stopping and all(p.poll() is None for p in procs):

@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from include.core.calendar import LOCAL_TZ
 from include.core.config import Settings, load_settings
 from include.core.faults import FAILPOINT_DIR, PROMOTE_LABEL_MOVED
 from include.ops.nights_rig import Prober, Processes, Receivers, drop_landing, repair_landing
-from include.ops.runtime import AIRFLOW_COMPONENTS
+from include.ops.runtime import airflow_processes
 
 log = logging.getLogger("nightshift.nights")
 
@@ -654,6 +655,24 @@ def overhead(url: str, nights: list[Night]) -> float | None:
     return round(sum(float(r["s"]) for r in runs) / task_s, 3) if task_s else None
 
 
+def workers(url: str, nights: list[Night]) -> dict[str, Any]:
+    """Which worker ran each task instance of the nights (every try), and on which queue: under CeleryExecutor
+    the worker's name (`runtime.worker_hostname`), under LocalExecutor the machine's."""
+    began = min(n.began for n in nights if n.began)
+    tries = _rows(
+        url,
+        "SELECT dag_id, run_id, task_id, map_index, try_number, hostname, queue, state FROM ("
+        "SELECT dag_id, run_id, task_id, map_index, try_number, hostname, queue, state, start_date FROM task_instance "
+        "UNION ALL SELECT dag_id, run_id, task_id, map_index, try_number, hostname, queue, state, start_date "
+        "FROM task_instance_history) t WHERE dag_id = ANY(:d) AND start_date >= :b AND hostname <> '' "
+        "ORDER BY start_date",
+        d=list(DAGS), b=began,
+    )  # fmt: skip
+    per_worker = Counter(r["hostname"] for r in tries)
+    return {"workers": dict(per_worker), "queues": dict(Counter(r["queue"] for r in tries)),
+            "task_instances": [dict(r) for r in tries]}  # fmt: skip
+
+
 def print_table(report: dict[str, Any], failed: list[str]) -> None:
     print(f"\nnightshift nights: {report['nights']} nights, {report['first_night']} … {report['last_night']}")
     header = f"{'night':<11} {'replays':<11} {'ingest':<8} {'train':>5} {'skip':>4} {'versions':<9} " \
@@ -700,7 +719,7 @@ def _stack(harness: Harness) -> Iterator[None]:
             port = _free_port()
             env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
                         "AIRFLOW__API__WORKERS": "1"})  # fmt: skip
-            harness.procs = Processes(AIRFLOW_COMPONENTS, env, harness.out / "logs")
+            harness.procs = Processes(airflow_processes(env), env, harness.out / "logs")
             try:
                 harness.procs.start()
                 password = json.loads(ensure_passwords(harness.settings).read_text())["admin"]
@@ -809,8 +828,10 @@ def run_nights(settings: Settings, count: int, faults: list[str], prepare: Calla
                            env=env, timeout=300, check=False)  # fmt: skip
             found = facts(settings, url, nights, per_night, harness.receivers, harness.prober)
             result, failed = invariants(found)
+            ran = workers(url, nights)
             report = {
                 "nights": count, "first_night": nights[0].night.isoformat(), "last_night": nights[-1].night.isoformat(),
+                "executor": env["AIRFLOW__CORE__EXECUTOR"], "workers": ran["workers"], "queues": ran["queues"],
                 "wall_s": round(time.monotonic() - began, 1),
                 "minutes_per_night": round(sum(p["wall_s"] for p in per_night) / 60 / count, 2),
                 "orchestration_overhead": overhead(url, nights),
@@ -821,6 +842,7 @@ def run_nights(settings: Settings, count: int, faults: list[str], prepare: Calla
                 "serving_restarts": harness.serving.restarts, "probe": {k: v for k, v in found.items()
                                                                         if k.startswith("probe_")},
                 "failed_invariants": failed, "path": str(out / "report.json"),
+                "task_instances": ran["task_instances"],
             }  # fmt: skip
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         print_table(report, failed)

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,9 +261,13 @@ class Processes:
     (they piled up, 32 per scheduler start, before this) and no task process (Airflow puts each in a
     process group of its own, within the session). A component also dies with the harness."""
 
-    def __init__(self, components: tuple[str, ...], env: dict[str, str], logs: Path, liveness_grace_s: float = 120.0,
+    def __init__(self, components: tuple[str, ...] | Mapping[str, tuple[list[str], dict[str, str]]],
+                 env: dict[str, str], logs: Path, liveness_grace_s: float = 120.0,
                  liveness_failures: int = 45) -> None:  # fmt: skip
-        self.components = components
+        # Each process's `airflow` arguments and environment (runtime.airflow_processes); a bare name is
+        # `airflow <name>` in `env`.
+        self.commands = dict(components) if isinstance(components, Mapping) else {c: ([c], env) for c in components}
+        self.components = tuple(self.commands)
         self.env = env
         self.logs = logs
         self.procs: dict[str, subprocess.Popen] = {}
@@ -297,7 +301,8 @@ class Processes:
         self._started[component] = time.monotonic()
         self._failing[component] = 0
         out = (self.logs / f"{component}.log").open("a")
-        self.procs[component] = subprocess.Popen(["airflow", component], env=self.env, stdout=out,
+        argv, env = self.commands[component]
+        self.procs[component] = subprocess.Popen(["airflow", *argv], env=env, stdout=out,
                                                  stderr=subprocess.STDOUT, start_new_session=True,
                                                  preexec_fn=_die_with_parent())  # fmt: skip
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.core.config import Settings
+from include.core.config import Executor, Settings
 from include.core.feast import feast_variables
 from include.db import sqlalchemy_url
 
@@ -42,6 +42,7 @@ def airflow_home(settings: Settings) -> Path:
 def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """`base` (default os.environ) plus everything Airflow, Feast and nightshift need."""
     env = dict(os.environ if base is None else base)
+    executor = Executor.from_env(env)
     home = airflow_home(settings)
     venv_bin = str(Path(sys.executable).parent)
     port = env.get("AIRFLOW__API__PORT", "8080")
@@ -59,7 +60,7 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_database_url(database_url),
             # The async engine (asyncpg, whose own connect timeout is 60 s) takes no libpq options.
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": sqlalchemy_url(database_url, "asyncpg"),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": executor.airflow_name,
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(settings.home / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.home / "plugins"),
@@ -79,10 +80,36 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
         }
     )
     env.update(feast_variables(database_url))
+    if executor.celery:
+        env.update({
+            "AIRFLOW__CELERY__BROKER_URL": executor.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{airflow_database_url(database_url)}",  # the same Postgres
+            "NIGHTSHIFT_TRAINING_QUEUE": env.get("NIGHTSHIFT_TRAINING_QUEUE") or executor.training_queue,
+        })  # fmt: skip
     return env
 
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+HOSTNAME_CALLABLE = "include.ops.runtime.worker_hostname"
+
+
+def airflow_processes(env: dict[str, str]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Every long-running Airflow process of the executor `env` names: its name → (`airflow` arguments,
+    environment). The four components, and under CeleryExecutor each Celery worker, which records task
+    instances under its own name (`worker_hostname`), so several workers on one machine are told apart."""
+    processes = {name: ([name], env) for name in AIRFLOW_COMPONENTS}
+    for name, argv in Executor.from_env(env).workers(env).items():
+        processes[name] = (argv, {**env, "NIGHTSHIFT_WORKER_NAME": name,
+                                  "AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE})  # fmt: skip
+    return processes
+
+
+def worker_hostname() -> str:
+    """Airflow's `[core] hostname_callable` for a Celery worker's tasks: `<worker>@<host>`."""
+    import socket
+
+    name = os.environ.get("NIGHTSHIFT_WORKER_NAME")
+    return f"{name}@{socket.getfqdn()}" if name else socket.getfqdn()
 
 
 def ensure_passwords(settings: Settings) -> Path:

@@ -57,11 +57,6 @@ class PodSettings:
         return cls(**env_overrides(cls(), "NIGHTSHIFT_TRAIN_", env))
 
 
-def tune_shards(env: Mapping[str, str] | None = None) -> int:
-    """How many pods (or subprocesses) tune in parallel; read at parse time, cheap."""
-    return max(1, int((os.environ if env is None else env).get("NIGHTSHIFT_TUNE_SHARDS", "1")))
-
-
 def backend_from_env(env: Mapping[str, str] | None = None) -> str:
     backend = (os.environ if env is None else env).get("TRAIN_BACKEND", "local")
     if backend not in BACKENDS:

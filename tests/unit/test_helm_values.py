@@ -61,8 +61,8 @@ def test_tune_and_evaluate_go_to_a_worker_set_that_serves_their_queue(values) ->
 
 
 def test_the_cluster_settings_pass_nightshifts_own_configuration_checks(values) -> None:
-    from include.core.config import load_settings
-    from include.train.backends import backend_from_env, require_pod_readable_lake, tune_shards
+    from include.core.config import load_settings, tune_shards
+    from include.train.backends import backend_from_env, require_pod_readable_lake
 
     env = _env(values)
     settings = load_settings({**env, "DATABASE_URL": "postgresql://u@db:5432/nightshift"})
