@@ -31,30 +31,18 @@ from include.core.config import NightlyTraining, task_timeout, tune_shards
 from include.core.dag_defaults import default_args
 from include.core.deadlines import nightly_deadlines
 from include.train.backends import training_step
-from include.train.form import tuning_budget_params
+from include.train.form import tuning_budget_params, whole_number
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15), dag_id=TRAIN_DAG)
 NIGHTLY = NightlyTraining.from_env()  # the form's defaults: what scheduled runs train with
 DATASET_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['uri'] }}"
 MODELS_URI = "{{ ti.xcom_pull(task_ids='build_dataset')['models_uri'] }}"
 TRAIN_PARAMS = {
-    "train_days": Param(
-        NIGHTLY.train_days,
-        type="integer",
-        minimum=7,
-        maximum=365,
-        title="Training days",
-        description="Days of flights before validation and test.",
-        section="Data window",
+    "train_days": whole_number(
+        NIGHTLY.train_days, 7, 365, "Training days", "Days of flights before validation and test.", "Data window"
     ),
-    "test_days": Param(
-        NIGHTLY.test_days,
-        type="integer",
-        minimum=1,
-        maximum=60,
-        title="Test days",
-        description="The most recent days, held out for evaluation.",
-        section="Data window",
+    "test_days": whole_number(
+        NIGHTLY.test_days, 1, 60, "Test days", "The most recent days, held out for evaluation.", "Data window"
     ),
     "end_date": Param(
         None,

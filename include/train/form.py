@@ -11,72 +11,54 @@ from include.contract.training import ENSEMBLE_METHODS, TUNERS, WARM_STARTS
 from include.core.config import NightlyTraining
 
 
+def whole_number(default: int, least: int, most: int, title: str, description: str, section: str) -> Param:
+    """A form field for a count between `least` and `most`."""
+    return Param(default, type="integer", minimum=least, maximum=most, title=title, description=description,
+                 section=section)  # fmt: skip
+
+
+def choice(default: str, choices: tuple[str, ...], title: str, description: str, section: str) -> Param:
+    """A form field with one of `choices`, shown as a drop-down."""
+    return Param(default, type="string", enum=list(choices), values_display=choices, title=title,
+                 description=description, section=section)  # fmt: skip
+
+
+BUDGET = "Tuning budget"
+
+
 def tuning_budget_params(budget: NightlyTraining, warm_start: bool = True) -> dict[str, Any]:
     """The search, the ensemble and the seed; `warm_start` leaves that field out (the backtest has no champion)."""
     params = {
-        "tuner": Param(
-            budget.tuner,
-            type="string",
-            enum=list(TUNERS),
-            values_display=TUNERS,
-            title="Tuner",
-            description="keras-tuner search strategy.",
-            section="Tuning budget",
+        "tuner": choice(budget.tuner, TUNERS, "Tuner", "keras-tuner search strategy.", BUDGET),
+        "max_trials": whole_number(
+            budget.max_trials, 1, 200, "Max trials", "Trials for bayesian/random search.", BUDGET
         ),
-        "max_trials": Param(
-            budget.max_trials,
-            type="integer",
-            minimum=1,
-            maximum=200,
-            title="Max trials",
-            description="Trials for bayesian/random search.",
-            section="Tuning budget",
-        ),
-        "epochs": Param(
+        "epochs": whole_number(
             budget.epochs,
-            type="integer",
-            minimum=1,
-            maximum=200,
-            title="Epochs",
-            description="Max epochs per trial (Hyperband's max_epochs); early stopping applies.",
-            section="Tuning budget",
+            1,
+            200,
+            "Epochs",
+            "Max epochs per trial (Hyperband's max_epochs); early stopping applies.",
+            BUDGET,
         ),
-        "ensemble_size": Param(
-            budget.ensemble_size,
-            type="integer",
-            minimum=1,
-            maximum=10,
-            title="Ensemble size",
-            description="Best configurations retrained and averaged.",
-            section="Tuning budget",
+        "ensemble_size": whole_number(
+            budget.ensemble_size, 1, 10, "Ensemble size", "Best configurations retrained and averaged.", BUDGET
         ),
-        "ensemble_method": Param(
+        "ensemble_method": choice(
             budget.ensemble_method,
-            type="string",
-            enum=list(ENSEMBLE_METHODS),
-            values_display=ENSEMBLE_METHODS,
-            title="Ensemble method",
-            description="How the members combine into one probability; auto picks by validation log loss.",
-            section="Tuning budget",
+            ENSEMBLE_METHODS,
+            "Ensemble method",
+            "How the members combine into one probability; auto picks by validation log loss.",
+            BUDGET,
         ),
-        "warm_start": Param(
+        "warm_start": choice(
             budget.warm_start,
-            type="string",
-            enum=list(WARM_STARTS),
-            values_display=WARM_STARTS,
-            title="Warm start",
-            description="Fine-tune the production model's members on this window, alone or against a fresh search.",
-            section="Tuning budget",
+            WARM_STARTS,
+            "Warm start",
+            "Fine-tune the production model's members on this window, alone or against a fresh search.",
+            BUDGET,
         ),
-        "seed": Param(
-            budget.seed,
-            type="integer",
-            minimum=0,
-            maximum=2**31 - 1,
-            title="Seed",
-            description="Same data + same seed = same metrics.",
-            section="Tuning budget",
-        ),
+        "seed": whole_number(budget.seed, 0, 2**31 - 1, "Seed", "Same data + same seed = same metrics.", BUDGET),
     }
     if not warm_start:
         del params["warm_start"]
