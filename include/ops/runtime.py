@@ -85,6 +85,10 @@ def runtime_env(settings: Settings, database_url: str, base: dict[str, str] | No
             "AIRFLOW__CELERY__BROKER_URL": executor.broker_url,
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{airflow_database_url(database_url)}",  # the same Postgres
             "NIGHTSHIFT_TRAINING_QUEUE": env.get("NIGHTSHIFT_TRAINING_QUEUE") or executor.training_queue,
+            # Redis hands an unacknowledged task to another worker after this long: longer than the longest
+            # task may run (the backtest's 480 min), or a running task would be started twice. A task lost
+            # with its worker is Airflow's to find sooner (no heartbeat, then its retry).
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(9 * 3600),
         })  # fmt: skip
     return env
 

@@ -81,3 +81,12 @@ def test_the_training_pool_has_a_slot_per_tuning_shard(tmp_path: Path) -> None:
     assert pools["gpu_training"]["slots"] == 4
     assert pools["serving_deploy"]["slots"] == 1  # one deploy at a time, whatever the shards
     assert pool_slots(converted["pools"], {})["gpu_training"]["slots"] == 1
+
+
+def test_redis_never_hands_a_running_task_to_a_second_worker() -> None:
+    """Redis redelivers an unacknowledged task after the visibility timeout: it must outlast every task timeout."""
+    from include.core.config import LONG_TASK_TIMEOUT_MIN, TASK_TIMEOUT_MIN
+
+    env = _env(NIGHTSHIFT_EXECUTOR="celery")
+    longest_s = 60 * max(TASK_TIMEOUT_MIN, *LONG_TASK_TIMEOUT_MIN.values())
+    assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > longest_s
