@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from include.core.access import USERS
 from include.core.calendar import LOCAL_TZ
-from include.core.config import ConfigError, Settings, load_settings
+from include.core.config import ConfigError, Executor, Settings, load_settings
 from include.ops.nights import FAULTS
 from include.ops.postgres import embedded_data_dir, resolve_database_url, stop_embedded
 from include.ops.runtime import (
@@ -139,9 +139,15 @@ def run_component(settings: Settings, component: str) -> int:
         raise ConfigError("nightshift component runs against a shared Postgres: set DATABASE_URL")
     env = runtime_env(settings, resolve_database_url(settings.database_url, settings.local_dir))
     with_replay_clock(settings, env)
-    step(f"airflow {component} (DATABASE_URL, AIRFLOW_HOME {env['AIRFLOW_HOME']})")
+    processes = airflow_processes(env)
+    if component not in processes:
+        raise ConfigError(f"nightshift component {component}: a Celery worker runs only with "
+                          f"NIGHTSHIFT_EXECUTOR=celery (this environment runs {env['AIRFLOW__CORE__EXECUTOR']}: "
+                          f"{', '.join(processes)})")  # fmt: skip
+    argv, env = processes[component]
+    step(f"airflow {' '.join(argv)} (DATABASE_URL, AIRFLOW_HOME {env['AIRFLOW_HOME']})")
     sys.stdout.flush()
-    os.execvpe("airflow", ["airflow", component], env)
+    os.execvpe("airflow", ["airflow", *argv], env)
     return 1  # not reached: exec replaces this process
 
 
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     backtest.add_argument("--keep-postgres", action="store_true", help="leave the embedded Postgres running")
     sub.add_parser("airflow", help="run the full Airflow with the UI on :8080")
     component = sub.add_parser("component", help="one Airflow component in nightshift's environment (containers)")
-    component.add_argument("name", choices=AIRFLOW_COMPONENTS)
+    component.add_argument("name", choices=(*AIRFLOW_COMPONENTS, *Executor("celery").workers({})))
     nights = sub.add_parser("nights", help="N nights of the chain under the real scheduler, with faults (make nights)")
     nights.add_argument("--nights", type=int, default=14, help="how many consecutive nights, ending yesterday")
     nights.add_argument("--faults", default="", help=f"comma-separated, night by night, or name@N: {', '.join(FAULTS)}")

@@ -80,8 +80,9 @@ def test_deployment_is_ready_only_when_the_stable_model_is() -> None:
 
 def test_compose_runs_real_tf_serving_with_the_config_file() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    assert set(compose["services"]) == {"postgres", "nightshift-init", "api-server", "scheduler", "dag-processor",
-                                        "triggerer", "predict", "tf-serving"}  # fmt: skip
+    assert set(compose["services"]) == {"postgres", "redis", "nightshift-init", "api-server", "scheduler",
+                                        "dag-processor", "triggerer", "worker-default", "worker-training", "predict",
+                                        "tf-serving"}  # fmt: skip
     serving = compose["services"]["tf-serving"]
     assert serving["image"].startswith("tensorflow/serving:")
     assert "--model_config_file=/models/models.config" in serving["command"]
@@ -93,7 +94,7 @@ def test_compose_airflow_deploys_to_the_tf_serving_service() -> None:
 
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     serving_cmd = compose["services"]["tf-serving"]["command"]
-    for name in ("scheduler", "predict"):  # the deploy's tasks run in the scheduler's container
+    for name in ("worker-default", "predict"):  # the deploy's tasks run in a default worker's container
         service = compose["services"][name]
         settings = load_settings({k: str(v) for k, v in service["environment"].items()})
         assert settings.serving_url == "http://tf-serving:8501"
@@ -112,15 +113,15 @@ def test_compose_runs_each_airflow_component_from_the_image_after_one_init() -> 
     init = services["nightshift-init"]
     assert init["command"] == ["python", "-m", "include.ops.cli", "prepare"]
     assert init["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    for name in (*AIRFLOW_COMPONENTS, "predict"):
+    for name in (*AIRFLOW_COMPONENTS, "worker-default", "worker-training", "predict"):
         service = services[name]
         assert service["build"] == {"context": "..", "dockerfile": "docker/airflow.Dockerfile"}
         assert service["image"] == init["image"]
         assert service["depends_on"]["nightshift-init"] == {"condition": "service_completed_successfully"}
-        if name in ("scheduler", "triggerer"):  # their tasks and triggers report to the Task Execution API
-            assert service["depends_on"]["api-server"] == {"condition": "service_healthy"}
+        if name in ("scheduler", "triggerer", "worker-default", "worker-training"):  # they report to the Task
+            assert service["depends_on"]["api-server"] == {"condition": "service_healthy"}  # Execution API
         assert "pip" not in " ".join(service["command"])
-        if name != "predict":
+        if name in AIRFLOW_COMPONENTS:
             assert service["command"] == ["python", "-m", "include.ops.cli", "component", name]
         env = service["environment"]
         assert env["DATABASE_URL"] == init["environment"]["DATABASE_URL"]
@@ -129,6 +130,33 @@ def test_compose_runs_each_airflow_component_from_the_image_after_one_init() -> 
         assert f"state:{env['NIGHTSHIFT_LOCAL_DIR']}" in service["volumes"]
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://api-server:8080/execution/"
     assert (DOCKER / "airflow.Dockerfile").exists()
+
+
+def test_compose_runs_celery_workers_for_both_queues_on_its_redis() -> None:
+    from include.core.config import Executor
+    from include.ops.runtime import airflow_processes, runtime_env
+
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    env = {k: str(v) for k, v in services["worker-default"]["environment"].items()}
+    executor = Executor.from_env(env)
+    assert executor.celery
+    assert executor.broker_url == "redis://redis:6379/0"
+    assert services["redis"]["image"].startswith("redis:")
+    queues = {}
+    for name in ("worker-default", "worker-training"):
+        service = services[name]
+        assert service["depends_on"]["redis"] == {"condition": "service_healthy"}
+        worker = service["command"][-1]  # `nightshift component <worker>`: its arguments come from the profile
+        argv, _ = airflow_processes(runtime_env(load_settings_for(env), "postgresql://x@db/x", env))[worker]
+        queues[name] = argv[argv.index("--queues") + 1]
+    assert queues == {"worker-default": "default", "worker-training": executor.training_queue}
+    assert services["worker-default"]["deploy"]["replicas"] >= 2  # a lost worker's task has another to go to
+
+
+def load_settings_for(env: dict[str, str]):
+    from include.core.config import load_settings
+
+    return load_settings(env)
 
 
 def test_models_config_round_trips_through_the_protobuf(tmp_path) -> None:
