@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -412,7 +412,7 @@ class Executor:
     shard so the shards run in parallel."""
 
     kind: str = "local"
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold Redis's password
     default_workers: int = 2
     default_concurrency: int = 2  # task slots of each default worker
     training_queue: str = "training"
@@ -434,7 +434,9 @@ class Executor:
         executor = cls(kind, **{k: v for k, v in env_overrides(cls(), "NIGHTSHIFT_CELERY_", env).items()
                                 if k != "kind"})  # fmt: skip
         if min(executor.default_workers, executor.default_concurrency) < 1:
-            raise ConfigError(f"the Celery profile {executor} needs at least one default worker with one slot")
+            raise ConfigError(f"NIGHTSHIFT_CELERY_DEFAULT_WORKERS={executor.default_workers} and "
+                              f"NIGHTSHIFT_CELERY_DEFAULT_CONCURRENCY={executor.default_concurrency}: the Celery "
+                              "profile needs at least one default worker with one slot")  # fmt: skip
         if not executor.broker_url.startswith(("redis://", "rediss://")):
             raise ConfigError(f"NIGHTSHIFT_CELERY_BROKER_URL: the broker is Redis (redis://host:6379/0), not "
                               f"{executor.broker_url.split('://')[0]}://")  # fmt: skip

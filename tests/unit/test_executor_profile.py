@@ -90,3 +90,12 @@ def test_redis_never_hands_a_running_task_to_a_second_worker() -> None:
     env = _env(NIGHTSHIFT_EXECUTOR="celery")
     longest_s = 60 * max(TASK_TIMEOUT_MIN, *LONG_TASK_TIMEOUT_MIN.values())
     assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > longest_s
+
+
+def test_the_brokers_password_stays_out_of_errors_and_reprs() -> None:
+    env = {"NIGHTSHIFT_EXECUTOR": "celery", "NIGHTSHIFT_CELERY_BROKER_URL": "redis://:hunter2@10.0.0.5:6379/0",
+           "NIGHTSHIFT_CELERY_DEFAULT_WORKERS": "0"}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        Executor.from_env(env)
+    assert "hunter2" not in str(err.value)
+    assert "hunter2" not in repr(Executor.from_env({**env, "NIGHTSHIFT_CELERY_DEFAULT_WORKERS": "2"}))
