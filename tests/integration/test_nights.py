@@ -2,6 +2,10 @@
 short run of `bin/nightshift nights`, exactly as a user runs it, in its own state folder (its own
 embedded Postgres, which the postgres fault stops and starts, its own lake, serving and Airflow).
 
+It runs on CeleryExecutor (`NIGHTSHIFT_EXECUTOR=celery`): the chain's tasks go through the machine's
+Redis to two default workers and a training worker, which is more of Airflow than LocalExecutor runs
+(the other integration tests and `make demo` run LocalExecutor).
+
 The budget is the smallest that still trains, gates and deploys a real model each night: a 17-day
 bootstrap, 7 training days, 1 random-search trial of 2 epochs, and a gate loosened for such a small
 model (`NIGHTSHIFT_GATE_*`). The nights themselves are what `make nights` runs.
@@ -27,6 +31,7 @@ BUDGET = {
     "NIGHTSHIFT_GATE_SLICE_TOLERANCE": "0.5",
 }  # fmt: skip
 FAULTS = ["postgres", "promote", "landing"]
+BROKER = "redis://127.0.0.1:6379/12"  # a Redis database of this test's own, emptied first
 DEADLINE_MIN = 30  # 13-14 min on 2 cores (2026-12-04); the harness gives up at this, saying what it waited for
 
 # In `make test`'s integration tier; `make test-nights` runs it alone.
@@ -44,7 +49,12 @@ def nights_run():
     local.mkdir(parents=True)
     # Nothing of the test session's own stack (its database, its Airflow) reaches the harness.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
-    env.update({**BUDGET, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT)})
+    env.update({**BUDGET, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT),
+                "NIGHTSHIFT_EXECUTOR": "celery", "NIGHTSHIFT_CELERY_BROKER_URL": BROKER})  # fmt: skip
+    import redis
+
+    with redis.Redis.from_url(BROKER, socket_timeout=5, socket_connect_timeout=5) as broker:
+        broker.flushdb()  # no task message of an earlier run
     log = local / "harness.log"
     # The harness gives up by itself at DEADLINE_MIN, saying what Airflow was still busy with; the wait
     # below is only the backstop for a harness that hangs outside its waits.
@@ -125,3 +135,19 @@ def test_the_faults_left_their_marks_and_the_retries_converged(nights_run):
     assert "removed part-1.csv, part-2.parquet" in landing["fault_detail"]["landing"]
     assert "validation_failed" not in landing["alert_kinds"]
     assert "task_failed" in landing["alert_kinds"] or landing["alerts"] >= 1
+
+
+def test_the_nights_ran_on_celery_workers_each_on_its_queue(nights_run):
+    _, report = nights_run
+    assert report["executor"] == "CeleryExecutor"
+    tries = report["task_instances"]
+    assert tries
+    workers = {t["hostname"].split("@")[0] for t in tries}
+    assert workers <= {"worker-default-1", "worker-default-2", "worker-training"}, workers
+    assert len(workers) >= 2, report["workers"]  # more than one worker did the nights' work
+    training = [t for t in tries if t["dag_id"] == "nightshift_train" and t["task_id"] in ("tune", "evaluate")]
+    assert training
+    assert {(t["queue"], t["hostname"].split("@")[0]) for t in training} == {("training", "worker-training")}
+    others = [t for t in tries if t not in training]
+    assert {t["queue"] for t in others} == {"default"}
+    assert {t["hostname"].split("@")[0] for t in others} <= {"worker-default-1", "worker-default-2"}
