@@ -7,8 +7,8 @@ Redis to two default workers and a training worker, which is more of Airflow tha
 (the other integration tests and `make demo` run LocalExecutor).
 
 The budget is the smallest that still trains, gates and deploys a real model each night: a 17-day
-bootstrap, 7 training days, 1 random-search trial of 2 epochs, and a gate loosened for such a small
-model (`NIGHTSHIFT_GATE_*`). The nights themselves are what `make nights` runs.
+bootstrap, 7 training days, 1 random-search trial of 2 epochs and no warm start, and a gate loosened
+for such a small model (`NIGHTSHIFT_GATE_*`). The nights themselves are what `make nights` runs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ BUDGET = {
     "NIGHTSHIFT_BOOTSTRAP_START": "2013-03-01", "NIGHTSHIFT_BOOTSTRAP_END": "2013-03-17",
     "NIGHTSHIFT_NIGHTLY_TRAIN_DAYS": "7", "NIGHTSHIFT_NIGHTLY_TEST_DAYS": "3", "NIGHTSHIFT_NIGHTLY_TUNER": "random",
     "NIGHTSHIFT_NIGHTLY_MAX_TRIALS": "1", "NIGHTSHIFT_NIGHTLY_EPOCHS": "2", "NIGHTSHIFT_NIGHTLY_ENSEMBLE_SIZE": "1",
+    # A fresh search only: warm starts are tests/integration/test_training_cli.py's.
+    "NIGHTSHIFT_NIGHTLY_WARM_START": "off",
     "NIGHTSHIFT_GATE_AUC_FLOOR": "0.5", "NIGHTSHIFT_GATE_ECE_CEILING": "0.5", "NIGHTSHIFT_GATE_AUC_TOLERANCE": "0.2",
     "NIGHTSHIFT_GATE_SLICE_TOLERANCE": "0.5",
 }  # fmt: skip
