@@ -30,7 +30,12 @@ DAY = "2013-05-20"
 
 
 @pytest.fixture(scope="module")
-def celery_airflow(settings, db_url) -> Iterator[Airflow]:
+def celery_airflow(db_url) -> Iterator[Airflow]:
+    # Its own settings, not the session's `settings` fixture: that one keeps the environment of the test that
+    # first asks for it, and the monitor tests need it to see the serving URL the `serving` fixture sets.
+    from include.core.config import load_settings
+
+    settings = load_settings()
     broker = f"redis://127.0.0.1:6379/{BROKER_DB}"
     client = redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=5)
     try:
