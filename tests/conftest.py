@@ -129,6 +129,9 @@ def prepared_database() -> str:
 
 @pytest.fixture(scope="session")
 def settings():
+    """The session's settings, read once, when a test first asks: before the `serving` fixture has set
+    NIGHTSHIFT_SERVING_URL if that test runs first. A test early in the order that does not need serving
+    should read `load_settings()` itself (tests/integration/test_celery_workers.py does)."""
     from include.core.config import load_settings
 
     return load_settings()
