@@ -133,7 +133,7 @@ def test_compose_runs_each_airflow_component_from_the_image_after_one_init() -> 
 
 
 def test_compose_runs_celery_workers_for_both_queues_on_its_redis() -> None:
-    from include.core.config import Executor
+    from include.core.config import Executor, load_settings
     from include.ops.runtime import airflow_processes, runtime_env
 
     services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
@@ -147,16 +147,10 @@ def test_compose_runs_celery_workers_for_both_queues_on_its_redis() -> None:
         service = services[name]
         assert service["depends_on"]["redis"] == {"condition": "service_healthy"}
         worker = service["command"][-1]  # `nightshift component <worker>`: its arguments come from the profile
-        argv, _ = airflow_processes(runtime_env(load_settings_for(env), "postgresql://x@db/x", env))[worker]
+        argv, _ = airflow_processes(runtime_env(load_settings(env), "postgresql://x@db/x", env))[worker]
         queues[name] = argv[argv.index("--queues") + 1]
     assert queues == {"worker-default": "default", "worker-training": executor.training_queue}
     assert services["worker-default"]["deploy"]["replicas"] >= 2  # a lost worker's task has another to go to
-
-
-def load_settings_for(env: dict[str, str]):
-    from include.core.config import load_settings
-
-    return load_settings(env)
 
 
 def test_models_config_round_trips_through_the_protobuf(tmp_path) -> None:
