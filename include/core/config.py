@@ -107,8 +107,14 @@ class Settings:
         return self.serving_dir / self.model_name
 
     def feature_source_glob(self, view: str) -> str:
-        """Glob of a feature view's daily files in the lake, as Feast's DuckDB offline store reads them."""
+        """Glob of a feature view's daily files in the lake, as Feast's DuckDB offline store reads them.
+
+        An `s3://` lake is named `s3a://` here: for `s3://` ibis would make DuckDB download its httpfs
+        extension at run time, while `s3a://` goes to the lake's own fsspec filesystem, which
+        `include/core/feast.py` registers with DuckDB (both are S3 to s3fs)."""
         folder = f"{self.lake_uri}/{FEATURES_ZONE}/{view.removesuffix('_fv')}"
+        if folder.startswith("s3://"):
+            folder = "s3a://" + folder.removeprefix("s3://")
         return folder.removeprefix("file://") + "/*.parquet"
 
     def require_database_url(self) -> str:
@@ -165,8 +171,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         serving_dir=serving_dir,
         serving_url=env.get("NIGHTSHIFT_SERVING_URL", "http://127.0.0.1:8501").rstrip("/"),
         model_name=model_name,
-        # The model's base path as the server sees it (a container mounts serving_dir elsewhere).
-        serving_model_base=env.get("NIGHTSHIFT_SERVING_MODEL_BASE_PATH", str(serving_dir / model_name)),
+        # The model's base path as the server sees it (a container mounts serving_dir elsewhere); with an
+        # s3:// lake, the lake's serving/ prefix, which TF Serving reads natively (include/deploy/published.py).
+        serving_model_base=env.get("NIGHTSHIFT_SERVING_MODEL_BASE_PATH")
+        or (f"{lake_uri}/serving/{model_name}" if lake_uri.startswith("s3://") else str(serving_dir / model_name)),
         online_store=online_store,
         redis_address=env.get("NIGHTSHIFT_REDIS", "127.0.0.1:6379"),
         serving_replicas=_urls(env, "NIGHTSHIFT_SERVING_REPLICAS"),

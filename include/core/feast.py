@@ -56,4 +56,25 @@ def open_store(settings: Settings) -> FeatureStore:
                                   f"{REDIS_TIMEOUT_S},socket_connect_timeout={REDIS_TIMEOUT_S}"}  # fmt: skip
     config = RepoConfig(**filled)
     config.repo_path = settings.feast_repo
+    if settings.lake_uri.startswith("s3://"):
+        duckdb_reads_lake(settings)
     return FeatureStore(config=config)
+
+
+def duckdb_reads_lake(settings: Settings) -> None:
+    """Let the DuckDB connection Feast's offline store queries (ibis's default one) read an `s3://` lake.
+
+    DuckDB gets the lake's own fsspec filesystem: s3fs, with the credentials and endpoint of the lake's
+    Airflow connection. Nothing is downloaded (DuckDB's httpfs extension would be), and the feature
+    sources, named `s3a://` (`Settings.feature_source_glob`), reach this filesystem and no other.
+    The filesystem registered last wins, so settings that name another connection take over.
+    """
+    import ibis
+
+    from include.core.lake import lake_root
+
+    filesystem = lake_root(settings).fs
+    connection = ibis.get_backend().con
+    if "s3" in connection.list_filesystems():
+        connection.unregister_filesystem("s3")
+    connection.register_filesystem(filesystem)

@@ -96,6 +96,17 @@ def write_parquet(path: ObjectStoragePath, frame: pd.DataFrame) -> str:
     return write_atomic(path, parquet_bytes(frame))
 
 
+def relative(path: Any, root: Any) -> str:
+    """`path` under `root` as a `/`-separated relative name, for local Paths and lake paths alike
+    (an `s3://` path's `relative_to` gives a path that cannot even be printed)."""
+    if isinstance(path, Path):
+        return path.relative_to(root).as_posix()
+    prefix = root.path.rstrip("/") + "/"
+    if not path.path.startswith(prefix):
+        raise ValueError(f"{uri(path)} is not under {uri(root)}")
+    return path.path[len(prefix) :]
+
+
 def copy_tree(source: Any, target: ObjectStoragePath | Path) -> dict[str, str]:
     """Copy every file under `source` to `target` (each a local Path or an ObjectStoragePath).
 
@@ -104,11 +115,11 @@ def copy_tree(source: Any, target: ObjectStoragePath | Path) -> dict[str, str]:
     copied = {}
     for path in sorted(source.rglob("*"), key=str):
         if path.is_file():
-            relative = str(path.relative_to(source))
-            destination = target / relative
+            name = relative(path, source)
+            destination = target / name
             destination.parent.mkdir(parents=True, exist_ok=True)
             destination.write_bytes(path.read_bytes())
-            copied[relative] = uri(destination)
+            copied[name] = uri(destination)
     return copied
 
 
@@ -125,3 +136,24 @@ def read_partitions(root: ObjectStoragePath, zone: str, dataset: str, days: list
     frames = [read_parquet(f) for d in days if (f := partition_file(root, zone, dataset, d)).exists()]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def credentials_env(settings: Settings) -> dict[str, str]:
+    """The lake's Airflow connection as the AWS SDK's environment variables, for a process without Airflow
+    (the local backend's trainer, which reads the lake through fsspec as the pod does with the
+    `nightshift-lake` Secret). Empty for a `file://` lake or without a connection: the SDK's own
+    chain (instance role, `~/.aws`) applies then."""
+    if not settings.lake_uri.startswith("s3://") or not settings.lake_conn_id:
+        return {}
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsGenericHook
+
+    hook = AwsGenericHook(aws_conn_id=settings.lake_conn_id, client_type="s3")
+    credentials = hook.get_credentials()
+    env = {"AWS_ACCESS_KEY_ID": credentials.access_key, "AWS_SECRET_ACCESS_KEY": credentials.secret_key}
+    if credentials.token:
+        env["AWS_SESSION_TOKEN"] = credentials.token
+    if hook.conn_config.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = hook.conn_config.endpoint_url
+    if hook.conn_config.region_name:
+        env["AWS_DEFAULT_REGION"] = hook.conn_config.region_name
+    return env

@@ -59,6 +59,7 @@ from include.core.faults import PROMOTE_LABEL_MOVED, failpoint
 from include.db import engine
 from include.deploy.canary import MIN_CANARY_REQUESTS, compare, live_compare
 from include.deploy.errors import DeployConflict, DeployError, SandboxRejected, StatusRefused
+from include.deploy.published import publish
 from include.deploy.savedmodel import (
     EXPECTED_DTYPES,
     check_loads,
@@ -299,7 +300,8 @@ def push(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id:
             except DeployError as err:
                 raise _fail(settings, run_id, version, "push", str(err), read_state(settings)) from err
             log.info("version %d is already pushed to %s; a version folder is never overwritten", version, target)
-            return {"version": version, "path": str(target), "requests": lake.uri(requests_uri), "pushed": False}
+            return {"version": version, "path": publish(settings, target, version) or str(target),
+                    "requests": lake.uri(requests_uri), "pushed": False}  # fmt: skip
         raise _fail(settings, run_id, version, "push", f"{target} exists but is not a pushed version; it is never "
                     "overwritten: move it aside by hand", read_state(settings))  # fmt: skip
     settings.model_dir.mkdir(parents=True, exist_ok=True)
@@ -320,16 +322,15 @@ def push(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], run_id:
         stage.rename(target)  # the last step: the version folder appears complete or not at all
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    _record(settings, run_id, version, "push", True, f"pushed to {target}", read_state(settings),
+    where = publish(settings, target, version) or str(target)  # and onto a remote base path, saved_model.pb last
+    _record(settings, run_id, version, "push", True, f"pushed to {where}", read_state(settings),
             detail={"warmup_records": warmups, "requests": len(rows), "sha256": digest})  # fmt: skip
-    return {"version": version, "path": str(target), "requests": lake.uri(requests_uri), "pushed": True,
+    return {"version": version, "path": where, "requests": lake.uri(requests_uri), "pushed": True,
             "warmup_records": warmups}  # fmt: skip
 
 
-def _load_requests(uri: str) -> dict[str, Any]:
-    from airflow.sdk import ObjectStoragePath
-
-    return json.loads(ObjectStoragePath(uri).read_text())
+def _load_requests(settings: Settings, uri: str) -> dict[str, Any]:
+    return json.loads(lake.at(settings, uri).read_text())
 
 
 def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushed: dict[str, Any],
@@ -341,7 +342,7 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
     from include.serving.process import SandboxUnavailable
 
     version = plan["version"]
-    rows = _load_requests(pushed["requests"])["rows"]
+    rows = _load_requests(settings, pushed["requests"])["rows"]
     _expect(read_state(settings), plan["labels"])  # cheap, before a sandbox starts; checked again under the lock
     checks: dict[str, Any] = {}
     try:
@@ -429,7 +430,7 @@ def canary(settings: Settings, policy: DeployPolicy, plan: dict[str, Any], pushe
         reason = (f"NIGHTSHIFT_DEPLOY_CANARY_REQUESTS={policy.canary_requests} is too few for a latency verdict; "
                   f"set at least {MIN_CANARY_REQUESTS}")  # fmt: skip
         raise _fail(settings, run_id, version, "canary", reason, read_state(settings))
-    rows = (_load_requests(pushed["requests"])["rows"] * policy.canary_requests)[: policy.canary_requests]
+    rows = (_load_requests(settings, pushed["requests"])["rows"] * policy.canary_requests)[: policy.canary_requests]
     with client_for(settings) as client, serving_lock(settings, policy.lock_timeout_s):
         state = read_state(settings)
         done = _succeeded(settings, run_id, "canary", version)

@@ -163,17 +163,15 @@ def score_day(settings: Settings, policy: MonitorPolicy, day: dt.date, run_id: s
 # -- report ----------------------------------------------------------------------------------------
 
 
-def reference_for(url: str, version: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+def reference_for(settings: Settings, version: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The reference the version's training run saved (its test days, where the registry records them)."""
-    from airflow.sdk import ObjectStoragePath
-
     from include.train.registry import get_version
 
-    row = get_version(url, version)
+    row = get_version(settings.require_database_url(), version)
     uri = row.get("reference_uri")
     if not uri:
         raise MonitorError(f"version {version} records no monitoring reference; retrain it with this release")
-    path = ObjectStoragePath(uri)
+    path = lake.at(settings, uri)
     if not path.exists():
         raise MonitorError(f"version {version}'s monitoring reference {uri} is missing from the lake; retrain it")
     return lake.read_parquet(path), row
@@ -190,9 +188,9 @@ class CalibratedReference:
 
 
 @lru_cache(maxsize=4)
-def calibrated_reference(url: str, version: int, policy: MonitorPolicy) -> CalibratedReference:
+def calibrated_reference(settings: Settings, version: int, policy: MonitorPolicy) -> CalibratedReference:
     """Read and calibrate once per version: the report task judges many days against the same one."""
-    frame, row = reference_for(url, version)
+    frame, row = reference_for(settings, version)
     return CalibratedReference(frame, row, drift_thresholds(frame, policy),
                                worst_reference_day_auc(frame, policy.min_rows))  # fmt: skip
 
@@ -204,7 +202,7 @@ def report_day(settings: Settings, policy: MonitorPolicy, scored: dict[str, Any]
     day = dt.date.fromisoformat(scored["day"])
     began = time.monotonic()
     current = lake.read_parquet(predictions_file(settings, day))
-    calibrated = calibrated_reference(url, scored["model_version"], policy)
+    calibrated = calibrated_reference(settings, scored["model_version"], policy)
     reference, version, thresholds = calibrated.frame, calibrated.version, calibrated.thresholds
     snapshot = evidently_report(reference, current, policy, thresholds)
     metrics = read_metrics(snapshot)

@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from include.core.config import ConfigError
 from include.serving.config import WARMUP_FILE, ModelEntry, ServingLimits, read_models_config
+from include.serving.remote_base import RemoteBases, is_remote
 
 log = logging.getLogger("nightshift.serving")
 # TF Serving's own route regexes (http_rest_api_util.cc), matched on the raw (still percent-encoded)
@@ -135,6 +136,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._seen: tuple = ()
+        self._remote = RemoteBases()  # base paths on an object store (s3://…)
 
     def _fingerprint(self, base_paths: Iterable[str]) -> tuple:
         # The inode too: each atomic write is a new file, even within one tick of the (coarse) file clock.
@@ -143,8 +145,10 @@ class ModelManager:
             parts: list[Any] = [(stat.st_mtime_ns, stat.st_ino)]
         except FileNotFoundError:
             parts = [0]
-        for base in map(Path, base_paths):
-            if base.exists():
+        for base_path in base_paths:
+            if is_remote(base_path):
+                parts += self._remote.fingerprint(base_path)
+            elif (base := Path(base_path)).exists():
                 parts += sorted((p.name, (p / "saved_model.pb").exists()) for p in base.iterdir() if p.is_dir())
         return tuple(parts)
 
@@ -182,13 +186,12 @@ class ModelManager:
                 served = ServedModel(entry, {})
                 previous = models.get(entry.name)
                 for version in self._wanted(entry):
-                    path = Path(entry.base_path) / str(version)
                     old = previous.versions.get(version) if previous else None
-                    stamp = (path / "saved_model.pb").stat().st_mtime if (path / "saved_model.pb").exists() else 0.0
+                    stamp = self._stamp(entry.base_path, version)
                     if old and old.state == "AVAILABLE" and old.stamp == stamp:
                         served.versions[version] = old
                     else:
-                        served.versions[version] = self._loader(version, path, stamp)
+                        served.versions[version] = self._loader(version, self._folder(entry, version, stamp), stamp)
                 served.labels = self._labels(entry, served, previous)
                 fresh[entry.name] = served
             with self._lock:
@@ -213,10 +216,23 @@ class ModelManager:
         kept = previous.labels if previous is not None else {}
         return {label: v for label, v in kept.items() if v in served.versions}
 
-    @staticmethod
-    def _wanted(entry: ModelEntry) -> list[int]:
+    def _stamp(self, base_path: str, version: int) -> float:
+        if is_remote(base_path):
+            return self._remote.versions(base_path).get(version, 0.0)
+        pb = Path(base_path) / str(version) / "saved_model.pb"
+        return pb.stat().st_mtime if pb.exists() else 0.0
+
+    def _folder(self, entry: ModelEntry, version: int, stamp: float) -> Path:
+        """The version's folder on this machine: in the base path, or a copy of a remote one."""
+        if is_remote(entry.base_path):
+            return self._remote.local_copy(entry.base_path, version, stamp)
+        return Path(entry.base_path) / str(version)
+
+    def _wanted(self, entry: ModelEntry) -> list[int]:
         if entry.versions:
             return sorted(entry.versions)
+        if is_remote(entry.base_path):
+            return sorted(self._remote.versions(entry.base_path))[-1:]
         base = Path(entry.base_path)
         numeric = (
             sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()) if base.exists() else []

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from include.core.config import ConfigError, Settings
+from include.core.lake import credentials_env
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ def _start(settings: Settings, env: dict[str, str] | None, port: int, timeout_s:
     proc = subprocess.Popen(
         [sys.executable, "-m", "include.serving.local_server", "--model_config_file", str(settings.models_config),
          "--rest_api_port", str(port), "--host", str(parts.hostname), "--port_file", str(port_file)],
-        env={**(env or os.environ), "PYTHONPATH": str(settings.home)}, stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env={**(env or os.environ), **credentials_env(settings), "PYTHONPATH": str(settings.home)},
+        stdout=log_file, stderr=subprocess.STDOUT,
+    )  # fmt: skip  # credentials: an s3:// serving base path is read with the lake's connection
     served = _Served(proc, "", port_file, log_file)
     try:
         deadline = time.monotonic() + timeout_s

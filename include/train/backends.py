@@ -26,6 +26,7 @@ from airflow.sdk import BaseOperator
 
 from include.core.assets import TRAIN_DAG
 from include.core.config import ConfigError, env_overrides, load_settings, task_timeout
+from include.core.lake import credentials_env
 
 BACKENDS = ("local", "kubernetes")
 ENTRY_POINT = ["python", "-m", "include.trainer"]
@@ -73,7 +74,9 @@ def run_training_cli(arguments: list[str], time_limit_s: float | None = None) ->
     if time_limit_s is None:
         time_limit_s = subprocess_time_limit(task_timeout(TRAIN_DAG, arguments[0] if arguments else None))
     hint = f"raise NIGHTSHIFT_TIMEOUT_TRAIN_{arguments[0].upper()}_MIN or lower the budget" if arguments else ""
-    stdout = run_with_time_limit(command, time_limit_s, hint=hint)
+    stdout = run_with_time_limit(
+        command, time_limit_s, hint=hint, env={**os.environ, **credentials_env(load_settings())}
+    )
     return json.loads(stdout.strip().splitlines()[-1])
 
 
@@ -83,14 +86,21 @@ def subprocess_time_limit(execution_timeout: dt.timedelta) -> float:
     return max(total - LIMIT_MARGIN_S, total * 0.9)
 
 
-def run_with_time_limit(command: Sequence[str], time_limit_s: float, hint: str = "") -> str:
+def run_with_time_limit(
+    command: Sequence[str], time_limit_s: float, hint: str = "", env: Mapping[str, str] | None = None
+) -> str:
     """Run `command` in a process group of its own and return its stdout; past `time_limit_s` (or when this
     process is interrupted, e.g. by Airflow's own timeout) the whole group is killed, so no trainer outlives
     its step. A non-zero exit or the limit raises, naming the command."""
     shown = " ".join(command)
     print("running:", shown, f"(time limit {_duration(time_limit_s)})", flush=True)
     process = subprocess.Popen(
-        list(command), stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_die_with_parent()
+        list(command),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_die_with_parent(),
+        env=None if env is None else dict(env),
     )
     try:
         stdout, _ = process.communicate(timeout=time_limit_s)

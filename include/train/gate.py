@@ -21,7 +21,9 @@ def saved_model_sha256(root: Any, exclude: Collection[str] = ()) -> str:
     and bytes, in sorted path order, each length-framed so no two trees share a digest. Files are read
     in 1 MiB chunks. `exclude` names relative paths left out (serving's own additions, e.g. warmup).
     """
-    files = sorted((str(p.relative_to(root)), p) for p in root.rglob("*") if p.is_file())
+    from include.core.lake import relative
+
+    files = sorted((relative(p, root), p) for p in root.rglob("*") if p.is_file())
     files = [(name, p) for name, p in files if name not in exclude]
     if not files:
         raise FileNotFoundError(f"no files under {root}: nothing to fingerprint")

@@ -7,38 +7,23 @@ reached through an Airflow AWS connection, exactly as production would reach S3.
 from __future__ import annotations
 
 import datetime as dt
-import json
 
-import boto3
 import pytest
 import sqlalchemy as sa
 
 from include import db
+from tests.s3_fixtures import BUCKET, connection_env, keys, moto_endpoint
 
 pytestmark = pytest.mark.integration
 
-BUCKET = "nightshift-lake"
 CONN_ID = "test_s3_lake"
 DAYS = [dt.date(2013, 6, 10), dt.date(2013, 6, 11)]
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)  # the server binds a free port itself
-    server.start()
-    endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
+    with moto_endpoint() as endpoint:
+        yield endpoint.url, endpoint.client
 
 
 @pytest.fixture
@@ -46,17 +31,8 @@ def s3_settings(s3_endpoint, monkeypatch):
     from include.core.config import load_settings
 
     endpoint, _ = s3_endpoint
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{CONN_ID.upper()}",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-            }
-        ),
-    )
+    for name, value in connection_env(CONN_ID, endpoint).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("NIGHTSHIFT_LAKE", f"s3://{BUCKET}/lake")
     monkeypatch.setenv("NIGHTSHIFT_LAKE_CONN_ID", CONN_ID)
     return load_settings()
@@ -77,16 +53,12 @@ def test_collect_clean_validate_on_an_s3_lake(s3_settings, s3_endpoint, db_url) 
     assert validated["success"]
     assert validated["data_docs"].startswith(f"s3://{BUCKET}/lake/reports/data_docs/")
 
-    keys = {
-        o["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-        for o in page.get("Contents", [])
-    }
+    stored = keys(client)
     for day in DAYS:
         for zone, dataset in [("raw", "flights"), ("raw", "weather"), ("clean", "flights"), ("quarantine", "flights")]:
-            assert f"lake/{zone}/{dataset}/date={day}/part-0.parquet" in keys
-        assert f"lake/reports/validation/flights_clean/date={day}/result.json" in keys
-    assert not [k for k in keys if k.rsplit("/", 1)[-1].startswith(".")], "staging objects left behind"
+            assert f"lake/{zone}/{dataset}/date={day}/part-0.parquet" in stored
+        assert f"lake/reports/validation/flights_clean/date={day}/result.json" in stored
+    assert not [k for k in stored if k.rsplit("/", 1)[-1].startswith(".")], "staging objects left behind"
 
     with db.engine(db_url).connect() as conn:
         rows = (
