@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test chromium demo backtest test test-fast test-nights lint-imports airflow nights bench bench-serving bench-monitor bench-predict lint format lock clean
+.PHONY: install install-test chromium demo backtest test test-fast test-nights lint-imports airflow nights bench bench-serving bench-s3 bench-monitor bench-predict lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -90,6 +90,10 @@ bench-predict: install
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && { $(APT) install wrk || { $(APT) update && $(APT) install wrk; }; } >/dev/null; } \
 	  || { echo "make: bench-predict needs Debian's wrk: sudo apt-get install wrk"; exit 1; }
 	PYTHONPATH=. $(PY) -m benchmarks.predict
+
+## The demo on an s3:// lake (moto on loopback) and on the file lake, one after the other (writes .local/bench/s3_demo.json).
+bench-s3: install-test
+	PYTHONPATH=. $(PY) -m benchmarks.s3_demo
 
 ## Evidently report time for 1k, 10k, 100k and 1M rows (after `make demo`).
 bench-monitor: install

@@ -7,6 +7,19 @@ from typing import Any
 
 import pandas as pd
 
+# The smallest budget that still trains, gates and deploys a real model (the nights test's and the S3 chain's):
+# a 17-day bootstrap, 7 training days, 1 random-search trial of 2 epochs, no warm start, and a gate loosened
+# for such a small model (`NIGHTSHIFT_GATE_*`).
+SMALL_CHAIN = {
+    "NIGHTSHIFT_BOOTSTRAP_START": "2013-03-01", "NIGHTSHIFT_BOOTSTRAP_END": "2013-03-17",
+    "NIGHTSHIFT_NIGHTLY_TRAIN_DAYS": "7", "NIGHTSHIFT_NIGHTLY_TEST_DAYS": "3", "NIGHTSHIFT_NIGHTLY_TUNER": "random",
+    "NIGHTSHIFT_NIGHTLY_MAX_TRIALS": "1", "NIGHTSHIFT_NIGHTLY_EPOCHS": "2", "NIGHTSHIFT_NIGHTLY_ENSEMBLE_SIZE": "1",
+    # A fresh search only: warm starts are tests/integration/test_training_cli.py's.
+    "NIGHTSHIFT_NIGHTLY_WARM_START": "off",
+    "NIGHTSHIFT_GATE_AUC_FLOOR": "0.5", "NIGHTSHIFT_GATE_ECE_CEILING": "0.5", "NIGHTSHIFT_GATE_AUC_TOLERANCE": "0.2",
+    "NIGHTSHIFT_GATE_SLICE_TOLERANCE": "0.5",
+}  # fmt: skip
+
 COPIED = ("dag_id", "code_version", "dataset_uri", "dataset_sha256", "data_window", "feature_service",
           "feast_registry_version", "ingestion_run_ids", "validation_run_ids", "metrics", "hyperparameters",
           "params", "reference_uri")  # fmt: skip

@@ -297,9 +297,9 @@ def run_demo(
                 summary["run_ids"][TRAIN_DAG] = trained[0]
                 summary["train"] = train_summary(url, trained[0])
             if trained is not None and summary["train"]["status"] == "blessed":
-                serving_settings = load_settings(env)
-                with local_server(serving_settings, env):
-                    deploy_and_monitor(env, serving_settings, summary, last)
+                with local_server(load_settings(env), env) as serving_url:  # port 0: the port it got
+                    env = {**env, "NIGHTSHIFT_SERVING_URL": serving_url}
+                    deploy_and_monitor(env, load_settings(env), summary, last)
         summary["seconds"] = round(time.monotonic() - began, 1)
         summary["path"] = str(summary_path(settings))
         path = summary_path(settings)

@@ -85,6 +85,9 @@ class RemoteBases:
         try:
             fs.get(f"{root}/{version}/", str(staging) + "/", recursive=True)
             staging.rename(target)
-        except OSError:
+        except OSError:  # the fetch failed, or another server (a replica here) renamed its copy first
             shutil.rmtree(staging, ignore_errors=True)
+        for older in target.parent.glob(f"{version}-*"):  # earlier uploads of this version: loaded, or never
+            if older != target:
+                shutil.rmtree(older, ignore_errors=True)
         return target

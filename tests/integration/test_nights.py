@@ -22,16 +22,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.factories import SMALL_CHAIN as BUDGET
+
 ROOT = Path(__file__).resolve().parents[2]
-BUDGET = {
-    "NIGHTSHIFT_BOOTSTRAP_START": "2013-03-01", "NIGHTSHIFT_BOOTSTRAP_END": "2013-03-17",
-    "NIGHTSHIFT_NIGHTLY_TRAIN_DAYS": "7", "NIGHTSHIFT_NIGHTLY_TEST_DAYS": "3", "NIGHTSHIFT_NIGHTLY_TUNER": "random",
-    "NIGHTSHIFT_NIGHTLY_MAX_TRIALS": "1", "NIGHTSHIFT_NIGHTLY_EPOCHS": "2", "NIGHTSHIFT_NIGHTLY_ENSEMBLE_SIZE": "1",
-    # A fresh search only: warm starts are tests/integration/test_training_cli.py's.
-    "NIGHTSHIFT_NIGHTLY_WARM_START": "off",
-    "NIGHTSHIFT_GATE_AUC_FLOOR": "0.5", "NIGHTSHIFT_GATE_ECE_CEILING": "0.5", "NIGHTSHIFT_GATE_AUC_TOLERANCE": "0.2",
-    "NIGHTSHIFT_GATE_SLICE_TOLERANCE": "0.5",
-}  # fmt: skip
 FAULTS = ["postgres", "promote", "landing"]
 BROKER = "redis://127.0.0.1:6379/12"  # a Redis database of this test's own, emptied first
 DEADLINE_MIN = 30  # 13-14 min on 2 cores (2026-12-04); the harness gives up at this, saying what it waited for

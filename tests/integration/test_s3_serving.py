@@ -58,7 +58,8 @@ def test_an_s3_lake_serves_from_its_serving_prefix_with_the_lakes_credentials(s3
 
     assert s3_settings.serving_model_base == f"s3://{BUCKET}/lake/serving/{MODEL}"
     env = credentials_env(s3_settings)
-    assert env["AWS_ENDPOINT_URL"] == s3.url and env["AWS_ACCESS_KEY_ID"] == "testing"
+    assert env["AWS_ENDPOINT_URL"] == s3.url
+    assert env["AWS_ACCESS_KEY_ID"] == "testing"
 
 
 def test_a_version_is_uploaded_with_saved_model_pb_last_and_once(s3_settings, s3, tmp_path, monkeypatch) -> None:
@@ -77,7 +78,8 @@ def test_a_version_is_uploaded_with_saved_model_pb_last_and_once(s3_settings, s3
     monkeypatch.setattr(ObjectStoragePath, "write_bytes", spy)
     where = publish(s3_settings, local, 3)
     assert where == f"s3://{BUCKET}/lake/serving/{MODEL}/3"
-    assert written[-1] == "saved_model.pb" and len(written) == 3
+    assert written[-1] == "saved_model.pb"
+    assert len(written) == 3
     assert keys(s3.client, f"lake/serving/{MODEL}/3/") == {
         f"lake/serving/{MODEL}/3/{name}"
         for name in ("saved_model.pb", "variables/variables.index", "assets.extra/tf_serving_warmup_requests")
@@ -102,13 +104,17 @@ def test_the_local_server_loads_a_remote_version_only_once_its_saved_model_pb_is
     manager = ModelManager(config)
     manager.refresh()
     loaded = manager.models[MODEL].versions[7]
-    assert loaded.state == "END" and "Could not find SavedModel" in loaded.error
+    assert loaded.state == "END"
+    assert "Could not find SavedModel" in loaded.error
     assert (loaded.path / "variables" / "variables.index").read_bytes() == b"index"  # a local copy
+    first_copy = loaded.path
 
     s3.client.put_object(Bucket=BUCKET, Key=prefix + "saved_model.pb", Body=b"not a graph")
     manager.refresh()  # the store changed: the version is fetched again, with its saved_model.pb
     loaded = manager.models[MODEL].versions[7]
     assert (loaded.path / "saved_model.pb").read_bytes() == b"not a graph"
-    assert loaded.state == "END" and "Could not find SavedModel" not in loaded.error  # TF could not parse it
+    assert loaded.state == "END"
+    assert "Could not find SavedModel" not in loaded.error
     assert str(loaded.path).startswith(str(remote_base.RemoteBases().cache_dir))
     assert os.path.isdir(loaded.path)
+    assert not first_copy.exists(), "the copy of the earlier upload was left behind"

@@ -139,3 +139,43 @@ def test_the_prediction_services_batching_reads_the_environment_and_refuses_zero
     for name in ("NIGHTSHIFT_PREDICT_BATCH_MAX_FLIGHTS", "NIGHTSHIFT_PREDICT_BATCHES_IN_FLIGHT"):
         with pytest.raises(ConfigError, match="at least 1"):
             PredictService.from_env({name: "0"})
+
+
+def test_an_s3_lake_names_its_feature_sources_s3a_and_serves_from_its_serving_prefix(tmp_path) -> None:
+    s3 = load_settings({"NIGHTSHIFT_LOCAL_DIR": str(tmp_path), "NIGHTSHIFT_LAKE": "s3://bucket/lake"})
+    # s3a:// reaches the fsspec filesystem include/core/feast.py registers with DuckDB; s3:// would make
+    # ibis download DuckDB's httpfs extension.
+    assert (
+        s3.feature_source_glob("carrier_delay_history_fv")
+        == "s3a://bucket/lake/features/carrier_delay_history/*.parquet"
+    )
+    assert s3.serving_model_base == "s3://bucket/lake/serving/flight_delay"
+    pinned = load_settings({"NIGHTSHIFT_LOCAL_DIR": str(tmp_path), "NIGHTSHIFT_LAKE": "s3://bucket/lake",
+                            "NIGHTSHIFT_SERVING_MODEL_BASE_PATH": "/serving/flight_delay"})  # fmt: skip
+    assert pinned.serving_model_base == "/serving/flight_delay"  # a volume the replicas mount, on Kubernetes
+    local = load_settings({"NIGHTSHIFT_LOCAL_DIR": str(tmp_path)})
+    assert (
+        local.feature_source_glob("carrier_delay_history_fv")
+        == f"{tmp_path}/lake/features/carrier_delay_history/*.parquet"
+    )
+    assert local.serving_model_base == str(tmp_path / "serving" / "flight_delay")
+
+
+def test_a_file_lake_gives_the_trainer_no_credentials(tmp_path) -> None:
+    from include.core.lake import credentials_env
+
+    assert credentials_env(load_settings({"NIGHTSHIFT_LOCAL_DIR": str(tmp_path)})) == {}
+    # An s3:// lake without a connection: the AWS SDK's own chain (instance role, ~/.aws) applies.
+    assert credentials_env(load_settings({"NIGHTSHIFT_LOCAL_DIR": str(tmp_path), "NIGHTSHIFT_LAKE": "s3://b/l"})) == {}
+
+
+def test_relative_names_are_the_same_for_local_and_s3_paths(tmp_path) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    from include.core.lake import relative
+
+    assert relative(tmp_path / "m" / "variables" / "v.index", tmp_path / "m") == "variables/v.index"
+    root = ObjectStoragePath("s3://bucket/lake/models/r/export")
+    assert relative(root / "variables" / "v.index", root) == "variables/v.index"
+    with pytest.raises(ValueError, match="is not under"):
+        relative(ObjectStoragePath("s3://bucket/elsewhere/x"), root)
