@@ -6,6 +6,7 @@ Ingestion materializes through it; training and monitoring read point-in-time fe
 from __future__ import annotations
 
 import string
+import threading
 from typing import TYPE_CHECKING
 
 from include.db import libpq_host
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 # Schema of Feast's SQL registry; the online store's is set in feature_repo/feature_store.yaml.
 FEAST_REGISTRY_SCHEMA = "feast_registry"
 REDIS_TIMEOUT_S = 5
+_REGISTERING = threading.Lock()
 
 
 def feast_variables(database_url: str) -> dict[str, str]:
@@ -75,6 +77,7 @@ def duckdb_reads_lake(settings: Settings) -> None:
 
     filesystem = lake_root(settings).fs
     connection = ibis.get_backend().con
-    if "s3" in connection.list_filesystems():
-        connection.unregister_filesystem("s3")
-    connection.register_filesystem(filesystem)
+    with _REGISTERING:  # stores opened in several threads of one process
+        if "s3" in connection.list_filesystems():
+            connection.unregister_filesystem("s3")
+        connection.register_filesystem(filesystem)

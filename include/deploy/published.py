@@ -10,6 +10,8 @@ rename to make this atomic; uploading the same blessed bytes again after a failu
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,3 +42,22 @@ def publish(settings: Settings, local: Path, version: int) -> str | None:
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(path.read_bytes())
     return where
+
+
+def local_version(settings: Settings, version: int) -> Path:
+    """`settings.model_dir/<version>`, fetched from the remote base path when this machine lacks it (a
+    Celery worker other than the one that pushed): the sandbox and the in-process check load it."""
+    target = settings.model_dir / str(version)
+    where = remote_version(settings, version)
+    if (target / SAVED_MODEL).exists() or where is None or not (lake.at(settings, where) / SAVED_MODEL).exists():
+        return target
+    stage = settings.model_dir / f".fetch-{version}-{uuid.uuid4().hex[:8]}"  # not numeric: servers skip it
+    try:
+        lake.copy_tree(lake.at(settings, where), stage)
+        stage.rename(target)
+    except OSError:  # another task on this machine fetched it first
+        if not (target / SAVED_MODEL).exists():
+            raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return target

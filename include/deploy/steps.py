@@ -59,7 +59,7 @@ from include.core.faults import PROMOTE_LABEL_MOVED, failpoint
 from include.db import engine
 from include.deploy.canary import MIN_CANARY_REQUESTS, compare, live_compare
 from include.deploy.errors import DeployConflict, DeployError, SandboxRejected, StatusRefused
-from include.deploy.published import publish
+from include.deploy.published import local_version, publish
 from include.deploy.savedmodel import (
     EXPECTED_DTYPES,
     check_loads,
@@ -344,6 +344,7 @@ def infra_validate(settings: Settings, policy: DeployPolicy, plan: dict[str, Any
     version = plan["version"]
     rows = _load_requests(settings, pushed["requests"])["rows"]
     _expect(read_state(settings), plan["labels"])  # cheap, before a sandbox starts; checked again under the lock
+    local_version(settings, version)  # pushed by another worker to a remote base path: fetched here
     checks: dict[str, Any] = {}
     try:
         sandbox = validate_in_sandbox(settings, policy, version, rows)

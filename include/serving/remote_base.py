@@ -11,6 +11,7 @@ under the system's temporary folder, one folder per version and upload.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import tempfile
 import threading
@@ -18,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+log = logging.getLogger("nightshift.serving")
 POLL_S = 1.0  # TF Serving's --file_system_poll_wait_seconds default
 SAVED_MODEL = "saved_model.pb"
 
@@ -42,7 +44,11 @@ class RemoteBases:
             cached = self._listings.get(base_path)
         if cached and now - cached[0] < POLL_S:
             return cached[1]
-        listing = self._list(base_path)
+        try:
+            listing = self._list(base_path)
+        except Exception as err:  # the store is unreachable: keep what was loaded, as TF Serving does
+            log.warning("could not list %s, keeping its last listing: %s: %s", base_path, type(err).__name__, err)
+            listing = cached[1] if cached else {}
         with self._lock:
             self._listings[base_path] = (now, listing)
         return listing

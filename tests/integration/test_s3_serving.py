@@ -118,3 +118,35 @@ def test_the_local_server_loads_a_remote_version_only_once_its_saved_model_pb_is
     assert str(loaded.path).startswith(str(remote_base.RemoteBases().cache_dir))
     assert os.path.isdir(loaded.path)
     assert not first_copy.exists(), "the copy of the earlier upload was left behind"
+
+
+def test_a_worker_without_the_pushed_folder_fetches_it_from_the_base_path(s3_settings, tmp_path) -> None:
+    from include.deploy.published import local_version, publish
+
+    local = _version_folder(tmp_path / "pushed" / "5")
+    publish(s3_settings, local, 5)
+    fetched = local_version(s3_settings, 5)  # this machine's model_dir has never seen version 5
+    assert fetched == s3_settings.model_dir / "5"
+    for name in ("saved_model.pb", "variables/variables.index", "assets.extra/tf_serving_warmup_requests"):
+        assert (fetched / name).read_bytes() == (local / name).read_bytes()
+    assert not [p for p in s3_settings.model_dir.iterdir() if p.name.startswith(".")], "staging left behind"
+    assert local_version(s3_settings, 5) == fetched  # there already: nothing fetched again
+    assert local_version(s3_settings, 6) == s3_settings.model_dir / "6"  # nowhere: left to the caller to refuse
+
+
+def test_an_unreachable_store_keeps_the_last_listing(s3_settings, s3, monkeypatch) -> None:
+    from include.serving import remote_base
+
+    monkeypatch.setattr(remote_base, "POLL_S", 0.0)
+    s3.client.put_object(Bucket=BUCKET, Key=f"lake/serving/{MODEL}/9/saved_model.pb", Body=b"graph")
+    bases = remote_base.RemoteBases()
+    base = f"s3://{BUCKET}/lake/serving/{MODEL}"
+    listed = bases.versions(base)
+    assert listed[9] > 0
+
+    def unreachable(_: str) -> dict[int, float]:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(remote_base.RemoteBases, "_list", staticmethod(unreachable))
+    assert bases.versions(base) == listed
+    assert remote_base.RemoteBases().versions(base) == {}  # nothing listed before: nothing to serve
