@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
 
-.PHONY: install install-test chromium demo backtest test test-fast test-nights lint-imports airflow nights bench bench-serving bench-s3 bench-monitor bench-predict lint format lock clean
+.PHONY: install install-test chromium demo backtest test test-fast test-nights lint-imports airflow nights bench bench-serving bench-s3 bench-executors bench-monitor bench-predict lint format lock clean
 
 install: $(VENV)/.installed
 
@@ -94,6 +94,10 @@ bench-predict: install
 ## The demo on an s3:// lake (moto on loopback) and on the file lake, one after the other (writes .local/bench/s3_demo.json).
 bench-s3: install-test
 	PYTHONPATH=. $(PY) -m benchmarks.s3_demo
+
+## 3 nights on LocalExecutor, then on CeleryExecutor, one after the other (writes .local/bench/executors.json).
+bench-executors: install-test
+	PYTHONPATH=. $(PY) -m benchmarks.executors
 
 ## Evidently report time for 1k, 10k, 100k and 1M rows (after `make demo`).
 bench-monitor: install

@@ -15,9 +15,12 @@ KEY, SECRET, REGION = "testing", "testing", "us-east-1"
 @contextlib.contextmanager
 def moto_endpoint() -> Iterator[SimpleNamespace]:
     """A moto S3 server (binding a free port itself) and a boto3 client on it, with `BUCKET` created."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     try:
