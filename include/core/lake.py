@@ -1,8 +1,8 @@
 """The lake: an `ObjectStoragePath` root (`file://` by default, `s3://` with an Airflow connection).
 
-Every partition is ONE Parquet file, written to a hidden temporary name beside it and then moved
-into place. A local rename and an S3 object write are both atomic, so a reader sees the old
-partition or the new one, never half of either; readers skip names starting with `.` or `_`.
+Every partition is ONE Parquet file. On disk it is written to a hidden temporary name beside it and
+then renamed into place; on S3 it is one PUT. Both are atomic, so a reader sees the old partition or
+the new one, never half of either; readers skip names starting with `.` or `_`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,14 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def write_atomic(path: ObjectStoragePath, payload: bytes) -> str:
-    """Write `payload` to `path` atomically, replacing what was there; returns its SHA-256."""
+    """Write `payload` to `path` atomically, replacing what was there; returns its SHA-256.
+
+    On an object store one PUT already is atomic (readers get the old object or the new one), so the
+    object is written in place: staging would add a copy, a delete and their listings per file. On disk
+    it is staged and renamed."""
+    if path.protocol not in ("file", "local", ""):
+        path.write_bytes(payload)
+        return hashlib.sha256(payload).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     staging.write_bytes(payload)
