@@ -38,6 +38,7 @@ def s3_settings(s3, monkeypatch, tmp_path):
     monkeypatch.setenv("NIGHTSHIFT_LAKE_CONN_ID", CONN_ID)
     monkeypatch.delenv("NIGHTSHIFT_SERVING_MODEL_BASE_PATH", raising=False)
     monkeypatch.setenv("NIGHTSHIFT_LOCAL_DIR", str(tmp_path / "local"))
+    monkeypatch.setenv("NIGHTSHIFT_SERVING_DIR", str(tmp_path / "serving"))  # not the session's, with its versions
     settings = load_settings()
     for name, value in credentials_env(settings).items():  # as the serving process gets them
         monkeypatch.setenv(name, value)
