@@ -25,13 +25,13 @@ BROKER_DB = 11
 
 
 def nights_on(executor: str) -> dict[str, Any]:
+    from benchmarks.s3_demo import state_of_its_own
     from tests.factories import SMALL_CHAIN
 
     local = ROOT / ".local" / "bench" / f"nights-{executor}"
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
-    env.update({**SMALL_CHAIN, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT)})
+    env = state_of_its_own(local, SMALL_CHAIN)
     if executor == "celery":
         import redis
 

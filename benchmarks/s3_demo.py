@@ -26,6 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONN_ID = "nightshift_lake"
 
 
+def state_of_its_own(local: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """This environment less the caller's own stack (a test session's database, its Airflow, its settings),
+    plus `extra`, in the state folder `local`: what a run in a state of its own starts from."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
+    return {**env, **extra, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT)}
+
+
 def s3_lake_env(bucket: str, endpoint_url: str) -> dict[str, str]:
     """The demo's environment for an `s3://{bucket}/lake` through the connection `CONN_ID` to `endpoint_url`."""
     from tests.s3_fixtures import connection_env
@@ -38,10 +45,7 @@ def demo_in(local: Path, extra: Mapping[str, str], timeout_s: float) -> dict[str
     """`bin/nightshift demo` in the state folder `local` (emptied first): summary, exit status, seconds, output."""
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)
-    # Nothing of the caller's own stack (a test session's database, its Airflow) reaches the demo.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
-    env.update({**extra, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT),
-                "NIGHTSHIFT_SERVING_URL": "http://127.0.0.1:0"})  # fmt: skip
+    env = state_of_its_own(local, {**extra, "NIGHTSHIFT_SERVING_URL": "http://127.0.0.1:0"})
     log = local / "demo.log"
     print(f"==> bin/nightshift demo in {local} (log: {log})", flush=True)
     began = time.monotonic()
