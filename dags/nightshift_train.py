@@ -3,7 +3,7 @@
 Runs when fresh features land (the ingest DAG's `features` Asset) or at 02:00 New York time,
 whichever comes first; analysts can also train on a chosen window and budget from the form.
 
-* **build_dataset** joins the window's flights to the `flight_delay_v1` FeatureService point in
+* **build_dataset** joins the window's flights to the `flight_delay_v2` FeatureService point in
   time and splits it by time (train, validation, then the last `test_days` as test).
 * **is_new** skips the rest when an existing version was trained on the same dataset bytes, by
   the same code, with the same form values (`skipped: identical to vN` in `nightshift.runs`), so

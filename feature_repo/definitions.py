@@ -55,6 +55,8 @@ TTL = {
     "route_delay_history_fv": timedelta(days=2),
     "origin_delay_history_fv": timedelta(days=2),
     "plane_attributes_fv": timedelta(days=400),
+    # a row every hour: a flight reads its hour's, never one from before the hour before
+    "origin_recent_departures_fv": timedelta(hours=2),
 }
 
 
@@ -86,8 +88,9 @@ carrier_delay_history_fv = _view("carrier_delay_history_fv")
 route_delay_history_fv = _view("route_delay_history_fv")
 origin_delay_history_fv = _view("origin_delay_history_fv")
 plane_attributes_fv = _view("plane_attributes_fv")
+origin_recent_departures_fv = _view("origin_recent_departures_fv")
 
-flight_delay_v1 = FeatureService(
+flight_delay_v2 = FeatureService(
     name=FEATURE_SERVICE,
     features=[
         origin_weather_hourly_fv,
@@ -95,6 +98,7 @@ flight_delay_v1 = FeatureService(
         route_delay_history_fv,
         origin_delay_history_fv,
         plane_attributes_fv,
+        origin_recent_departures_fv,
     ],
-    description="Model input contract v1: everything known before departure.",
+    description="Model input contract v2: everything known before departure.",
 )

@@ -27,7 +27,7 @@ EMBEDDED_PG = ROOT / ".local" / "test-pg"
 _state: dict[str, object] = {}
 # The integration and security tiers' fixtures: one plugin, so a session fixture (the trained model, the
 # serving process) is built once for both directories. Nothing in it is autouse.
-pytest_plugins = ["tests.server_fixtures"]
+pytest_plugins = ["tests.server_fixtures", "tests.nights_harness"]
 
 
 def _server_url() -> str:

@@ -57,6 +57,17 @@ def history_features(group: str) -> list[str]:
 
 PLANE_FEATURES = ["plane_year", "plane_seats", "plane_engines"]
 
+# The origin's departures of the last hours, as known at each hour's start (stamped then): flights of the
+# same New York day scheduled in [hour - RECENT_WINDOW_HOURS, hour). One counts as late once it left 15+
+# minutes late, or once it is 15 minutes past its schedule and has not left; it is unknown before that.
+RECENT_WINDOW_HOURS = 3
+RECENT_DELAY_CAP_MINUTES = 180  # departure delays are capped here before they are averaged
+RECENT_DEPARTURE_FEATURES = [
+    f"origin_late_share_{RECENT_WINDOW_HOURS}h",  # late / known (missing when none is known)
+    f"origin_known_departures_{RECENT_WINDOW_HOURS}h",  # flights whose lateness is known
+    f"origin_mean_dep_delay_{RECENT_WINDOW_HOURS}h",  # of those that left (missing when none did)
+]
+
 # Feature views: name -> (entity, features). Feast's definitions are generated from this.
 FEATURE_VIEWS: dict[str, tuple[str, list[str]]] = {
     "origin_weather_hourly_fv": ("airport", WEATHER_FEATURES),
@@ -64,8 +75,10 @@ FEATURE_VIEWS: dict[str, tuple[str, list[str]]] = {
     "route_delay_history_fv": ("route", history_features("route")),
     "origin_delay_history_fv": ("airport", history_features("origin")),
     "plane_attributes_fv": ("plane", PLANE_FEATURES),
+    "origin_recent_departures_fv": ("airport", RECENT_DEPARTURE_FEATURES),
 }
-FEATURE_SERVICE = "flight_delay_v1"
+# v2 added origin_recent_departures_fv; a model trained on v1 takes v1's inputs only.
+FEATURE_SERVICE = "flight_delay_v2"
 
 ALL_FEAST_FEATURES = [f for _, feats in FEATURE_VIEWS.values() for f in feats]
 MODEL_FEATURES = SCHEDULE_CATEGORICAL + SCHEDULE_NUMERIC + ALL_FEAST_FEATURES

@@ -10,7 +10,12 @@ from include.contract.features import (
     EVENT_TIMESTAMP,
     FEATURE_VIEWS,
     HISTORY_GROUPS,
+    LABEL_THRESHOLD_MINUTES,
     PLANE_FEATURES,
+    RECENT_DELAY_CAP_MINUTES,
+    RECENT_DEPARTURE_FEATURES,
+    RECENT_WINDOW_HOURS,
+    SCHEDULED_DEPARTURE_UTC,
     WEATHER_FEATURES,
     history_features,
 )
@@ -18,7 +23,7 @@ from include.core import lake
 from include.core.calendar import end_of_day_utc, local_midnight_utc
 from include.core.config import FEATURES_ZONE
 from include.db import FEAST_ONLINE_SCHEMA
-from include.ingest.clean import history_window, trailing_history
+from include.ingest.clean import NYC_ORIGINS, history_window, trailing_history
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +34,48 @@ if TYPE_CHECKING:
 def _feature_file(root: ObjectStoragePath, view: str, day: dt.date) -> ObjectStoragePath:
     # Flat file names (no `key=value` folders) so readers add no partition column.
     return root / FEATURES_ZONE / view.removesuffix("_fv") / f"{day.isoformat()}.parquet"
+
+
+def recent_departures(day: dt.date, flights: pd.DataFrame) -> pd.DataFrame:
+    """Per NYC origin and hour of `day` (stamped at the hour's start, New York's hours in UTC): what was
+    known then of the departures scheduled in the hours before it, on the same day
+    (`include/contract/features.py`, RECENT_DEPARTURE_FEATURES). Nothing of a later moment is read: a
+    flight's departure counts only once it has happened, its lateness once 15 minutes have passed."""
+    import numpy as np
+    import pandas as pd
+
+    late_share, known_count, mean_delay = RECENT_DEPARTURE_FEATURES
+    hours = pd.date_range(local_midnight_utc(day), end_of_day_utc(day), freq="h", inclusive="left")
+    stamps = hours.to_numpy(dtype="datetime64[us]")
+    window = np.timedelta64(RECENT_WINDOW_HOURS, "h")
+    threshold = np.timedelta64(LABEL_THRESHOLD_MINUTES, "m")
+    parts = []
+    for origin in sorted(NYC_ORIGINS):
+        mine = flights[flights["origin"] == origin]
+        scheduled = mine[SCHEDULED_DEPARTURE_UTC].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
+        delay = mine["dep_delay"].to_numpy(dtype="float64")  # missing: never left (cancelled)
+        departed = ~np.isnan(delay)
+        left_at = scheduled + np.where(departed, delay * 60e6, 0).astype("timedelta64[us]")
+        # one row per hour, one column per flight
+        at = stamps[:, None]
+        due = (scheduled[None, :] >= at - window) & (scheduled[None, :] < at)
+        left = due & departed[None, :] & (left_at[None, :] < at)
+        waiting_late = due & ~left & (scheduled[None, :] + threshold <= at)
+        late = (left & (delay[None, :] >= LABEL_THRESHOLD_MINUTES)) | waiting_late
+        known = (left | waiting_late).sum(axis=1)
+        gone = left.sum(axis=1)
+        capped = np.where(np.isnan(delay), 0.0, np.minimum(delay, RECENT_DELAY_CAP_MINUTES))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            parts.append(pd.DataFrame({
+                "origin": origin,
+                EVENT_TIMESTAMP: hours,
+                late_share: np.where(known > 0, late.sum(axis=1) / known, np.nan),
+                known_count: known.astype("float64"),
+                mean_delay: np.where(gone > 0, (left * capped[None, :]).sum(axis=1) / gone, np.nan),
+            }))  # fmt: skip
+    frame = pd.concat(parts, ignore_index=True)
+    frame[EVENT_TIMESTAMP] = frame[EVENT_TIMESTAMP].astype("datetime64[us, UTC]")
+    return frame
 
 
 def feature_frames(
@@ -59,6 +106,7 @@ def feature_frames(
         1, EVENT_TIMESTAMP, pd.Series([local_midnight_utc(day)] * len(plane_rows), dtype="datetime64[us, UTC]")
     )
     frames["plane_attributes_fv"] = plane_rows.astype({f: "float64" for f in PLANE_FEATURES})
+    frames["origin_recent_departures_fv"] = recent_departures(day, flights)
     return frames
 
 

@@ -2,7 +2,7 @@
 the reference the training run saved (Evidently), judge against the policy, alert, ask for retraining.
 
 * **score**: the day's flights (labels are known once they have landed) joined point in time to
-  the `flight_delay_v1` features, scored by the `stable` serving model through the serving client
+  the `flight_delay_v2` features, scored by the `stable` serving model through the serving client
   in batches, logged to `{lake}/predictions/date=…/` with the model version.
 * **report**: Evidently data drift of every model input (per feature and as a share), prediction
   drift, and classification quality (ROC-AUC, precision, recall, log loss; Brier and calibration

@@ -718,7 +718,9 @@ def _stack(harness: Harness) -> Iterator[None]:
             env["NIGHTSHIFT_SERVING_URL"] = serving.url
             port = _free_port()
             env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-                        "AIRFLOW__API__WORKERS": "1"})  # fmt: skip
+                        "AIRFLOW__API__WORKERS": "1",
+                        # the triggerer's log server too: beside `make airflow` on one machine, 8794 is taken
+                        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port())})  # fmt: skip
             harness.procs = Processes(airflow_processes(env), env, harness.out / "logs")
             try:
                 harness.procs.start()

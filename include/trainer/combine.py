@@ -64,6 +64,15 @@ def f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
+def vote_cut(y: np.ndarray, p: np.ndarray) -> float:
+    """A member's voting cut: its F1 threshold moved halfway down to the next lower prediction. The
+    threshold itself is one of the predictions, and a float32 graph may put that row a rounding error
+    below it, flipping its vote; halfway, no fitted row is within rounding of the cut."""
+    cut = f1_threshold(y, p)
+    below = p[p < cut]
+    return float((cut + below.max()) / 2) if below.size else cut
+
+
 @dataclass(frozen=True)
 class Combiner:
     """One fitted ensemble method; `params` is what its Keras layer needs (and what the report shows)."""
@@ -106,7 +115,7 @@ def fit_combiner(method: str, y: np.ndarray, member_p: np.ndarray) -> Combiner:
     if method == "soft_voting":
         return Combiner(method, {"weights": [round(1.0 / member_p.shape[1], 6)] * member_p.shape[1]})
     if method == "majority_voting":
-        return Combiner(method, {"thresholds": [f1_threshold(y, member_p[:, i]) for i in range(member_p.shape[1])]})
+        return Combiner(method, {"thresholds": [vote_cut(y, member_p[:, i]) for i in range(member_p.shape[1])]})
     if method == "stacking":
         from sklearn.linear_model import LogisticRegression
 

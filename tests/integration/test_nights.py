@@ -14,65 +14,27 @@ for such a small model (`NIGHTSHIFT_GATE_*`). The nights themselves are what `ma
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.factories import SMALL_CHAIN as BUDGET
+from tests.nights_harness import DEADLINE_MIN, FAULTS, LOCAL, started
 
-ROOT = Path(__file__).resolve().parents[2]
-FAULTS = ["postgres", "promote", "landing"]
-BROKER = "redis://127.0.0.1:6379/12"  # a Redis database of this test's own, emptied first
-DEADLINE_MIN = 30  # 13-14 min on 2 cores (2026-12-04); the harness gives up at this, saying what it waited for
-
-# In `make test`'s integration tier; `make test-nights` runs it alone.
-# The run happens in the first test's module fixture: the suite's 900-s per-test limit would cut it short.
-pytestmark = [pytest.mark.nights, pytest.mark.timeout(45 * 60)]
+# In `make test`'s integration tier (started at collection, beside the rest: tests/nights_harness.py);
+# `make test-nights` runs it alone. The run is collected in the first test's module fixture: the suite's
+# 900-s per-test limit would cut it short.
+pytestmark = [pytest.mark.nights, pytest.mark.timeout((DEADLINE_MIN + 10) * 60)]
 
 
 @pytest.fixture(scope="module")
-def nights_run():
-    """`bin/nightshift nights --nights 3 --faults postgres,promote,landing` in a state of its own."""
-    # Not under pytest's temporary folder: pytest keeps its base 0700, which the embedded Postgres's
-    # unprivileged user (pgserver, when run as root) cannot traverse once another pytest session resets it.
-    local = ROOT / ".local" / "test-nights"
-    shutil.rmtree(local, ignore_errors=True)
-    local.mkdir(parents=True)
-    # Nothing of the test session's own stack (its database, its Airflow) reaches the harness.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
-    env.update({**BUDGET, "NIGHTSHIFT_LOCAL_DIR": str(local), "NIGHTSHIFT_HOME": str(ROOT),
-                "NIGHTSHIFT_EXECUTOR": "celery", "NIGHTSHIFT_CELERY_BROKER_URL": BROKER})  # fmt: skip
-    import redis
-
-    with redis.Redis.from_url(BROKER, socket_timeout=5, socket_connect_timeout=5) as broker:
-        broker.flushdb()  # no task message of an earlier run
-    log = local / "harness.log"
-    # The harness gives up by itself at DEADLINE_MIN, saying what Airflow was still busy with; the wait
-    # below is only the backstop for a harness that hangs outside its waits.
-    command = [str(ROOT / "bin" / "nightshift"), "nights", "--nights", "3", "--faults", ",".join(FAULTS),
-               "--deadline", str(DEADLINE_MIN)]  # fmt: skip
-    returncode: int | str
-    with log.open("w") as out:
-        harness = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            returncode = harness.wait(timeout=(DEADLINE_MIN + 4) * 60)
-        except subprocess.TimeoutExpired:
-            returncode = f"none: still running after {DEADLINE_MIN + 4} min, terminated"
-        finally:
-            if harness.poll() is None:  # past its time, or this test was interrupted
-                harness.terminate()  # SIGTERM: the harness stops its Airflow, serving and Postgres on the way out
-                try:
-                    harness.wait(timeout=240)
-                except subprocess.TimeoutExpired:
-                    harness.kill()  # its Airflow components die with it (PR_SET_PDEATHSIG)
-                    harness.wait(timeout=30)
-    done = SimpleNamespace(returncode=returncode, stdout=log.read_text(errors="replace")[-20000:])
-    report_file = local / "nights" / "report.json"
-    assert report_file.exists(), f"no report (exit {done.returncode}):\n{done.stdout[-8000:]}\n{_scheduler_tail(local)}"
+def nights_run(request):
+    """The harness's exit status and output, and its report."""
+    run = started(request.config)
+    returncode = run.wait()
+    done = SimpleNamespace(returncode=returncode, stdout=run.log.read_text(errors="replace")[-20000:])
+    report_file = LOCAL / "nights" / "report.json"
+    assert report_file.exists(), f"no report (exit {done.returncode}):\n{done.stdout[-8000:]}\n{_scheduler_tail(LOCAL)}"
     return done, json.loads(report_file.read_text())
 
 

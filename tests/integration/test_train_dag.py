@@ -35,8 +35,8 @@ def test_registry_row_records_the_lineage(trained) -> None:
     _, row, _ = trained
     assert row["data_window"]["end"] == END.isoformat()
     assert row["data_window"]["start"] == START.isoformat()
-    assert row["feature_service"] == "flight_delay_v1"
-    assert row["feast_registry_version"].startswith("flight_delay_v1@")
+    assert row["feature_service"] == "flight_delay_v2"
+    assert row["feast_registry_version"].startswith("flight_delay_v2@")
     assert len(row["dataset_sha256"]) == 64
     assert row["ingestion_run_ids"]
     assert row["validation_run_ids"]

@@ -120,3 +120,17 @@ def test_an_unknown_method_or_calibrator_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown calibrator 'beta'"):
         choose_calibrator("beta", y, p[:, 0], days)
     assert np.allclose(logit(np.array([0.5])), 0.0)
+
+
+def test_a_voting_cut_sits_between_predictions_so_rounding_cannot_flip_a_fitted_vote() -> None:
+    from include.trainer.combine import f1_threshold, vote_cut
+
+    rng = np.random.default_rng(5)
+    p = rng.random(500).astype(np.float32).round(2)  # many ties, as a small member's outputs have
+    y = (rng.random(500) < p).astype(int)
+    cut = vote_cut(y, p)
+    assert cut not in set(p.tolist())
+    assert f1_threshold(y, p) > cut > p[p < f1_threshold(y, p)].max()
+    # The same members vote the same either side of float32 rounding of any fitted row.
+    nudged = np.nextafter(p, np.float32(0))
+    assert ((p >= cut) == (nudged >= cut)).all()

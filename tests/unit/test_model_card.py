@@ -21,7 +21,7 @@ def _context(**changes: object) -> dict:
     }  # fmt: skip
     v = {"version": 3, "status": "production", "gate_note": "all checks passed", "created_at": AT,
          "data_window": {"train": "2013-01-20…2013-03-17", "test": "2013-03-25…2013-03-31"},
-         "dataset_uri": "file:///lake/datasets/r", "dataset_sha256": "ab", "feature_service": "flight_delay_v1",
+         "dataset_uri": "file:///lake/datasets/r", "dataset_sha256": "ab", "feature_service": "flight_delay_v2",
          "feast_registry_version": "4", "ingestion_run_ids": ["i1"], "validation_run_ids": ["v1"],
          "dag_id": "nightshift_train", "run_id": HOSTILE, "code_version": "c0de", "artifact_uri": "file:///m",
          "artifact_sha256": "ff", "metrics": metrics}  # fmt: skip

@@ -91,7 +91,7 @@ def test_the_flight_key_is_the_new_york_day():
 def test_the_services_rows_are_the_ones_serving_rows_builds_from_a_frame():
     import numpy as np
 
-    from include.contract.features import ALL_FEAST_FEATURES
+    from include.contract.features import ALL_FEAST_FEATURES, MODEL_FEATURES
     from include.contract.inputs import records_to_rows, serving_rows
     from include.predict.flights import entity_records
 
@@ -112,4 +112,4 @@ def test_the_services_rows_are_the_ones_serving_rows_builds_from_a_frame():
             else:
                 assert a[k] == b[k], (k, a[k], b[k])
             compared += 1
-    assert compared == 200 * 27
+    assert compared == 200 * len(MODEL_FEATURES)

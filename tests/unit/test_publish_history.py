@@ -9,7 +9,7 @@ import datetime as dt
 import pandas as pd
 from airflow.sdk import ObjectStoragePath
 
-from include.contract.features import EVENT_TIMESTAMP, WEATHER_FEATURES
+from include.contract.features import EVENT_TIMESTAMP, SCHEDULED_DEPARTURE_UTC, WEATHER_FEATURES
 from include.core import lake
 from include.ingest.publish import _feature_file, publish_day
 
@@ -27,7 +27,10 @@ def _lake(tmp_path) -> ObjectStoragePath:
     weather = pd.DataFrame({"origin": ["JFK"], EVENT_TIMESTAMP: [pd.Timestamp("2013-03-10T12:00Z")],
                             **{f: [1.0] for f in WEATHER_FEATURES}})  # fmt: skip
     lake.write_parquet(lake.partition_file(root, "clean", "weather", DAY), weather)
-    lake.write_parquet(lake.partition_file(root, "clean", "flights", DAY), pd.DataFrame({"tailnum": ["N10156"]}))
+    flights = pd.DataFrame({"tailnum": ["N10156"], "origin": ["JFK"], "dep_delay": [3.0],
+                            SCHEDULED_DEPARTURE_UTC: pd.Series([pd.Timestamp("2013-03-10T13:00Z")],
+                                                               dtype="datetime64[us, UTC]")})  # fmt: skip
+    lake.write_parquet(lake.partition_file(root, "clean", "flights", DAY), flights)
     lake.write_parquet(lake.partition_file(root, "clean", "delay_stats", DAY), _stats(DAY, 10, 0))
     # The rejected day: every AA flight late (bad data, say a feed that stamped every arrival late).
     lake.write_parquet(lake.partition_file(root, "clean", "delay_stats", REJECTED), _stats(REJECTED, 100, 100))

@@ -22,7 +22,7 @@ def test_feast_service_training_set_and_model_inputs_share_one_feature_list() ->
     from feature_repo import definitions
     from include.trainer.model import model_inputs
 
-    served = [f.name for p in definitions.flight_delay_v1.feature_view_projections for f in p.features]
+    served = [f.name for p in definitions.flight_delay_v2.feature_view_projections for f in p.features]
     assert sorted(served) == sorted(ALL_FEAST_FEATURES)
     assert sorted(model_inputs()) == sorted(MODEL_FEATURES)
     frame = _frame(days=10)
