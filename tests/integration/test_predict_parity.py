@@ -31,8 +31,8 @@ def _empty_online_store(url: str) -> None:
             conn.execute(sa.text(f'TRUNCATE {db.FEAST_ONLINE_SCHEMA}."{table}"'))
 
 
-def test_online_predictions_equal_the_offline_pipeline_hour_by_hour(settings, db_url, predict_service):
-    export = settings.model_dir / str(predict_service.version)
+def test_online_predictions_equal_the_offline_pipeline_hour_by_hour(settings, db_url, serving, predict_service):
+    export = serving.model_dir / str(predict_service.version)  # the serving fixture's folder, not the session's
     key = keys.create_key(db_url, f"parity-{time.time_ns()}", 100_000)
     _empty_online_store(db_url)
     result = replay_parity(settings, DAY, predict_service.url, key,
@@ -43,14 +43,14 @@ def test_online_predictions_equal_the_offline_pipeline_hour_by_hour(settings, db
     assert result["max_abs_diff"] <= TOLERANCE, result["worst"]
 
 
-def test_a_skewed_online_store_is_caught(settings, db_url, predict_service):
+def test_a_skewed_online_store_is_caught(settings, db_url, serving, predict_service):
     """The check can fail: an online store materialized through the day's end (the evening's weather, and the
     day's own delay history, which no flight of the day may see) skews the morning's flights."""
     from include.core.calendar import end_of_day_utc, local_midnight_utc
     from include.core.feast import open_store
     from include.ingest.publish import materialize_window
 
-    export = settings.model_dir / str(predict_service.version)
+    export = serving.model_dir / str(predict_service.version)  # the serving fixture's folder, not the session's
     key = keys.create_key(db_url, f"skew-{time.time_ns()}", 100_000)
     materialize_window(open_store(settings), local_midnight_utc(DAY).to_pydatetime(),
                        (end_of_day_utc(DAY) + pd.Timedelta(seconds=1)).to_pydatetime())  # fmt: skip
@@ -90,7 +90,7 @@ def test_the_monitor_judges_what_was_served_and_alerts_once_on_the_skew(settings
     assert raised == 1
 
 
-def test_the_skew_check_holds_on_the_redis_online_store(settings, db_url, predict_service):
+def test_the_skew_check_holds_on_the_redis_online_store(settings, db_url, serving, predict_service):
     """`NIGHTSHIFT_ONLINE_STORE=redis`: the same day, materialized hour by hour into the machine's Redis (a
     database of its own, emptied first), scored by a service reading Redis, equals the offline pipeline."""
     import os
@@ -103,7 +103,7 @@ def test_the_skew_check_holds_on_the_redis_online_store(settings, db_url, predic
     address = "127.0.0.1:6379,db=3"
     redis.Redis(host="127.0.0.1", port=6379, db=3, socket_timeout=5).flushdb()
     on_redis = load_settings({**os.environ, "NIGHTSHIFT_ONLINE_STORE": "redis", "NIGHTSHIFT_REDIS": address})
-    export = settings.model_dir / str(predict_service.version)
+    export = serving.model_dir / str(predict_service.version)  # the serving fixture's folder, not the session's
     key = keys.create_key(db_url, f"parity-redis-{time.time_ns()}", 100_000)
     with running(on_redis, PredictService(state_ttl_s=0.2, log_served=0)) as (url, _):
         result = replay_parity(on_redis, DAY, url, key, lambda frame: offline_predictions(export, serving_rows(frame)))
