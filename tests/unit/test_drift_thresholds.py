@@ -135,7 +135,7 @@ def test_a_day_with_shifted_temperature_alerts_only_where_temperature_matters_to
 ) -> None:
     """The same drift, judged for three versions: one whose predictions lean on temp (half its importance),
     one that barely uses it (5 %), and one that records no importance (every input weighs alike, so one
-    drifted input is 1/25 of it). Only the first wakes on-call; all three report the drift."""
+    drifted input is 1/28 of it). Only the first wakes on-call; all three report the drift."""
     from include.monitor.steps import crossings, quality_dropped
 
     policy = MonitorPolicy()
@@ -145,7 +145,8 @@ def test_a_day_with_shifted_temperature_alerts_only_where_temperature_matters_to
     assert summary["drifted_features"] == ["temp"]
     expected = _evidently_drift(reference["temp"], shifted["temp"])
     assert summary["feature_drift"]["temp"] == pytest.approx(expected, rel=1e-6)
-    weight = {0.02: 0.5, 0.001: 0.001 / 0.021, None: 1 / 25}[temp_drop]
+    watched = [f for f in MODEL_FEATURES if f not in policy.exempt_features]  # 28 of the 30 inputs
+    weight = {0.02: 0.5, 0.001: 0.001 / 0.021, None: 1 / len(watched)}[temp_drop]
     assert summary["weighted_drift"] == pytest.approx(weight, abs=1e-6)
     assert not quality_dropped(summary)
     found = crossings(summary, policy)
