@@ -45,6 +45,9 @@ KNOWN_LIMITS = (
     "outside what it has seen.",
     "Weather is the hourly observation at the origin, not a forecast; a prediction made a day ahead uses "
     "weather that was not yet known then.",
+    "The origin's recent departures are read as of the flight's hour (the 3 hours before it); a prediction "
+    "made hours ahead reads the latest hour the online store holds, and one for a flight before 03:00 sees "
+    "few or none (the window does not reach into the day before).",
     "There is no weather at the destination and no air-traffic-control data: delays caused there are "
     "invisible to the model.",
     "The delay rate moves week to week far more than the inputs explain (one validation week at 0.31, the "
