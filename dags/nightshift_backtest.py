@@ -36,7 +36,7 @@ DEFAULT_ENDS = "2013-03-31,2013-06-30,2013-09-30,2013-12-24"  # include.train.ba
 
 def _budget(params: dict[str, Any]):
     return NightlyTraining(**{k: params[k] for k in ("tuner", "max_trials", "epochs", "ensemble_size",
-                                                     "ensemble_method", "seed")},
+                                                     "ensemble_method", "tree_member", "seed")},
                            train_days=NIGHTLY.train_days, test_days=NIGHTLY.test_days)  # fmt: skip
 
 

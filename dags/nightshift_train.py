@@ -122,6 +122,7 @@ def nightshift_train() -> None:
             "{{ ti.xcom_pull(task_ids='find_champion') }}",
             "--ensemble-method",
             "{{ params.ensemble_method }}",
+            "{{ '--tree-member' if params.tree_member else '--no-tree-member' }}",
         ],
         pool="gpu_training",
         execution_timeout=task_timeout(TRAIN_DAG, "evaluate"),

@@ -24,6 +24,9 @@ METHODS: dict[str, str] = {
 }
 ENSEMBLE_METHODS: dict[str, str] = {"auto": "Auto: the least log loss on each validation day left out", **METHODS}
 CALIBRATORS = ("none", "platt", "piecewise")
+# The tree member (`include/trainer/trees.py`): gradient boosting compiled to TensorFlow ops, its trees at
+# most this deep (a complete tree of depth 10 has 1,023 splits; each row's walk takes 10 steps).
+TREE_MAX_DEPTH = 10
 # Warm start: fine-tune the production model's members on the new window (`include/trainer/warm.py`).
 WARM_STARTS: dict[str, str] = {
     "off": "Off: a fresh search only",

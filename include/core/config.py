@@ -316,6 +316,7 @@ class NightlyTraining:
     ensemble_size: int = 2
     ensemble_method: str = "auto"
     warm_start: str = "both"
+    tree_member: bool = True  # gradient boosting, compiled to TensorFlow ops, as one more member
     seed: int = 7
 
     @classmethod
@@ -464,6 +465,16 @@ class Executor:
         return workers
 
 
+def _parse(kind: type, raw: str) -> Any:
+    """An environment value as the field's type; a bool is true/false, yes/no, on/off or 1/0."""
+    if kind is bool:
+        word = raw.strip().lower()
+        if word not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            raise ValueError(raw)
+        return word in ("true", "yes", "on", "1")
+    return kind(raw)
+
+
 def env_overrides(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> dict[str, Any]:
     """Each field of the `defaults` dataclass, overridden by `<prefix><FIELD>` when set."""
     env = os.environ if env is None else env
@@ -472,7 +483,7 @@ def env_overrides(defaults: Any, prefix: str, env: Mapping[str, str] | None) -> 
         key = f"{prefix}{name.upper()}"
         raw = env.get(key)
         try:
-            values[name] = default if raw is None else type(default)(raw)
+            values[name] = default if raw is None else _parse(type(default), raw)
         except ValueError as err:
             raise ConfigError(f"{key}={raw!r} is not a {type(default).__name__}") from err
     return values

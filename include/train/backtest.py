@@ -84,7 +84,8 @@ def run_window(settings: Settings, end: dt.date, budget: NightlyTraining) -> dic
     log.info("backtest window ending %s: %s", end, json.dumps(dataset["splits"]))
     run_training_cli(["tune", *common, "--tuner", budget.tuner, "--max-trials", str(budget.max_trials),
                       "--epochs", str(budget.epochs), "--ensemble-size", str(budget.ensemble_size)])  # fmt: skip
-    evaluated = run_training_cli(["evaluate", *common, "--ensemble-method", budget.ensemble_method])
+    evaluated = run_training_cli(["evaluate", *common, "--ensemble-method", budget.ensemble_method,
+                                  "--tree-member" if budget.tree_member else "--no-tree-member"])  # fmt: skip
     window = window_for(end, budget)
     test_start = window.end - dt.timedelta(days=budget.test_days - 1)
     row = {
@@ -94,6 +95,8 @@ def run_window(settings: Settings, end: dt.date, budget: NightlyTraining) -> dic
         "pr_auc": evaluated["metrics"]["pr_auc"], "log_loss": evaluated["metrics"]["log_loss"],
         "ensemble_method": evaluated["ensemble"]["method"], "calibration": evaluated["calibration"]["kind"],
         "members": [m["family"] for m in evaluated["member_metrics"]],
+        # The networks alone, combined the same way: what the tree member added (absent before it existed).
+        "network_auc": evaluated.get("network_auc"), "network_auc_ratio": evaluated.get("network_auc_ratio"),
         "test_positive_rate": dataset["splits"]["test"]["positive_rate"],
         "validation_positive_rate": dataset["splits"]["validation"]["positive_rate"],
         "worst_slices": worst_slices(evaluated), "report": evaluated["report"],

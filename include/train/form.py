@@ -58,6 +58,13 @@ def tuning_budget_params(budget: NightlyTraining, warm_start: bool = True) -> di
             "Fine-tune the production model's members on this window, alone or against a fresh search.",
             BUDGET,
         ),
+        "tree_member": Param(
+            budget.tree_member,
+            type="boolean",
+            title="Tree member",
+            description="Add gradient boosting, compiled to TensorFlow ops in the one SavedModel, to the members.",
+            section=BUDGET,
+        ),
         "seed": whole_number(budget.seed, 0, 2**31 - 1, "Seed", "Same data + same seed = same metrics.", BUDGET),
     }
     if not warm_start:

@@ -22,6 +22,7 @@ import pandas as pd
 from include.contract.features import LABEL_KEY, MODEL_FEATURES
 from include.contract.inputs import CATEGORICAL, NUMERIC
 from include.contract.metrics import expected_calibration_error
+from include.contract.training import TREE_MAX_DEPTH
 
 log = logging.getLogger("nightshift.evaluation")
 
@@ -106,17 +107,26 @@ def _gbdt_categories(frame: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def _gbdt_encode(frame: pd.DataFrame, categories: dict[str, list[str]]) -> pd.DataFrame:
-    out = frame[NUMERIC].astype("float64").copy()
+    # Numbers rounded to float32 first, as the SavedModel's inputs carry them, so that the trees compiled
+    # into the SavedModel (`trees.py`) see exactly the values the classifier learned from.
+    out = frame[NUMERIC].astype("float32").astype("float64")
     for c in CATEGORICAL:
         out[c] = pd.Categorical(frame[c].fillna("").astype(str), categories=categories[c])
     return out
 
 
-def gbdt_baseline(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict[str, Any]:
-    """What a user would pick instead: scikit-learn's HistGradientBoostingClassifier on the same inputs,
-    its own small search (GBDT_GRID, the number of trees by early stopping on validation, the best by
-    validation AUC), then the best refit on train + validation with that many trees. Seeded, so the same
-    rows give the same AUC."""
+# The tree member's search: the baseline's own grid, its trees held to TREE_MAX_DEPTH levels so that the walk
+# compiled into the SavedModel (`trees.py`) takes at most that many steps per row, whatever the batch.
+TREE_MEMBER_GRID = tuple({**params, "max_depth": TREE_MAX_DEPTH} for params in GBDT_GRID)
+TREE_MEMBER_MAX_ITER = GBDT_MAX_ITER
+
+
+def gbdt_search(train: pd.DataFrame, validation: pd.DataFrame, seed: int, grid: tuple[dict[str, Any], ...] = GBDT_GRID,
+                max_iter: int = GBDT_MAX_ITER) -> dict[str, Any]:  # fmt: skip
+    """scikit-learn's HistGradientBoostingClassifier on the model's inputs: each of `grid` fit on train, its
+    number of trees by early stopping on the validation split's log loss, the best by validation AUC;
+    then the best refit on train + validation with that many trees (`model`). The best fit on train only
+    is kept as its held-out twin (`holdout`). Seeded, so the same rows give the same classifiers."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
 
@@ -127,18 +137,30 @@ def gbdt_baseline(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFr
     categories = _gbdt_categories(train)
     x_train, y_train = _gbdt_encode(train, categories), train[LABEL_KEY].astype(int)
     x_val, y_val = _gbdt_encode(validation, categories), validation[LABEL_KEY].astype(int)
-    trials = []
-    for params in GBDT_GRID:  # the number of trees by early stopping on the validation split's log loss
-        fitted = model(params, GBDT_MAX_ITER, early_stopping=True).fit(x_train, y_train, X_val=x_val, y_val=y_val)
+    trials, fits = [], []
+    for params in grid:
+        fitted = model(params, max_iter, early_stopping=True).fit(x_train, y_train, X_val=x_val, y_val=y_val)
         auc = roc_auc_score(y_val, fitted.predict_proba(x_val)[:, 1])
         trials.append({**params, "trees": int(fitted.n_iter_), "val_auc": round(float(auc), 6)})
-    best = max(trials, key=lambda t: t["val_auc"])
+        fits.append(fitted)
+    chosen = max(range(len(trials)), key=lambda i: trials[i]["val_auc"])
+    best = trials[chosen]
     both = pd.concat([train, validation], ignore_index=True)
     categories = _gbdt_categories(both)
-    final = model({k: best[k] for k in GBDT_GRID[0]}, best["trees"], early_stopping=False)
+    final = model({k: best[k] for k in grid[chosen]}, best["trees"], early_stopping=False)
     final.fit(_gbdt_encode(both, categories), both[LABEL_KEY].astype(int))
-    p = final.predict_proba(_gbdt_encode(test, categories))[:, 1]
-    return {"auc": float(roc_auc_score(test[LABEL_KEY].astype(int), p)), "p": p, "best": best, "trials": trials}
+    return {"best": best, "trials": trials, "model": final, "categories": categories, "holdout": fits[chosen]}
+
+
+def gbdt_baseline(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """What a user would pick instead: `gbdt_search` over GBDT_GRID (leaf-wise trees, as deep as they
+    grow), scored on the test days."""
+    from sklearn.metrics import roc_auc_score
+
+    found = gbdt_search(train, validation, seed)
+    p = found["model"].predict_proba(_gbdt_encode(test, found["categories"]))[:, 1]
+    return {"auc": float(roc_auc_score(test[LABEL_KEY].astype(int), p)), "p": p, "best": found["best"],
+            "trials": found["trials"]}  # fmt: skip
 
 
 def _saved_model_predictor(path: Path):
@@ -205,6 +227,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from include.trainer.io import download_dir, read_split, seed_everything, upload_dir
     from include.trainer.model import build_ensemble, labels
     from include.trainer.report import plot_curves, plot_importance, write_report
+    from include.trainer.trees import compile_forest, tree_member
 
     started = time.monotonic()
     seed_everything(args.seed)
@@ -226,14 +249,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     x_val, y_val = to_model_inputs(validation), labels(validation)
     x_test, y_test = to_model_inputs(test), labels(test)
     days = validation["flight_date"].astype(str).to_numpy()
+    # The tree member: gradient boosting of shallow trees, compiled to TensorFlow ops (`trees.py`), beside the
+    # networks in every group; its held-out twin (fit on train only) gives its validation predictions.
+    found = gbdt_search(train, validation, args.seed, TREE_MEMBER_GRID, TREE_MEMBER_MAX_ITER) \
+        if args.tree_member else None  # fmt: skip
+    trees = (tree_member(compile_forest(found["model"])), tree_member(compile_forest(found["holdout"]))) \
+        if found else None  # fmt: skip
     # Each group's ensemble method is fit and chosen on validation. Validation predictions come from members
     # that never saw validation (the held-out twins when tune refit them). A fresh search and the champion
     # fine-tuned (warm start) then compete at the gate, on the test days: the champion's own training
     # reached into this window's validation week, so validation cannot judge it fairly.
     judged = {}
     for origin, pairs in groups.items():
-        holdouts = [load(holdout) for _, holdout in pairs]
-        group_members = [load(exported) for exported, _ in pairs]
+        holdouts = [load(holdout) for _, holdout in pairs] + ([trees[1]] if trees else [])
+        group_members = [load(exported) for exported, _ in pairs] + ([trees[0]] if trees else [])
         member_val = predict_each(holdouts, x_val)
         combiner, method_choice = choose_combiner(args.ensemble_method, y_val, member_val, days)
         group_auc = float(roc_auc_score(y_test, combiner.predict(predict_each(group_members, x_test))))
@@ -243,7 +272,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     warm_start = {"competed": sorted(judged), "won": won,
                   "test_auc": {o: round(j[6], 6) for o, j in judged.items()},
                   "cv_log_loss": {o: j[4].scores[j[4].chosen] for o, j in judged.items()}}  # fmt: skip
-    refit = any(exported != holdout for exported, holdout in paths)
+    refit = any(exported != holdout for exported, holdout in paths) or trees is not None
     families = [m.name.removeprefix("flight_delay").lstrip("_") or "mlp" for m in members]  # flight_delay_<family>
     for index, member in enumerate(members):
         member.name = f"member_{index}"  # nested models need distinct names
@@ -274,6 +303,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                                                             .predict(member_test))), 6)}
                for name, score in method_choice.scores.items()}  # fmt: skip
     gbdt = gbdt_baseline(train, validation, test, args.seed)
+    networks = len(paths)  # the networks alone, combined the same way: what the tree member adds
+    network_combiner = fit_combiner(combiner.method, y_val, member_val[:, :networks]) if trees else combiner
+    network_auc = float(roc_auc_score(y_test, network_combiner.predict(member_test[:, :networks])))
     champion = None
     curves = {"ensemble": exported, "ensemble, uncalibrated": uncalibrated, "gbdt baseline": gbdt["p"]}
     if args.champion:
@@ -322,6 +354,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "gbdt_auc": gbdt["auc"],
         "gbdt": {"best": gbdt["best"], "trials": gbdt["trials"], "slices": slice_aucs(test, gbdt["p"])},
         "auc_ratio": metrics["auc"] / gbdt["auc"],
+        "tree_member": {"best": found["best"], "trials": found["trials"]} if found else None,
+        "network_auc": network_auc,
+        "network_auc_ratio": network_auc / gbdt["auc"],
         "importance": importance,
         "export_parity_max_abs_diff": parity,
         "champion": champion,
@@ -336,7 +371,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     (work / "export" / "evaluate.json").write_text(json.dumps(summary, indent=2))
     upload_dir(work / "export", args.out)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("ensemble (%s, calibration %s) AUC %.4f, ECE %.4f (uncalibrated %.4f); GBDT %.4f, ratio %.4f",
-             combiner.method, calibrator.kind, metrics["auc"], metrics["ece"], uncalibrated_metrics["ece"],
-             gbdt["auc"], summary["auc_ratio"])  # fmt: skip
+    log.info("ensemble (%s of %s, calibration %s) AUC %.4f, ECE %.4f (uncalibrated %.4f); GBDT %.4f, ratio %.4f; "
+             "the networks alone %.4f", combiner.method, "+".join(families), calibrator.kind, metrics["auc"],
+             metrics["ece"], uncalibrated_metrics["ece"], gbdt["auc"], summary["auc_ratio"], network_auc)  # fmt: skip
     return summary
