@@ -103,13 +103,17 @@ def card_context(url: str, version: int) -> dict[str, Any]:
         query = sa.select(gate_checks).where(gate_checks.c.version == version).order_by(gate_checks.c.name)
         checks = [dict(c) for c in conn.execute(query).mappings()]
     metrics = v["metrics"]
-    overall = {k: metrics.get(k) for k in ("auc", "gbdt_auc", "auc_ratio", "pr_auc", "log_loss", "brier", "ece",
-                                           "ece_uncalibrated", "threshold", "precision", "recall")}  # fmt: skip
+    overall = {k: metrics.get(k) for k in ("auc", "gbdt_auc", "auc_ratio", "network_auc", "pr_auc", "log_loss",
+                                           "brier", "ece", "ece_uncalibrated", "threshold", "precision",
+                                           "recall")}  # fmt: skip
+    hyperparameters = v["hyperparameters"] or {}
+    trees = hyperparameters.get("tree_member")  # the GBDT compiled into the SavedModel, when it was a member
+    members = [*hyperparameters.get("members", []), *([{"family": "gbdt", **trees["best"]}] if trees else [])]
     return {
         "v": v, "overall": {k: x for k, x in overall.items() if x is not None}, "checks": checks,
         "slices": slice_rows(metrics), "top_inputs": (metrics.get("importance") or [])[:TOP_INPUTS],
         "promotions": promotions(url, version), "intended_use": INTENDED_USE, "users": USERS, "not_for": NOT_FOR,
-        "limits": KNOWN_LIMITS, "members": (v["hyperparameters"] or {}).get("members", []),
+        "limits": KNOWN_LIMITS, "members": members,
         "written_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }  # fmt: skip
 

@@ -187,11 +187,12 @@ def gate_and_register(
                     "ensemble_method": evaluated.get("ensemble", {}).get("method", "averaging"),
                     "calibration": evaluated.get("calibration", {}).get("kind", "none"),
                     "ece_uncalibrated": evaluated.get("calibration", {}).get("ece_before"),
-                    "importance": evaluated.get("importance", []),
+                    "importance": evaluated.get("importance", []), "network_auc": evaluated.get("network_auc"),
                     "gbdt_slices": evaluated.get("gbdt", {}).get("slices", {}), "warm_start": warm_start},
         "hyperparameters": {"tuner": shards[0]["tuner"], "shards": len(shards),
                             "trials": sum(t["trials"] for t in shards),
-                            "members": [m["hyperparameters"] for t in shards for m in t["members"]]},
+                            "members": [m["hyperparameters"] for t in shards for m in t["members"]],
+                            "tree_member": evaluated.get("tree_member")},
         "params": params,
     }  # fmt: skip
     version = register_candidate(url, record, at)

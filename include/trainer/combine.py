@@ -48,11 +48,21 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def level_shift(z: np.ndarray, target_mean: float) -> float:
-    """The δ for which mean(sigmoid(z + δ)) equals `target_mean`: a level change that keeps every rank."""
+    """The δ for which mean(sigmoid(z + δ)) equals `target_mean`: a level change that keeps every rank.
+    Logits so far apart that no δ within ±20 reaches the level (a member that separates validation
+    almost perfectly, under a near-unregularized Platt) get the bracket widened; if none reaches it
+    even then, the level stays as fit (δ = 0)."""
     from scipy.optimize import brentq
 
     target = float(np.clip(target_mean, 1e-4, 1 - 1e-4))
-    return float(brentq(lambda d: float(_sigmoid(z + d).mean()) - target, -20.0, 20.0, xtol=1e-10))
+
+    def gap(d: float) -> float:
+        return float(_sigmoid(z + d).mean()) - target
+
+    for reach in (20.0, 200.0, 2000.0):
+        if gap(-reach) * gap(reach) < 0:
+            return float(brentq(gap, -reach, reach, xtol=1e-10))
+    return 0.0
 
 
 def f1_threshold(y: np.ndarray, p: np.ndarray) -> float:

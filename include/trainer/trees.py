@@ -1,13 +1,13 @@
 """A gradient-boosted tree member, compiled to plain TensorFlow ops so that it joins the ONE SavedModel.
 
-scikit-learn's `HistGradientBoostingClassifier` (the baseline of `evaluation.gbdt_baseline`) is read
-into arrays: per tree and node, the split's input, threshold, children, missing-value direction and,
-for a categorical split, the bitset of categories that go left. `TreeForest`, a Keras layer, walks
-every tree at once with `gather`s, as scikit-learn's `_predict_from_raw_data` walks one: a missing
-value follows the node's missing direction; a number goes left when `<=` the threshold; a category
-goes left when its code is in the node's bitset; a category the model never saw counts as missing.
-The ops (`Equal`, `GatherV2`, `RightShift`, `BitwiseAnd`, `SelectV2`) are stock TensorFlow, so stock
-TF Serving loads the result with no custom op, unlike TensorFlow Decision Forests.
+A fitted scikit-learn `HistGradientBoostingClassifier` (`evaluation.gbdt_search`, trees held to
+TREE_MAX_DEPTH levels) is read into arrays of complete trees: per split, its input, threshold,
+missing-value direction and, for a categorical split, the codes that go left. `TreeForest`, a Keras
+layer, walks every tree at once, as scikit-learn's `_predict_from_raw_data` walks one: a missing value
+follows the split's missing direction; a number goes left when `<=` the threshold; a category goes
+left when its code is in the split's set; a category the classifier never saw counts as missing. The
+ops (`Equal`, `GatherV2`, `SelectV2`, `Sigmoid`) are stock TensorFlow, so stock TF Serving loads the
+result with no custom op, unlike TensorFlow Decision Forests.
 """
 
 from __future__ import annotations

@@ -164,6 +164,7 @@ def test_the_ensemble_method_calibration_baseline_and_importance_are_chosen_reco
     # The model card is written at registration, next to the evaluation report.
     card = _local(row["report_uri"]).parents[2] / "model_card" / str(row["version"])
     assert "What drives its predictions" in (card / "index.html").read_text()
+    assert "gbdt" in (card / "index.html").read_text()  # the tree member, in the card's member table
     assert f"version {row['version']}" in (card / "model_card.md").read_text()
 
 

@@ -134,3 +134,15 @@ def test_a_voting_cut_sits_between_predictions_so_rounding_cannot_flip_a_fitted_
     # The same members vote the same either side of float32 rounding of any fitted row.
     nudged = np.nextafter(p, np.float32(0))
     assert ((p >= cut) == (nudged >= cut)).all()
+
+
+def test_a_level_out_of_reach_of_the_first_bracket_is_found_or_left_as_fit() -> None:
+    """Logits far from the level: before, `level_shift` raised ("f(a) and f(b) must have different signs")
+    for any level more than 20 logits away, as a near-perfect tree member's Platt fit gave in the
+    warm-start test's tiny dataset."""
+    z = np.random.default_rng(0).normal(size=1000) - 30.0  # every probability about 1e-13
+    shift = level_shift(z, 0.3)
+    assert 20.0 < shift < 40.0
+    assert float(_sigmoid(z + shift).mean()) == pytest.approx(0.3, abs=1e-6)
+    saturated = np.concatenate([np.full(60, -1e5), np.full(40, 1e5)])  # no shift within ±2000 moves the mean
+    assert level_shift(saturated, 0.3) == 0.0  # the level stays as fit
