@@ -9,7 +9,6 @@ collection, beside the rest of the suite, and the nights tests go last and colle
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import IO
 
 import pytest
 
+from benchmarks.s3_demo import state_of_its_own
 from tests.factories import SMALL_CHAIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,10 +62,9 @@ def start() -> Run:
     LOCAL.mkdir(parents=True)
     # Nothing of the test session's own stack (its database, its Airflow) reaches the harness, and it binds
     # no fixed port: its demo's serving takes a free one, as its own stack does.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT_", "DATABASE_URL"))}
-    env.update({**SMALL_CHAIN, "NIGHTSHIFT_LOCAL_DIR": str(LOCAL), "NIGHTSHIFT_HOME": str(ROOT),
-                "NIGHTSHIFT_EXECUTOR": "celery", "NIGHTSHIFT_CELERY_BROKER_URL": BROKER,
-                "NIGHTSHIFT_SERVING_URL": "http://127.0.0.1:0"})  # fmt: skip
+    env = state_of_its_own(LOCAL, {**SMALL_CHAIN, "NIGHTSHIFT_EXECUTOR": "celery",
+                                   "NIGHTSHIFT_CELERY_BROKER_URL": BROKER,
+                                   "NIGHTSHIFT_SERVING_URL": "http://127.0.0.1:0"})  # fmt: skip
     import redis
 
     with redis.Redis.from_url(BROKER, socket_timeout=5, socket_connect_timeout=5) as broker:

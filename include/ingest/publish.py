@@ -64,7 +64,7 @@ def recent_departures(day: dt.date, flights: pd.DataFrame) -> pd.DataFrame:
         late = (left & (delay[None, :] >= LABEL_THRESHOLD_MINUTES)) | waiting_late
         known = (left | waiting_late).sum(axis=1)
         gone = left.sum(axis=1)
-        capped = np.where(np.isnan(delay), 0.0, np.minimum(delay, RECENT_DELAY_CAP_MINUTES))
+        capped = np.where(departed, np.minimum(delay, RECENT_DELAY_CAP_MINUTES), 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             parts.append(pd.DataFrame({
                 "origin": origin,
