@@ -28,7 +28,7 @@ DAGS = Path(__file__).resolve().parents[1] / "dags"
 START, END = dt.date(2013, 6, 1), dt.date(2013, 7, 31)
 CONF = {"end_date": END.isoformat(), "train_days": 44, "test_days": 10, "tuner": "random", "max_trials": 2,
         "epochs": 4, "ensemble_size": 2, "ensemble_method": "auto",
-        "warm_start": "both", "tree_member": True, "seed": 11}  # fmt: skip
+        "warm_start": "both", "tree_member": False, "seed": 11}  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                           help="retrain each member on train + validation for its best epoch count")  # fmt: skip
     eval_cmd = sub.choices["evaluate"]
     eval_cmd.add_argument("--champion", default=None, help="SavedModel URI of the production model, if any")
-    eval_cmd.add_argument("--tree-member", action=argparse.BooleanOptionalAction, default=True,
+    eval_cmd.add_argument("--tree-member", action=argparse.BooleanOptionalAction, default=False,
                           help="add the GBDT baseline, compiled to TensorFlow ops, as an ensemble member")  # fmt: skip
     eval_cmd.add_argument("--ensemble-method", choices=["auto", *METHODS], default="auto",
                           help="how members combine; auto = least cross-fitted validation log loss")  # fmt: skip

@@ -123,7 +123,7 @@ def test_export_matches_the_in_memory_ensemble(trained) -> None:
 def test_the_ensemble_method_calibration_baseline_and_importance_are_chosen_recorded_and_reported(trained) -> None:
     """`auto` judged every method and calibrator on the validation days left out and exported the best;
     the GBDT baseline searched its own grid; every input has an importance; the version records them."""
-    from include.contract.training import CALIBRATORS, METHODS, TREE_MAX_DEPTH
+    from include.contract.training import CALIBRATORS, METHODS
 
     _, row, _ = trained
     evaluated = json.loads((_local(row["artifact_uri"]).parent / "evaluate.json").read_text())
@@ -148,12 +148,10 @@ def test_the_ensemble_method_calibration_baseline_and_importance_are_chosen_reco
     assert all(1 <= m["best_epochs"] <= m["epochs"] for m in tuned["members"])
     assert all((_local(row["artifact_uri"]).parent / f"member_{m['index']}.holdout.keras").is_file()
                for m in tuned["members"])  # fmt: skip
-    # The tree member (the form's default): gradient boosting in the one SavedModel, its own search on
-    # validation with trees at most TREE_MAX_DEPTH deep; the networks alone are recorded beside it.
-    assert [m["family"] for m in evaluated["member_metrics"]][-1] == "gbdt"
-    assert len(evaluated["member_metrics"]) == len(tuned["members"]) + 1
-    assert evaluated["tree_member"]["best"]["max_depth"] == TREE_MAX_DEPTH
-    assert evaluated["network_auc"] == pytest.approx(evaluated["network_auc_ratio"] * evaluated["gbdt_auc"])
+    # The form's tree_member off (the default): the networks only, and no forest in the SavedModel.
+    assert evaluated["tree_member"] is None
+    assert "gbdt" not in [m["family"] for m in evaluated["member_metrics"]]
+    assert evaluated["network_auc"] == pytest.approx(evaluated["uncalibrated_metrics"]["auc"])
     assert row["metrics"]["ensemble_method"] == ensemble["method"]
     assert row["metrics"]["calibration"] == calibration["kind"]
     assert row["metrics"]["importance"] == evaluated["importance"]
@@ -164,7 +162,6 @@ def test_the_ensemble_method_calibration_baseline_and_importance_are_chosen_reco
     # The model card is written at registration, next to the evaluation report.
     card = _local(row["report_uri"]).parents[2] / "model_card" / str(row["version"])
     assert "What drives its predictions" in (card / "index.html").read_text()
-    assert "gbdt" in (card / "index.html").read_text()  # the tree member, in the card's member table
     assert f"version {row['version']}" in (card / "model_card.md").read_text()
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from include.contract.features import LABEL_KEY, MODEL_FEATURES, SCHEDULE_CATEGORICAL
 from include.contract.inputs import NUMERIC
+from include.contract.training import TREE_MAX_DEPTH
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,11 @@ def test_warm_start_fine_tunes_the_champions_members_and_competes_with_a_fresh_s
     search = ["--tuner", "random", "--max-trials", "1", "--ensemble-size", "1", "--epochs", "2"]
     champion = (tmp_path / "champion").as_uri()
     run_training_cli(["tune", *common, "--out", champion, *search])
-    first = run_training_cli(["evaluate", *common, "--out", champion])
+    # With the tree member (the form's opt-in): on this tiny dataset its trees separate validation almost
+    # perfectly, which once made the calibrator's level shift raise (combine.level_shift).
+    first = run_training_cli(["evaluate", *common, "--out", champion, "--tree-member"])
+    assert [m["family"] for m in first["member_metrics"]][-1] == "gbdt"
+    assert first["tree_member"]["best"]["max_depth"] == TREE_MAX_DEPTH
     assert (first["warm_start"]["competed"], first["warm_start"]["won"]) == (["fresh"], "fresh")  # no champion yet
     tonight = (tmp_path / "tonight").as_uri()
     warm_from = ["--warm-start", "both", "--warm-from", first["saved_model"]]
@@ -94,7 +99,7 @@ def test_warm_start_fine_tunes_the_champions_members_and_competes_with_a_fresh_s
     assert (tmp_path / "tonight" / "member_w0.keras").is_file()
     assert (tmp_path / "tonight" / "member_w0.holdout.keras").is_file()
     assert tuned["trials"] == 1  # `both`: the fresh search ran too
-    evaluated = run_training_cli(["evaluate", *common, "--out", tonight])
+    evaluated = run_training_cli(["evaluate", *common, "--out", tonight, "--tree-member"])
     competition = evaluated["warm_start"]
     assert competition["competed"] == ["champion", "fresh"]
     assert competition["won"] == max(competition["test_auc"], key=competition["test_auc"].get)

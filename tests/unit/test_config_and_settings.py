@@ -109,11 +109,11 @@ def test_the_nightly_budget_reads_the_environment() -> None:
     budget = NightlyTraining.from_env({})
     assert dataclasses.asdict(budget) == {"train_days": 60, "test_days": 7, "tuner": "hyperband", "max_trials": 6,
                                           "epochs": 4, "ensemble_size": 2, "ensemble_method": "auto",
-                                          "warm_start": "both", "tree_member": True, "seed": 7}  # fmt: skip
+                                          "warm_start": "both", "tree_member": False, "seed": 7}  # fmt: skip
     smaller = NightlyTraining.from_env({"NIGHTSHIFT_NIGHTLY_EPOCHS": "2", "NIGHTSHIFT_NIGHTLY_TUNER": "random"})
     assert (smaller.epochs, smaller.tuner, smaller.train_days) == (2, "random", 60)
-    assert NightlyTraining.from_env({"NIGHTSHIFT_NIGHTLY_TREE_MEMBER": "false"}).tree_member is False
-    assert NightlyTraining.from_env({"NIGHTSHIFT_NIGHTLY_TREE_MEMBER": "1"}).tree_member is True
+    assert NightlyTraining.from_env({"NIGHTSHIFT_NIGHTLY_TREE_MEMBER": "true"}).tree_member is True
+    assert NightlyTraining.from_env({"NIGHTSHIFT_NIGHTLY_TREE_MEMBER": "0"}).tree_member is False
 
 
 @pytest.mark.parametrize(("env", "message"), [
